@@ -1,0 +1,43 @@
+"""slimkit: make deep-learning models cheaper to run, in a notebook or headless.
+
+One verb per job; each takes any ``torch.nn.Module``, never changes it in place, and
+returns ``Result(model, report)``::
+
+    model, report = slimkit.quantize(model, bits=8)
+    model, report = slimkit.prune(model, 0.5, score="fisher", data=train)
+    model, report = slimkit.distill(teacher, student, train)
+    model, report = slimkit.sparsify(model, sparsity=0.9, format="auto")
+    slimkit.evaluate(model, test); slimkit.size(model); slimkit.save(model, "m.slim")
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .artifact import load, save, size
+from .distillation import distill, shrink
+from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
+                     InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
+from .events import Event, Progress
+from .metrics import evaluate, sqnr
+from .pruning import prune
+from .quantization import quantize
+from .report import LayerReport, Report, Result
+from .sparsity import sparsify
+
+try:
+    __version__ = version("slimkit")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
+    "Result", "Report", "LayerReport", "Event", "Progress",
+    "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
+    "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
+]
+
+
+def load_ipython_extension(ipython):  # %load_ext slimkit -> the %slimkit magic (widgets layer)
+    from .widgets.magic import load_ipython_extension as _load
+
+    _load(ipython)

@@ -1,0 +1,60 @@
+"""Finding the layers a method can act on, and replacing modules by dotted name."""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+
+import torch.nn as nn
+
+from .errors import NothingToCompressError
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def matches(name: str, patterns: Iterable[str] | None) -> bool:
+    """True if ``name`` matches any glob pattern ("encoder.*.query", "fc?")."""
+    return bool(patterns) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
+                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                  method: str = "this method") -> Iterator[tuple[str, nn.Module]]:
+    """Modules of ``types`` (optionally filtered by glob patterns), in definition order.
+
+    Raises NothingToCompressError when nothing qualifies: a silent no-op would let a user
+    believe a model was compressed when it was not.
+    """
+    include = list(include) if include else None
+    exclude = list(exclude) if exclude else []
+    found = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, types) and (include is None or matches(n, include)) and not matches(n, exclude)]
+    if not found:
+        kinds = ", ".join(t.__name__ for t in types)
+        raise NothingToCompressError(
+            f"{type(model).__name__} has no layer {method} can act on "
+            f"(looked for {kinds}{'; include=' + repr(include) if include else ''}"
+            f"{'; exclude=' + repr(exclude) if exclude else ''})")
+    yield from found
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name) if name else model
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(get_module(model, parent_name), child, new)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored (dtype-aware, no double counting)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total

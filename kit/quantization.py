@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+def quantize(*a, **k):
+    raise NotImplementedError

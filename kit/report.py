@@ -1,0 +1,103 @@
+"""What a method did, layer by layer: the second half of every method's result."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch.nn as nn
+
+
+@dataclass
+class LayerReport:
+    """One layer's fate. ``action`` is a short verb ("quantized", "pruned", "skipped", ...);
+    ``reason`` says why when a layer was skipped or treated specially."""
+
+    name: str
+    kind: str
+    action: str
+    params_before: int = 0
+    params_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    sparsity: float | None = None
+    sqnr_db: float | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """A method's per-layer report. ``simulated`` is True when any layer's numbers are
+    emulated in float (fake quantization), so no real speed or memory gain exists there."""
+
+    method: str
+    params: dict[str, Any]
+    layers: list[LayerReport] = field(default_factory=list)
+    simulated: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> list[LayerReport]:
+        return [l for l in self.layers if l.action != "skipped"]
+
+    @property
+    def skipped(self) -> list[LayerReport]:
+        return [l for l in self.layers if l.action == "skipped"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=_jsonable))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [asdict(l) for l in self.layers]
+
+    def table(self) -> str:
+        """A plain-text table (the CLI and ``print(report)``)."""
+        head = ["layer", "kind", "action", "params", "bytes", "sparsity", "SQNR dB", "note"]
+        rows = [head]
+        for l in self.layers:
+            rows.append([
+                l.name, l.kind, l.action,
+                f"{l.params_before}->{l.params_after}" if l.params_before != l.params_after else str(l.params_after),
+                f"{l.bytes_before}->{l.bytes_after}",
+                "" if l.sparsity is None else f"{l.sparsity:.1%}",
+                "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}",
+                l.reason,
+            ])
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        title = f"{self.method} {self.params}" + ("  [SIMULATED: fake-quant in fp32]" if self.simulated else "")
+        extra = "".join(f"\n{k}: {v}" for k, v in self.summary.items())
+        return title + "\n" + "\n".join(lines) + extra
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                l.name, l.kind, l.action, l.params_before, l.params_after, l.bytes_before, l.bytes_after,
+                "" if l.sparsity is None else f"{l.sparsity:.1%}",
+                "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}", l.reason)) + "</tr>"
+            for l in self.layers)
+        head = "".join(f"<th>{h}</th>" for h in (
+            "layer", "kind", "action", "params before", "params after", "bytes before", "bytes after",
+            "sparsity", "SQNR dB", "note"))
+        flag = " <b>(simulated)</b>" if self.simulated else ""
+        return f"<p>{html.escape(self.method)}{flag}</p><table><tr>{head}</tr>{cells}</table>"
+
+
+class Result(NamedTuple):
+    """``model, report = slimkit.quantize(...)``: the new model and what was done."""
+
+    model: nn.Module
+    report: Report
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,62 @@
+"""One training loop for fine-tuning, distillation and the bundled models."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import batches
+from .errors import check_positive
+from .events import as_progress
+from .metrics import evaluate
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
+        batch_size: int = 64, seed: int = 0, loss_fn: LossFn = cross_entropy, val_data=None,
+        after_step: Callable[[nn.Module], None] | None = None, stage: str = "train",
+        callbacks=None, stop=None) -> list[dict[str, float]]:
+    """Train ``model`` in place with Adam and a cosine schedule; returns per-epoch metrics.
+
+    ``after_step`` runs after every optimizer step (pruning uses it to keep pruned weights
+    at zero). Emits "metrics" events per epoch with loss and, given ``val_data``, accuracy.
+    """
+    check_positive("epochs", epochs, integer=True)
+    check_positive("lr", lr)
+    progress = as_progress(callbacks, stop)
+    torch.manual_seed(seed)
+    loader = batches(data, batch_size=batch_size, shuffle=True, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    history = []
+    progress.emit("start", stage, 0, epochs)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in loader:
+            progress.check()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+            total += loss.item() * len(y)
+            n += len(y)
+        sched.step()
+        row = {"epoch": epoch, "loss": total / max(n, 1)}
+        if val_data is not None:
+            row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
+        history.append(row)
+        progress.emit("metrics", stage, epoch, epochs, **row)
+    model.eval()
+    progress.emit("end", stage, epochs, epochs)
+    return history
