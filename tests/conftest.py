@@ -1,0 +1,60 @@
+"""Shared fixtures. Trained digits models are cached per checkout (deterministic by seed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("SLIMKIT_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "slimkit-models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from slimkit.data import load_digits
+
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="session")
+def _cnn():
+    from slimkit.models import pretrained_digits
+
+    return pretrained_digits("cnn", seed=0)
+
+
+@pytest.fixture(scope="session")
+def _mlp():
+    from slimkit.models import pretrained_digits
+
+    return pretrained_digits("mlp", seed=0)
+
+
+@pytest.fixture
+def cnn(_cnn):
+    """The trained digits CNN (a fresh copy per test, so tests cannot leak changes)."""
+    import copy
+
+    return copy.deepcopy(_cnn)
+
+
+@pytest.fixture
+def mlp(_mlp):
+    import copy
+
+    return copy.deepcopy(_mlp)
+
+
+def state_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Used after a failing call: the input model must be exactly as before."""
+    now = model.state_dict()
+    assert now.keys() == snapshot.keys()
+    for k, v in snapshot.items():
+        assert torch.equal(now[k], v), f"{k} changed"
