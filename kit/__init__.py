@@ -18,6 +18,7 @@ from .distillation import distill, shrink
 from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
                      InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
 from .events import Event, Progress
+from . import minilm  # noqa: F401  registers the "minilm" builder (transformers stays lazy)
 from .metrics import evaluate, sqnr
 from .pruning import prune
 from .quantization import quantize

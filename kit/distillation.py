@@ -1,5 +1,166 @@
-"""Placeholder: being written."""
-def distill(*a, **k):
-    raise NotImplementedError
-def shrink(*a, **k):
-    raise NotImplementedError
+"""Knowledge distillation: a small student learns from a large teacher's soft targets.
+
+The loss is Hinton's: ``alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, y)``
+where ``p^T = softmax(logits / T)``. With ``noise > 0`` the teacher's targets are the article's
+expectation over weight noise: ``E_eps[softmax(teacher_{w + eps}(x) / T)]``, estimated with
+``noise_samples`` draws per batch, ``eps ~ N(0, (noise * rms(W))^2)`` for each weight tensor W.
+
+:func:`shrink` makes students: a narrower, freshly initialised copy of any traceable model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import surgery
+from .data import batches, first_inputs
+from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, NothingToCompressError,
+                     check_fraction, check_int, check_positive)
+from .events import as_progress
+from .layers import WEIGHTED, param_count, tensor_bytes
+from .metrics import evaluate
+from .report import LayerReport, Report, Result
+from .training import fit
+
+
+def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4.0, alpha: float = 0.7,
+            noise: float = 0.0, noise_samples: int = 4, epochs: int = 20, lr: float = 2e-3,
+            batch_size: int = 64, weight_decay: float = 0.0, val_data=None, seed: int = 0,
+            callbacks=None, stop=None) -> Result:
+    """Train a copy of ``student`` on ``data`` against ``teacher``; returns ``Result(student, report)``.
+
+    temperature: softens both distributions (> 0). alpha: weight of the soft-target term in
+    [0, 1] (0 = labels only, 1 = teacher only). noise: relative std of the teacher's weight
+    noise (0 = the plain teacher). Neither input model is modified. Emits a "metrics" event
+    per epoch (loss, and val_accuracy given ``val_data``); setting ``stop`` interrupts.
+    """
+    for name, m in (("teacher", teacher), ("student", student)):
+        if not isinstance(m, nn.Module):
+            raise InvalidTypeError(name, m, "a torch.nn.Module")
+    check_positive("temperature", temperature)
+    if math.isinf(temperature):
+        raise InvalidParameterError("temperature", temperature, "a finite positive number")
+    alpha = check_fraction("alpha", alpha, allow_one=True)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)):
+        raise InvalidTypeError("noise", noise, "a number >= 0")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise InvalidParameterError("noise", noise, "a finite number >= 0")
+    check_int("noise_samples", noise_samples, 1, 1000)
+    check_positive("epochs", epochs, integer=True)
+    check_positive("lr", lr)
+    check_int("seed", seed, 0, 2**63 - 1)
+    batches(data)  # type check before any work
+    progress = as_progress(callbacks, stop)
+
+    teacher = copy.deepcopy(teacher).eval()  # a private copy: noise never touches the user's teacher
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    work = copy.deepcopy(student)
+    x0 = first_inputs(data)
+    with torch.no_grad():
+        t_out, s_out = teacher(x0), work.eval()(x0)
+    if not (isinstance(t_out, torch.Tensor) and isinstance(s_out, torch.Tensor)) or t_out.shape != s_out.shape:
+        shape = lambda o: tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__  # noqa: E731
+        raise IncompatibleModelsError(
+            f"teacher and student must produce outputs of the same shape; on the first batch the teacher "
+            f"gave {shape(t_out)} and the student {shape(s_out)}")
+
+    soft_targets = _NoisyTeacher(teacher, temperature, noise, noise_samples, seed)
+    T = float(temperature)
+
+    def kd_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        loss = torch.zeros((), dtype=logits.dtype)
+        if alpha > 0:
+            p = soft_targets(x)
+            loss = loss + alpha * T * T * F.kl_div(F.log_softmax(logits / T, -1), p, reduction="batchmean")
+        if alpha < 1:
+            loss = loss + (1 - alpha) * F.cross_entropy(logits, y)
+        return loss
+
+    history = fit(work, data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                  loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
+
+    layers = [LayerReport(n, type(m).__name__, "distilled", param_count(m), param_count(m),
+                          tensor_bytes(m), tensor_bytes(m)) for n, m in work.named_modules()
+              if isinstance(m, WEIGHTED)]
+    pt, ps = param_count(teacher), param_count(work)
+    summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
+               "final_loss": history[-1]["loss"]}
+    if val_data is not None:
+        summary["val_accuracy"] = history[-1]["val_accuracy"]
+        summary["teacher_val_accuracy"] = evaluate(teacher, val_data)["accuracy"]
+    params = dict(temperature=T, alpha=alpha, noise=float(noise), noise_samples=noise_samples, epochs=epochs,
+                  lr=lr, seed=seed)
+    return Result(work, Report("distill", params, layers, summary=summary))
+
+
+class _NoisyTeacher:
+    """Teacher soft targets, averaged over Gaussian weight noise when ``noise > 0``.
+
+    Each draw adds noise in place and the saved weights are copied back exactly afterwards
+    (copy_, not subtraction, so no rounding error accumulates).
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float, noise: float, samples: int, seed: int):
+        self.teacher, self.T, self.noise, self.samples = teacher, temperature, noise, samples
+        self.weights = [p for n, p in teacher.named_parameters() if p.dim() > 1 or n.endswith("weight")]
+        self.scales = [p.detach().pow(2).mean().sqrt().item() for p in self.weights]
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise == 0:
+            return F.softmax(self.teacher(x) / self.T, -1)
+        saved = [p.detach().clone() for p in self.weights]
+        total = None
+        try:
+            for _ in range(self.samples):
+                for p, w, s in zip(self.weights, saved, self.scales):
+                    p.copy_(w + torch.randn(w.shape, generator=self.gen, dtype=w.dtype) * (self.noise * s))
+                probs = F.softmax(self.teacher(x) / self.T, -1)
+                total = probs if total is None else total + probs
+        finally:
+            for p, w in zip(self.weights, saved):
+                p.copy_(w)
+        return total / self.samples
+
+
+def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torch.Tensor | None = None,
+           include=None, exclude=None) -> nn.Module:
+    """A fresh, re-initialised, narrower copy of ``model`` (a distillation student).
+
+    Every hidden Linear/Conv whose units can be removed (see ``slimkit.surgery``) keeps
+    ``ceil(width * units)`` of them; layers feeding the model output keep theirs. ``example``
+    (an input batch) is needed only for models whose forward branches on input shapes.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    width = check_fraction("width", width, allow_one=True)
+    if width == 0:
+        raise InvalidParameterError("width", width, "a float in (0, 1]")
+    check_int("seed", seed, 0, 2**63 - 1)
+    if example is not None and not isinstance(example, torch.Tensor):
+        example = first_inputs(example)
+    try:
+        analysis = surgery.analyse(model, include=include, exclude=exclude, example=example)
+    except Exception as e:
+        raise NothingToCompressError(
+            f"shrink needs a model torch.fx can trace (pass example= for shape-dependent forwards); "
+            f"tracing {type(model).__name__} failed: {type(e).__name__}: {e}") from e
+    if not analysis.groups:
+        why = "; ".join(f"{n}: {r}" for n, r in analysis.skipped.items()) or "no Linear/Conv layer"
+        raise NothingToCompressError(f"{type(model).__name__} has no layer shrink can narrow ({why})")
+    student = copy.deepcopy(model)
+    for g in analysis.groups:
+        surgery.remove_units(student, g, torch.arange(max(1, math.ceil(width * g.units))))
+    with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        for m in student.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+    return student.train()

@@ -1,3 +1,283 @@
-"""Placeholder: being written."""
-def prune(*a, **k):
-    raise NotImplementedError
+"""Pruning: zero unimportant weights (unstructured) or remove whole neurons/channels
+(structured, the model physically shrinks), optionally in steps with fine-tuning between.
+
+Scores come from :mod:`slimkit.importance` (magnitude, fisher, obd, random, or your own).
+Unstructured pruning returns a dense model with zeros; ``slimkit.sparsify`` stores it sparse.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import importance, surgery
+from .data import batches, first_inputs
+from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
+                     check_fraction, check_int, check_positive)
+from .events import Progress, as_progress
+from .layers import WEIGHTED, named_targets, param_count, tensor_bytes
+from .report import LayerReport, Report, Result
+from .training import cross_entropy, fit
+
+SCOPES = ("layer", "global")
+_FINETUNE_KEYS = ("data", "epochs", "lr", "batch_size", "weight_decay", "val_data")
+
+
+@dataclass
+class _Finetune:
+    data: Any
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    val_data: Any = None
+
+
+def prune(model: nn.Module, sparsity: float, score: str = "magnitude", structured: bool = False,
+          data=None, scope: str = "layer", loss_fn=None, include=None, exclude=None, steps: int = 1,
+          finetune: dict | None = None, seed: int = 0, callbacks=None, stop=None) -> Result:
+    """Prune ``model`` to ``sparsity``; returns ``Result(pruned_copy, report)``.
+
+    sparsity: fraction of weights zeroed (unstructured) or of output units removed from each
+        prunable layer (structured), in [0, 1).
+    score: "magnitude", "fisher" (``E[(dL/dw)^2]`` over ``data``), "obd" (fisher * w^2),
+        "random", or a name added with ``slimkit.importance.register_score``.
+    structured: remove whole neurons/channels and resize the layers that read them. Layers
+        whose outputs reach a residual add, an unknown op or the model output are skipped
+        (the report says why).
+    scope: "layer" prunes each layer to ``sparsity``; "global" ranks all weights (or units,
+        scores normalised per layer) together.
+    loss_fn: ``loss_fn(model, x, y) -> loss`` for fisher/obd and fine-tuning (default
+        cross-entropy).
+    steps: prune in this many steps on a cubic schedule (Zhu & Gupta), re-scoring each time
+        and fine-tuning in between when ``finetune`` is given.
+    finetune: ``dict(data=..., epochs=1, lr=1e-3, batch_size=64, weight_decay=0, val_data=None)``;
+        ``epochs`` per step. Pruned weights are held at zero while fine-tuning.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    sparsity = check_fraction("sparsity", sparsity)
+    check_choice("score", score, importance.SCORES)
+    check_choice("scope", scope, SCOPES)
+    if not isinstance(structured, bool):
+        raise InvalidTypeError("structured", structured, "a bool")
+    check_int("steps", steps, 1, 10_000)
+    check_int("seed", seed, 0, 2**63 - 1)
+    if loss_fn is not None and not callable(loss_fn):
+        raise InvalidTypeError("loss_fn", loss_fn, "None or a callable loss_fn(model, x, y)")
+    if importance.needs_data(score) and data is None:
+        raise InvalidParameterError(
+            "data", None, f"training batches (a DataLoader or (X, y)) for score={score!r}, "
+            "which averages squared gradients over data")
+    if data is not None:
+        batches(data)  # type check now, not halfway through
+    tune = _finetune_args(finetune)
+    loss_fn = loss_fn or cross_entropy
+    progress = as_progress(callbacks, stop)
+    params = dict(sparsity=sparsity, score=score, structured=structured, scope=scope, steps=steps,
+                  finetune=None if tune is None else {"epochs": tune.epochs, "lr": tune.lr}, seed=seed)
+    run = _structured if structured else _unstructured
+    return run(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed, progress, params)
+
+
+def schedule(sparsity: float, step: int, steps: int) -> float:
+    """Target after ``step`` of ``steps``: cubic, pruning fast while much is redundant."""
+    return sparsity * (1 - (1 - step / steps) ** 3)
+
+
+def keep_sparsity(model: nn.Module):
+    """An ``after_step`` hook for ``slimkit.training.fit`` that keeps today's zero weights
+    at zero, so a pruned model can be fine-tuned further without losing its sparsity."""
+    masks = {n: m.weight.detach() != 0 for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
+    return _mask_hook(masks)
+
+
+def _mask_hook(masks: dict[str, torch.Tensor]):
+    @torch.no_grad()
+    def hook(model: nn.Module) -> None:
+        for n, mask in masks.items():
+            model.get_submodule(n).weight.mul_(mask)
+
+    return hook
+
+
+def _finetune_args(finetune) -> _Finetune | None:
+    if finetune is None:
+        return None
+    if not isinstance(finetune, dict):
+        raise InvalidTypeError("finetune", finetune, "None or a dict like dict(data=train, epochs=2, lr=1e-3)")
+    unknown = sorted(set(finetune) - set(_FINETUNE_KEYS))
+    if unknown:
+        raise InvalidParameterError("finetune", finetune, f"keys among {', '.join(_FINETUNE_KEYS)} "
+                                    f"(unknown: {', '.join(map(str, unknown))})")
+    if finetune.get("data") is None:
+        raise InvalidParameterError("finetune", finetune, "a dict with a 'data' entry (training batches)")
+    tune = _Finetune(**finetune)
+    check_positive("finetune['epochs']", tune.epochs, integer=True)
+    check_positive("finetune['lr']", tune.lr)
+    check_positive("finetune['batch_size']", tune.batch_size, integer=True)
+    batches(tune.data)
+    return tune
+
+
+def _run_finetune(model, tune: _Finetune, loss_fn, seed, step, progress, after_step=None) -> list[dict]:
+    return fit(model, tune.data, epochs=tune.epochs, lr=tune.lr, batch_size=tune.batch_size,
+               weight_decay=tune.weight_decay, seed=seed + step, loss_fn=loss_fn, val_data=tune.val_data,
+               after_step=after_step, stage="finetune", callbacks=progress)
+
+
+# ---- unstructured ---------------------------------------------------------------------
+
+def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
+                  progress: Progress, params) -> Result:
+    names = [n for n, _ in named_targets(model, WEIGHTED, include=include, exclude=exclude, method="prune")]
+    work = copy.deepcopy(model)
+    masks = {n: torch.ones_like(work.get_submodule(n).weight, dtype=torch.bool) for n in names}
+    hook = _mask_hook(masks)
+    history: list[dict] = []
+    progress.emit("start", "prune", 0, steps)
+    for step in range(1, steps + 1):
+        target = schedule(sparsity, step, steps)
+        targets = [(n, work.get_submodule(n)) for n in names]
+        ctx = importance.ScoreContext(work, targets, data, loss_fn, seed + step - 1, progress)
+        scores = importance.compute(score, ctx)
+        for n in names:  # a weight once pruned stays pruned
+            scores[n] = scores[n].masked_fill(~masks[n], -math.inf)
+        if scope == "layer":
+            for n in names:
+                _drop_lowest(masks[n], scores[n], round(target * masks[n].numel()))
+        else:
+            flat_mask = torch.cat([masks[n].flatten() for n in names])
+            _drop_lowest(flat_mask, torch.cat([scores[n].flatten() for n in names]),
+                         round(target * flat_mask.numel()))
+            for n, part in zip(names, flat_mask.split([masks[n].numel() for n in names])):
+                masks[n].copy_(part.view_as(masks[n]))
+        hook(work)
+        zeros = sum(int((~masks[n]).sum()) for n in names)
+        total = sum(masks[n].numel() for n in names)
+        progress.emit("metrics", "prune", step, steps, sparsity=zeros / total)
+        if tune is not None:
+            history += _run_finetune(work, tune, loss_fn, seed, step, progress, after_step=hook)
+    progress.emit("end", "prune", steps, steps)
+    work.eval()
+
+    layers = []
+    for n in names:
+        m = work.get_submodule(n)
+        layers.append(LayerReport(
+            n, type(m).__name__, "pruned", param_count(m), param_count(m), tensor_bytes(m), tensor_bytes(m),
+            sparsity=float((m.weight == 0).float().mean()),
+            details={"zeros": int((m.weight == 0).sum()), "weights": m.weight.numel()}))
+    zeros = sum(l.details["zeros"] for l in layers)
+    total = sum(l.details["weights"] for l in layers)
+    summary = {"params": param_count(work), "pruned_weights": zeros, "sparsity": zeros / total,
+               "note": "dense with zeros; slimkit.sparsify stores it sparse"}
+    _add_history(summary, history)
+    return Result(work, Report("prune", params, layers, summary=summary))
+
+
+def _drop_lowest(mask: torch.Tensor, scores: torch.Tensor, count: int) -> None:
+    """Set ``mask`` False at the ``count`` lowest scores (already-False entries score -inf)."""
+    flat = mask.view(-1)
+    order = torch.argsort(scores.reshape(-1), stable=True)
+    flat[order[:count]] = False
+
+
+def _add_history(summary: dict, history: list[dict]) -> None:
+    if history:
+        summary["finetune_epochs"] = len(history)
+        summary["finetune_final"] = {k: round(v, 6) for k, v in history[-1].items()}
+
+
+# ---- structured -----------------------------------------------------------------------
+
+def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
+                progress: Progress, params) -> Result:
+    example = first_inputs(data, 2) if data is not None else (
+        first_inputs(tune.data, 2) if tune is not None else None)
+    try:
+        analysis = surgery.analyse(model, include=include, exclude=exclude, example=example)
+    except Exception as e:
+        raise NothingToCompressError(
+            f"structured pruning needs a model torch.fx can trace; tracing {type(model).__name__} failed: "
+            f"{type(e).__name__}: {e}".strip()) from e
+    if not analysis.groups:
+        why = "; ".join(f"{n}: {r}" for n, r in analysis.skipped.items()) or "no Linear/Conv layer selected"
+        raise NothingToCompressError(f"{type(model).__name__} has no layer whose units can be removed ({why})")
+    original = {g.producer: g.units for g in analysis.groups}
+    touched = {n for g in analysis.groups for n in g.modules}
+    before = {n: copy.deepcopy(model.get_submodule(n)) for n in touched}
+    work = copy.deepcopy(model)
+    history: list[dict] = []
+    progress.emit("start", "prune", 0, steps)
+    for step in range(1, steps + 1):
+        target = schedule(sparsity, step, steps)
+        groups = [g for g in surgery.analyse(work, example=example).groups if g.producer in original]
+        targets = [(g.producer, work.get_submodule(g.producer)) for g in groups]
+        ctx = importance.ScoreContext(work, targets, data, loss_fn, seed + step - 1, progress)
+        scores = importance.compute(score, ctx)
+        units = {g.producer: surgery.unit_scores(scores[g.producer]) for g in groups}
+        keep = _choose_units(groups, units, original, target, scope)
+        for g in groups:
+            if len(keep[g.producer]) < g.units:
+                surgery.remove_units(work, g, keep[g.producer])
+        progress.emit("metrics", "prune", step, steps, params=param_count(work))
+        if tune is not None:
+            history += _run_finetune(work, tune, loss_fn, seed, step, progress)
+    progress.emit("end", "prune", steps, steps)
+    work.eval()
+
+    layers = []
+    for name, m in model.named_modules():
+        if name in analysis.skipped and name not in touched:
+            layers.append(LayerReport(name, type(m).__name__, "skipped", param_count(m), param_count(m),
+                                      tensor_bytes(m), tensor_bytes(m), reason=analysis.skipped[name]))
+        elif name in touched:
+            old, new = before[name], work.get_submodule(name)
+            details = {"shape_before": list(old.weight.shape) if hasattr(old, "weight") else None,
+                       "shape_after": list(new.weight.shape) if hasattr(new, "weight") else None}
+            if name in original:
+                after = new.out_channels if hasattr(new, "out_channels") else new.out_features
+                details.update(units_before=original[name], units_after=after, units_removed=original[name] - after)
+            kept = analysis.skipped.get(name, "")  # inputs resized, but its own units kept
+            layers.append(LayerReport(
+                name, type(m).__name__, "pruned" if name in original else "resized",
+                param_count(old), param_count(new), tensor_bytes(old), tensor_bytes(new),
+                sparsity=1 - param_count(new) / max(param_count(old), 1),
+                reason=f"inputs resized; units kept: {kept}" if kept else "", details=details))
+    p0, p1 = param_count(model), param_count(work)
+    summary = {"params_before": p0, "params_after": p1, "params_ratio": p1 / p0,
+               "bytes_before": tensor_bytes(model), "bytes_after": tensor_bytes(work)}
+    _add_history(summary, history)
+    return Result(work, Report("prune", params, layers, summary=summary))
+
+
+def _choose_units(groups, units, original, target, scope) -> dict[str, torch.Tensor]:
+    """Indices of the units each producer keeps after this step (at least one each)."""
+    if scope == "layer":
+        keep = {}
+        for g in groups:
+            n_keep = max(1, original[g.producer] - round(target * original[g.producer]))
+            n_keep = min(n_keep, g.units)
+            keep[g.producer] = torch.topk(units[g.producer], n_keep).indices.sort().values
+        return keep
+    # global: scores normalised per layer (raw sums grow with fan-in), lowest removed first
+    total = sum(original.values())
+    to_remove = round(target * total) - (total - sum(g.units for g in groups))
+    ranked = sorted((float(s), i, g.producer) for g in groups
+                    for i, s in enumerate(units[g.producer] / units[g.producer].mean().clamp_min(1e-30)))
+    left = {g.producer: g.units for g in groups}
+    dropped: dict[str, set[int]] = {g.producer: set() for g in groups}
+    for _, i, name in ranked:
+        if to_remove <= 0:
+            break
+        if left[name] > 1:
+            dropped[name].add(i)
+            left[name] -= 1
+            to_remove -= 1
+    return {g.producer: torch.tensor([i for i in range(g.units) if i not in dropped[g.producer]])
+            for g in groups}

@@ -1,3 +1,614 @@
-"""Placeholder: being written."""
-def quantize(*a, **k):
-    raise NotImplementedError
+"""Quantization: the affine min-max mapping done right, and ``slimkit.quantize``.
+
+The mapping (the article's idea, with its bugs fixed)::
+
+    scale      = (max - min) / (qmax - qmin)          # min <= 0 <= max, so 0 is exact
+    zero_point = clip(round(qmin - min / scale), qmin, qmax)
+    X_q        = clip(round(X / scale) + zero_point, qmin, qmax)
+    X         ~= (X_q - zero_point) * scale
+
+``symmetric`` uses zero_point = 0 and the restricted range [-(2^(b-1) - 1), 2^(b-1) - 1]
+(scale = max|X| / qmax), which integer kernels need; ``asymmetric`` uses the full signed range
+[-2^(b-1), 2^(b-1) - 1]. One (scale, zero_point) per tensor, per channel (along ``axis``), or
+per group of ``group_size`` consecutive values within a channel.
+
+Storage: values of 5-8 bits are kept one per int8 byte (say so: int5-int7 save nothing over
+int8 on disk); 3-4 bits pack two per byte and 2 bits four per byte (:func:`pack`).
+
+``quantize(model, ...)`` has two honest modes:
+
+- ``real``: integer storage everywhere it quantizes, and integer execution where a CPU kernel
+  exists (int8 Linear: ``torch._int_mm`` with int8 activations). See :mod:`slimkit.qlayers`.
+- ``simulated``: fake quantization (quantize-dequantize in fp32) for any bit width; the model is
+  still fp32 in memory. Reports say ``simulated`` for each such layer.
+- ``auto`` (default): real where possible, simulated elsewhere, saying which per layer.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_int,
+                     check_positive)
+from .events import as_progress
+from .layers import get_module, matches, named_targets, set_module, tensor_bytes
+from .report import LayerReport, Report, Result
+
+GRANULARITIES = ("per_channel", "per_tensor", "per_group")
+SCHEMES = ("symmetric", "asymmetric")
+MODES = ("auto", "real", "simulated")
+DEFAULT_GROUP_SIZE = 32
+TARGET_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+REAL_TYPES = (nn.Linear, nn.Conv2d, nn.Embedding)  # layers with an integer-storage implementation
+
+
+# --------------------------------------------------------------------------- the math
+
+def qrange(bits: int, scheme: str = "symmetric") -> tuple[int, int]:
+    """(qmin, qmax) of signed ``bits``-bit integers; symmetric drops -2^(b-1) so that the
+    range is balanced around a zero point of 0."""
+    hi = 2 ** (bits - 1) - 1
+    return (-hi if scheme == "symmetric" else -hi - 1), hi
+
+
+def storage_bits(bits: int) -> int:
+    """Bits each value occupies when stored: 2 (four per byte), 4 (two per byte) or 8."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
+
+
+@dataclass
+class QTensor:
+    """An integer tensor with its quantization parameters. ``q`` has the original shape (int8
+    values in [qmin, qmax]); ``scale``/``zero_point`` are scalars (per_tensor), one per channel
+    along ``axis`` (per_channel), or (channels, groups) (per_group)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    bits: int
+    scheme: str
+    granularity: str
+    axis: int = 0
+    group_size: int | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_tensor(self)
+
+
+def _rows(x: torch.Tensor, granularity: str, axis: int, group_size: int | None) -> torch.Tensor:
+    """x viewed as (rows, values): one row per (scale, zero_point)."""
+    if granularity == "per_tensor":
+        return x.reshape(1, -1)
+    x = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    return x if granularity == "per_channel" else x.reshape(-1, group_size)
+
+
+def _unrows(rows: torch.Tensor, shape, granularity: str, axis: int) -> torch.Tensor:
+    if granularity == "per_tensor":
+        return rows.reshape(shape)
+    moved = (shape[axis], *[s for i, s in enumerate(shape) if i != axis])
+    return rows.reshape(moved).movedim(0, axis)
+
+
+def _check_layout(x: torch.Tensor, granularity: str, axis: int, group_size: int | None, what: str = "tensor"):
+    check_choice("granularity", granularity, GRANULARITIES)
+    if granularity == "per_tensor":
+        return
+    if not -x.dim() <= axis < x.dim() or x.dim() == 0:
+        raise InvalidParameterError("axis", axis, f"an axis of the {x.dim()}-d {what}")
+    if granularity == "per_group":
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise InvalidParameterError("group_size", group_size, "a positive int for granularity='per_group'")
+        n = x.numel() // max(x.shape[axis], 1)
+        if n % group_size:
+            raise InvalidParameterError(
+                "group_size", group_size, f"a divisor of {n}, the number of values per channel of {what} "
+                f"with shape {tuple(x.shape)}")
+
+
+def qparams(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_tensor",
+            axis: int = 0, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) of the min-max affine mapping of ``x`` (see the module docstring)."""
+    check_int("bits", bits, 2, 8)
+    check_choice("scheme", scheme, SCHEMES)
+    _check_layout(x, granularity, axis, group_size)
+    rows = _rows(x.detach().float(), granularity, axis, group_size)
+    qmin, qmax = qrange(bits, scheme)
+    lo = rows.amin(1).clamp(max=0)  # the range always includes 0: zero (padding, ReLU) stays exact
+    hi = rows.amax(1).clamp(min=0)
+    if scheme == "symmetric":
+        scale = torch.maximum(-lo, hi) / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.round(qmin - lo / scale).clamp(qmin, qmax).to(torch.int32)
+    shape = () if granularity == "per_tensor" else (x.shape[axis],) if granularity == "per_channel" else (
+        x.shape[axis], rows.shape[0] // x.shape[axis])
+    return scale.reshape(shape), zp.reshape(shape)
+
+
+def quantize_tensor(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_tensor",
+                    axis: int = 0, group_size: int | None = None) -> QTensor:
+    """X_q = clip(round(X / scale) + zero_point, qmin, qmax), with min-max parameters."""
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise InvalidTypeError("x", x, "a floating-point torch.Tensor")
+    if not torch.isfinite(x).all():
+        raise InvalidParameterError("x", "tensor with NaN/inf", "finite values (cannot quantize NaN or inf)")
+    axis = axis % x.dim() if x.dim() else 0
+    scale, zp = qparams(x, bits, scheme, granularity, axis, group_size)
+    qmin, qmax = qrange(bits, scheme)
+    rows = _rows(x.detach().float(), granularity, axis, group_size)
+    q = torch.round(rows / scale.reshape(-1, 1)) + zp.reshape(-1, 1)
+    q = _unrows(q.clamp_(qmin, qmax).to(torch.int8), x.shape, granularity, axis)
+    return QTensor(q.contiguous(), scale, zp, bits, scheme, granularity, axis, group_size)
+
+
+def dequantize_tensor(qt: QTensor) -> torch.Tensor:
+    """X ~= (X_q - zero_point) * scale, in fp32."""
+    rows = _rows(qt.q, qt.granularity, qt.axis, qt.group_size).float()
+    zp = qt.zero_point.reshape(-1, 1).float() if qt.zero_point.numel() > 1 else qt.zero_point.float()
+    scale = qt.scale.reshape(-1, 1) if qt.scale.numel() > 1 else qt.scale
+    return _unrows((rows - zp) * scale, qt.q.shape, qt.granularity, qt.axis)
+
+
+def fake_quantize(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_tensor",
+                  axis: int = 0, group_size: int | None = None) -> torch.Tensor:
+    """Quantize then dequantize (the simulation): fp32 values restricted to the quantized grid."""
+    return dequantize_tensor(quantize_tensor(x, bits, scheme, granularity, axis, group_size)).to(x.dtype)
+
+
+def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Sub-byte integers -> uint8 bytes: 2 bits four per byte, 3-4 bits two per byte
+    (each stored as q + 2^(w-1), w the storage width). 5-8 bit values are not packed."""
+    check_int("bits", bits, 2, 8)
+    w = storage_bits(bits)
+    if w == 8:
+        raise InvalidParameterError("bits", bits, "2..4 for packing (5-8 bit values are stored one per int8 byte)")
+    per = 8 // w
+    u = (q.reshape(-1).to(torch.int16) + (1 << (w - 1))).to(torch.uint8)
+    pad = (-u.numel()) % per
+    if pad:
+        u = torch.cat([u, u.new_zeros(pad)])
+    u = u.reshape(-1, per)
+    out = u[:, 0].clone()
+    for i in range(1, per):
+        out |= u[:, i] << (w * i)
+    return out
+
+
+def unpack(packed: torch.Tensor, bits: int, shape) -> torch.Tensor:
+    """Inverse of :func:`pack`: int8 values with the given shape."""
+    w = storage_bits(bits)
+    per, mask = 8 // w, (1 << w) - 1
+    cols = [(packed >> (w * i)) & mask for i in range(per)]
+    u = torch.stack(cols, 1).reshape(-1)[: math.prod(shape)]
+    return (u.to(torch.int16) - (1 << (w - 1))).to(torch.int8).reshape(tuple(shape))
+
+
+# --------------------------------------------------------------------------- quantize()
+
+from . import qlayers  # noqa: E402  (the layers use the math above)
+
+
+def _check_args(bits, granularity, scheme, mode, group_size, act_bits):
+    check_int("bits", bits, 2, 8)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("scheme", scheme, SCHEMES)
+    check_choice("mode", mode, MODES)
+    check_int("act_bits", act_bits, 2, 8)
+    if granularity == "per_group":
+        group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
+        check_positive("group_size", group_size, integer=True)
+    elif group_size is not None:
+        raise InvalidParameterError("group_size", group_size, "None unless granularity='per_group'")
+    return group_size
+
+
+def _group_error(name, layer, n, group_size):
+    return InvalidParameterError(
+        "group_size", group_size, f"a divisor of {n}, the values per output channel of layer {name!r} "
+        f"({type(layer).__name__} weight {tuple(layer.weight.shape)}); pick one that divides every layer, "
+        "or exclude that layer")
+
+
+def _calibrate(model: nn.Module, data, names: list[str], progress, max_rows: int = 512):
+    """Run ``data`` through ``model``, recording each target's input range and a sample of inputs."""
+    stats: dict[str, dict] = {n: {"lo": math.inf, "hi": -math.inf, "sample": []} for n in names}
+
+    def hook(name):
+        def pre(_mod, args):
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+                return
+            st = stats[name]
+            st["lo"] = min(st["lo"], x.min().item())
+            st["hi"] = max(st["hi"], x.max().item())
+            if sum(len(s) for s in st["sample"]) < max_rows:
+                st["sample"].append(x.detach()[: max(1, max_rows // 8)].clone())
+        return pre
+
+    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
+    batches = list(_input_batches(data))
+    progress.emit("start", "calibrate", 0, len(batches))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, x in enumerate(batches):
+                _call(model, x)
+                progress.emit("progress", "calibrate", i + 1, len(batches))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    progress.emit("end", "calibrate", len(batches), len(batches))
+    for st in stats.values():
+        st["sample"] = st["sample"] and [torch.cat(st["sample"])]
+    return stats
+
+
+def _input_batches(data):
+    """Inputs from a calibration argument: a tensor, (X, y), a DataLoader of (x, y), an iterable
+    of tensors, or of dicts (keyword inputs, e.g. tokenized text)."""
+    if isinstance(data, torch.Tensor):
+        return [data[i:i + 128] for i in range(0, len(data), 128)]
+    if isinstance(data, dict):
+        return [data]
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return [data[0][i:i + 128] for i in range(0, len(data[0]), 128)]
+    if hasattr(data, "X") and isinstance(getattr(data, "X"), torch.Tensor):  # slimkit.data.Split
+        return _input_batches(data.X)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        out = []
+        for b in data:
+            out.append(b[0] if isinstance(b, (tuple, list)) else b)
+        if not out:
+            raise InvalidParameterError("activations", data, "calibration data with at least one batch")
+        return out
+    raise InvalidTypeError("activations", data, "calibration data: a tensor, (X, y), a DataLoader or an "
+                           "iterable of input tensors/dicts")
+
+
+def _call(model, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def _plan_layer(name, layer, mode, bits, scheme, granularity, with_acts):
+    """'real' or 'simulated' for one layer, or raise when mode='real' cannot be honoured."""
+    if mode == "simulated":
+        return "simulated"
+    why = None
+    if not isinstance(layer, REAL_TYPES):
+        why = f"{type(layer).__name__} has no integer-storage implementation (Linear, Conv2d, Embedding do)"
+    elif isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+        why = f"Conv2d with padding_mode={layer.padding_mode!r} (only 'zeros' is implemented)"
+    elif with_acts and mode == "real" and not isinstance(layer, nn.Embedding) and not _has_int8_kernel(
+            layer, bits, scheme, granularity):
+        why = (f"activations of {type(layer).__name__} with int{bits} {scheme} {granularity} weights have no "
+               "integer kernel (only 8-bit symmetric per-channel/per-tensor Linear does)")
+    if why is None:
+        return "real"  # in auto mode, activations without a kernel are simulated (and labelled so)
+    if mode == "real":
+        raise InvalidParameterError("mode", "real", f"a combination with a real implementation for layer {name!r}: "
+                                    f"{why}; use mode='auto' (simulated where needed) or 'simulated'")
+    return "simulated"
+
+
+def _has_int8_kernel(layer, bits, scheme, granularity) -> bool:
+    return isinstance(layer, nn.Linear) and bits == 8 and scheme == "symmetric" and \
+        granularity in ("per_channel", "per_tensor")
+
+
+def _build_real(layer, qt, act, act_range):
+    if isinstance(layer, nn.Linear):
+        return qlayers.QuantLinear(layer.in_features, layer.out_features, bits=qt.bits, scheme=qt.scheme,
+                                   granularity=qt.granularity, group_size=qt.group_size, act=act,
+                                   bias=layer.bias is not None, qweight=qt, bias_value=layer.bias,
+                                   act_range=act_range)
+    if isinstance(layer, nn.Conv2d):
+        return qlayers.QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                   layer.padding, layer.dilation, layer.groups, bits=qt.bits, scheme=qt.scheme,
+                                   granularity=qt.granularity, group_size=qt.group_size,
+                                   bias=layer.bias is not None, qweight=qt, bias_value=layer.bias)
+    return qlayers.QuantEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, bits=qt.bits,
+                                  scheme=qt.scheme, granularity=qt.granularity, group_size=qt.group_size,
+                                  qweight=qt)
+
+
+def _quantize_layer(name, layer, plan, bits, scheme, granularity, group_size, act_stats, act_bits):
+    """The replacement module for one layer and what to say about it."""
+    qt = quantize_tensor(layer.weight.detach(), bits, scheme, granularity, 0, group_size)
+    w_sqnr = _sqnr(layer.weight, dequantize_tensor(qt))
+    takes_acts = not isinstance(layer, nn.Embedding)
+    act_range = (act_stats["lo"], act_stats["hi"]) if act_stats and takes_acts else None
+    info = {"mode": plan, "bits": bits, "scheme": scheme, "granularity": granularity}
+    if granularity == "per_group":
+        info["group_size"] = group_size
+    if plan == "real":
+        kernel_ok = _has_int8_kernel(layer, bits, scheme, granularity)
+        act = ("static" if act_range else "dynamic") if kernel_ok else "none"
+        new = _build_real(layer, qt, act, act_range)
+        if act_range is not None and not kernel_ok:  # only in mode="auto": activations simulated
+            new = qlayers.FakeQuantInput(act_bits, new, act_range)
+            info["mode"] = "real weights, simulated activations"
+        info["storage"], info["execution"] = new.storage if hasattr(new, "storage") else new.inner.storage, \
+            new.execution if not isinstance(new, qlayers.FakeQuantInput) else \
+            f"{new.inner.execution}; input fake-quantized to int{act_bits} (SIMULATED)"
+        info["activations"] = {"dynamic": "int8 per token, at run time", "static": "int8 calibrated (static)",
+                               "none": "fp32"}[act] if not isinstance(new, qlayers.FakeQuantInput) else \
+            f"int{act_bits} calibrated (simulated)"
+    else:
+        new = copy.deepcopy(layer)
+        with torch.no_grad():
+            new.weight.copy_(dequantize_tensor(qt).to(new.weight.dtype))
+        if act_range is not None:
+            new = qlayers.FakeQuantInput(act_bits, new, act_range)
+        info["storage"] = "fp32 (simulated)"
+        info["execution"] = "SIMULATED: fp32 with fake-quantized weights" + (
+            f" and int{act_bits} fake-quantized inputs" if act_range is not None else "")
+        info["activations"] = f"int{act_bits} calibrated (simulated)" if act_range is not None else "fp32"
+    if bits < 8 and storage_bits(bits) == 8 and plan == "real":
+        info["note"] = f"int{bits} values are stored one per int8 byte (only 2-4 bits are packed)"
+    return new, w_sqnr, info
+
+
+def _sqnr(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    from .metrics import sqnr
+
+    return sqnr(ref, approx)
+
+
+def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", scheme: str = "symmetric",
+             activations=None, *, group_size: int | None = None, mode: str = "auto",
+             include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+             keep: str | Iterable[str] | None = None, metric=None, max_drop: float = 0.5, act_bits: int = 8,
+             callbacks=None, stop=None) -> Result:
+    """Quantize the weights of every Linear, Conv and Embedding layer (and, with calibration
+    data, their inputs) to ``bits`` bits. Returns ``Result(model, report)``; ``model`` is a copy.
+
+    bits: 2..8. granularity: "per_channel" (one scale per output channel / embedding row),
+    "per_tensor", or "per_group" (``group_size`` values per scale, default 32; must divide each
+    layer's values per channel). scheme: "symmetric" (zero point 0; what int8 kernels need) or
+    "asymmetric" (min-max with a zero point).
+    activations: None, or calibration data (a tensor, (X, y), a DataLoader, an iterable of
+    input tensors or keyword dicts). With None, real int8 Linear layers quantize their inputs
+    per token at run time; with data, input ranges are calibrated (static int8) and each layer's
+    output SQNR is reported.
+    mode: "real" (integer storage; int8 matmul where a kernel exists; error where impossible),
+    "simulated" (fake-quant in fp32, any format) or "auto" (real where possible, else simulated).
+    include/exclude: glob patterns of layer names. keep: names/globs kept in full precision
+    (mixed precision), or "auto": keep the most sensitive layers until ``metric`` (a callable
+    model -> score, higher is better, or (X, y) data scored by accuracy in points) drops by at
+    most ``max_drop``. act_bits: bits of simulated activation quantization (real ones are int8).
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    group_size = _check_args(bits, granularity, scheme, mode, group_size, act_bits)
+    auto_keep = isinstance(keep, str) and keep == "auto"
+    if auto_keep:
+        if metric is None:
+            raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
+        if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not max_drop >= 0:
+            raise InvalidParameterError("max_drop", max_drop, "a number >= 0 (allowed metric drop)")
+    elif isinstance(keep, str):
+        keep = [keep]
+    elif keep is not None:
+        keep = list(keep)
+        if not all(isinstance(k, str) for k in keep):
+            raise InvalidTypeError("keep", keep, "layer names/glob patterns, 'auto' or None")
+    progress = as_progress(callbacks, stop)
+
+    targets = list(named_targets(model, TARGET_TYPES, include=include, exclude=exclude, method="quantize"))
+    # Validate every layer before any work: errors leave nothing half done.
+    for name, layer in targets:
+        if granularity == "per_group":
+            n = layer.weight.numel() // layer.weight.shape[0]
+            if n % group_size:
+                raise _group_error(name, layer, n, group_size)
+        if not torch.isfinite(layer.weight).all():
+            raise InvalidParameterError("model", f"layer {name!r}", "finite weights (found NaN or inf)")
+    plans = {name: _plan_layer(name, layer, mode, bits, scheme, granularity, activations is not None)
+             for name, layer in targets}
+
+    kept_reason: dict[str, str] = {}
+    ranking = None
+    if auto_keep:
+        ranking, kept = _auto_keep(model, targets, metric, max_drop, progress,
+                                   dict(bits=bits, granularity=granularity, scheme=scheme, activations=activations,
+                                        group_size=group_size if granularity == "per_group" else None, mode=mode,
+                                        act_bits=act_bits))
+        for n in kept:
+            kept_reason[n] = f"kept in full precision: most sensitive (keep='auto', max_drop={max_drop})"
+    elif keep:
+        for n, _ in targets:
+            if matches(n, keep):
+                kept_reason[n] = f"kept in full precision (keep={keep!r})"
+    work = [(n, m) for n, m in targets if n not in kept_reason]
+    if not work:
+        raise NothingToCompressError("every quantizable layer was kept in full precision; nothing to quantize")
+
+    q = copy.deepcopy(model)
+    act_stats = _calibrate(q, activations, [n for n, _ in work], progress) if activations is not None else {}
+    report = Report("quantize", dict(bits=bits, granularity=granularity, scheme=scheme, mode=mode,
+                                     group_size=group_size if granularity == "per_group" else None,
+                                     activations="calibrated" if activations is not None else None,
+                                     keep=keep if not auto_keep else "auto", act_bits=act_bits))
+    target_names = {n for n, _ in targets}
+    progress.emit("start", "quantize", 0, len(work))
+    done = 0
+    for name, layer in model.named_modules():
+        if not isinstance(layer, TARGET_TYPES):
+            continue
+        kind = type(layer).__name__
+        nbytes = tensor_bytes(layer)
+        if name not in target_names:
+            why = "excluded by exclude=" + repr(list(exclude)) if exclude and matches(name, exclude) else \
+                "not matched by include=" + repr(list(include)) if include else "not selected"
+            report.layers.append(LayerReport(name, kind, "skipped", layer.weight.numel(), layer.weight.numel(),
+                                             nbytes, nbytes, reason=why))
+            continue
+        if name in kept_reason:
+            report.layers.append(LayerReport(name, kind, "skipped", layer.weight.numel(), layer.weight.numel(),
+                                             nbytes, nbytes, reason=kept_reason[name],
+                                             details=_rank_details(ranking, name)))
+            continue
+        st = act_stats.get(name)
+        new, w_sqnr, info = _quantize_layer(name, layer, plans[name], bits, scheme, granularity, group_size,
+                                            st if st and math.isfinite(st["lo"]) else None, act_bits)
+        if st and st["sample"]:
+            x = st["sample"][0]
+            with torch.no_grad():
+                info["output_sqnr_db"] = _sqnr(layer(x), new(x))
+        info.update(_rank_details(ranking, name))
+        set_module(q, name, new)
+        simulated = "simulated" in info["mode"]
+        reason = "SIMULATED: fake-quant in fp32" if info["mode"] == "simulated" else info["execution"]
+        if info["mode"] == "simulated" and plans[name] == "simulated" and mode == "auto":
+            reason += f" (no real {kind} implementation for this format)"
+        report.layers.append(LayerReport(
+            name, kind, "simulated" if info["mode"] == "simulated" else "quantized",
+            layer.weight.numel(), layer.weight.numel(), nbytes, tensor_bytes(new), sqnr_db=w_sqnr,
+            reason=reason, details=info))
+        report.simulated |= simulated
+        done += 1
+        progress.emit("progress", "quantize", done, len(work), sqnr_db=w_sqnr)
+    progress.emit("end", "quantize", done, len(work))
+    report.summary = _summary(report)
+    return Result(q, report)
+
+
+def _rank_details(ranking, name):
+    if not ranking:
+        return {}
+    r = next((r for r in ranking if r["name"] == name), None)
+    return {"sensitivity_drop": r["drop"]} if r else {}
+
+
+def _summary(report: Report) -> dict:
+    q = [l for l in report.layers if l.action != "skipped"]
+    before = sum(l.bytes_before for l in q)
+    after = sum(l.bytes_after for l in q)
+    sq = [l.sqnr_db for l in q if l.sqnr_db is not None and math.isfinite(l.sqnr_db)]
+    out = {
+        "quantized_layers": sum(l.action == "quantized" for l in q),
+        "simulated_layers": sum(l.action == "simulated" for l in q),
+        "integer_kernel_layers": sum("_int_mm" in l.details.get("execution", "") for l in q),
+        "skipped_layers": len(report.layers) - len(q),
+        "layer_bytes": f"{before} -> {after}" + (f" ({before / after:.2f}x smaller)" if after else ""),
+        "weight_sqnr_db_min": round(min(sq), 2) if sq else None,
+        "weight_sqnr_db_mean": round(sum(sq) / len(sq), 2) if sq else None,
+    }
+    if report.simulated:
+        out["note"] = "some layers are SIMULATED (fake-quant in fp32): no memory or speed gain there"
+    return out
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+def _metric_fn(metric) -> tuple[Callable[[nn.Module], float], object]:
+    """A score function (higher is better) and, for data, the inputs used for output SQNR."""
+    if callable(metric) and not isinstance(metric, nn.Module):
+        return metric, None
+    from .data import batches
+    from .metrics import evaluate
+
+    try:
+        batches(metric)
+    except Exception:
+        raise InvalidTypeError("metric", metric, "a callable model -> score (higher is better) or (X, y) data")
+    return (lambda m: 100.0 * evaluate(m, metric)["accuracy"]), metric
+
+
+def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity: str = "per_channel",
+                scheme: str = "symmetric", *, group_size: int | None = None, include=None, exclude=None,
+                activations=None, mode: str = "simulated", act_bits: int = 8, callbacks=None,
+                stop=None) -> list[dict]:
+    """Quantize one layer at a time and score the model: how much each layer alone costs.
+
+    ``data_or_metric_fn``: (X, y) data (score = accuracy in points; also the output SQNR of the
+    model's logits vs the original) or a callable ``model -> score`` (higher is better).
+    Returns one dict per layer in model order: name, kind, score, drop (baseline - score;
+    larger = more sensitive), weight_sqnr_db, output_sqnr_db (data only). ``mode`` "simulated"
+    (default; fast, same weight numerics) or "auto"/"real" (the layers quantize() would build).
+    The input model is not changed.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    group_size = _check_args(bits, granularity, scheme, mode, group_size, act_bits)
+    score_fn, data = _metric_fn(data_or_metric_fn)
+    progress = as_progress(callbacks, stop)
+    base_model = copy.deepcopy(model).eval()
+    targets = list(named_targets(base_model, TARGET_TYPES, include=include, exclude=exclude, method="quantize"))
+    for name, layer in targets:
+        if granularity == "per_group" and (layer.weight.numel() // layer.weight.shape[0]) % group_size:
+            raise _group_error(name, layer, layer.weight.numel() // layer.weight.shape[0], group_size)
+    base = float(score_fn(base_model))
+    ref_out = _outputs(base_model, data) if data is not None else None
+    act_stats = _calibrate(base_model, activations, [n for n, _ in targets], progress) if activations is not None else {}
+    out = []
+    progress.emit("start", "sensitivity", 0, len(targets), baseline=base)
+    for i, (name, layer) in enumerate(targets):
+        progress.check()
+        plan = _plan_layer(name, layer, mode, bits, scheme, granularity, activations is not None)
+        st = act_stats.get(name)
+        new, w_sqnr, _ = _quantize_layer(name, layer, plan, bits, scheme, granularity, group_size,
+                                         st if st and math.isfinite(st["lo"]) else None, act_bits)
+        set_module(base_model, name, new)  # swap one layer in, then put the original back
+        try:
+            score = float(score_fn(base_model))
+            row = {"name": name, "kind": type(layer).__name__, "score": score, "drop": base - score,
+                   "weight_sqnr_db": w_sqnr}
+            if ref_out is not None:
+                row["output_sqnr_db"] = _sqnr(ref_out, _outputs(base_model, data))
+        finally:
+            set_module(base_model, name, layer)
+        out.append(row)
+        progress.emit("progress", "sensitivity", i + 1, len(targets), drop=row["drop"])
+    progress.emit("end", "sensitivity", len(targets), len(targets))
+    return out
+
+
+@torch.no_grad()
+def _outputs(model, data):
+    from .data import batches
+
+    return torch.cat([model(x).float() for x, _ in batches(data, batch_size=512)])
+
+
+def _auto_keep(model, targets, metric, max_drop, progress, qkw) -> tuple[list[dict], list[str]]:
+    """Rank layers by sensitivity, then find the fewest most-sensitive layers to keep in fp32 so
+    that the whole quantized model's score drops by at most ``max_drop`` (binary search)."""
+    score_fn, data = _metric_fn(metric)
+    ranking = sensitivity(model, metric, qkw["bits"], qkw["granularity"], qkw["scheme"],
+                          group_size=qkw["group_size"], include=[n for n, _ in targets],
+                          mode="simulated", act_bits=qkw["act_bits"], callbacks=progress)
+    order = sorted(ranking, key=lambda r: (-r["drop"], r.get("output_sqnr_db", 0.0), r["weight_sqnr_db"]))
+    names = [r["name"] for r in order]
+    base = float(score_fn(copy.deepcopy(model).eval()))
+    kwargs = {k: v for k, v in qkw.items()}
+
+    def drop_with(k: int) -> float:
+        keep = names[:k]
+        if len(keep) == len(names):
+            return 0.0
+        m, _ = quantize(model, **kwargs, include=[n for n, _ in targets], keep=keep or None)
+        return base - float(score_fn(m))
+
+    lo, hi = 0, len(names)  # invariant: keeping names[:hi] satisfies the budget
+    if drop_with(0) <= max_drop:
+        return ranking, []
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        progress.emit("progress", "auto_keep", mid, len(names))
+        if drop_with(mid) <= max_drop:
+            hi = mid
+        else:
+            lo = mid
+    return ranking, names[:hi]

@@ -1,0 +1,305 @@
+"""Quantized layers: integer storage, and integer execution where a CPU kernel exists.
+
+Every class here keeps its weights as integer buffers (int8, or sub-byte values packed two
+or four to a byte) plus float scales, so ``slimkit.size`` and ``slimkit.save`` count the true
+bytes. Each says how it executes in :attr:`execution`:
+
+- :class:`QuantLinear` with 8-bit symmetric per-channel/per-tensor weights runs a real int8
+  matmul (``torch._int_mm``: int8 x int8 -> int32). Activations are quantized to int8 at run time,
+  per token (row) and asymmetric by default, or with a fixed scale from calibration.
+  Any other weight format dequantizes the weight to fp32 at each call ("int4 storage, fp32
+  compute"): the memory saving is real, the arithmetic is not integer.
+- :class:`QuantConv2d` and :class:`QuantEmbedding`: integer storage, fp32 compute (a conv is
+  dequantized per call; an embedding dequantizes only the rows it looks up).
+- :class:`FakeQuantInput`: a simulation wrapper that fake-quantizes a layer's input in fp32.
+
+All are registered with :mod:`slimkit.artifact`, so ``slimkit.load(slimkit.save(m))`` rebuilds
+them bit-exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .artifact import register_module
+from .quantization import (QTensor, dequantize_tensor, pack, qrange, storage_bits, unpack)
+
+_TINY = 1e-12
+
+
+class _QWeight(nn.Module):
+    """Shared storage of one quantized weight: ``qweight`` (int8 or packed uint8), ``scale``
+    and, for asymmetric schemes, ``zero_point``; ``bias`` stays fp32."""
+
+    def _init_qweight(self, qt: QTensor | None, shape, bits, scheme, granularity, axis, group_size,
+                      bias: torch.Tensor | None, has_bias: bool):
+        self.shape, self.bits, self.scheme = tuple(shape), bits, scheme
+        self.granularity, self.axis, self.group_size = granularity, axis, group_size
+        numel = math.prod(self.shape)
+        if qt is None:  # from_spec: empty buffers of the right shape and dtype
+            qmin, _ = qrange(bits, scheme)
+            nbytes = math.ceil(numel * storage_bits(bits) / 8)
+            q = torch.empty(self.shape, dtype=torch.int8) if storage_bits(bits) == 8 else \
+                torch.empty(nbytes, dtype=torch.uint8)
+            sshape = _scale_shape(self.shape, granularity, axis, group_size)
+            scale = torch.empty(sshape)
+            zp = torch.empty(sshape, dtype=torch.int8) if scheme == "asymmetric" else None
+        else:
+            q = qt.q if storage_bits(bits) == 8 else pack(qt.q, bits)
+            scale, zp = qt.scale, (qt.zero_point.to(torch.int8) if scheme == "asymmetric" else None)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("zero_point", zp)
+        if has_bias:
+            self.register_buffer("bias", torch.empty(self.shape[0]) if bias is None else bias.detach().float().clone())
+        else:
+            self.bias = None
+
+    def qtensor(self) -> QTensor:
+        q = self.qweight if storage_bits(self.bits) == 8 else unpack(self.qweight, self.bits, self.shape)
+        zp = self.zero_point if self.zero_point is not None else torch.zeros((), dtype=torch.int8)
+        return QTensor(q, self.scale, zp, self.bits, self.scheme, self.granularity, self.axis, self.group_size)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize_tensor(self.qtensor())
+
+    def _qspec(self) -> dict:
+        return dict(shape=list(self.shape), bits=self.bits, scheme=self.scheme, granularity=self.granularity,
+                    axis=self.axis, group_size=self.group_size, bias=self.bias is not None)
+
+    @property
+    def storage(self) -> str:
+        sb = storage_bits(self.bits)
+        if sb == 8:
+            return f"int{self.bits} in int8 bytes" if self.bits < 8 else "int8"
+        return f"int{self.bits} packed {8 // sb} per byte"
+
+
+def _scale_shape(shape, granularity, axis, group_size):
+    if granularity == "per_tensor":
+        return ()
+    if granularity == "per_channel":
+        return (shape[axis],)
+    return (shape[axis], math.prod(shape) // shape[axis] // group_size)
+
+
+@register_module("slimkit.QuantLinear")
+class QuantLinear(_QWeight):
+    """A Linear layer with quantized weights.
+
+    act: "dynamic" (int8 per-token asymmetric activations at run time), "static" (int8 with a
+    calibrated per-tensor scale/zero point) or "none" (weights only; fp32 activations).
+    Integer execution needs 8-bit symmetric weights with one scale per output channel (or one
+    in all); other formats dequantize the weight per call.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bits: int = 8, scheme: str = "symmetric",
+                 granularity: str = "per_channel", group_size: int | None = None, act: str = "dynamic",
+                 bias: bool = True, qweight: QTensor | None = None, bias_value: torch.Tensor | None = None,
+                 act_range: tuple[float, float] | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.act = in_features, out_features, act
+        self._init_qweight(qweight, (out_features, in_features), bits, scheme, granularity, 0, group_size,
+                           bias_value, bias)
+        if act == "static":
+            lo, hi = act_range if act_range is not None else (0.0, 0.0)
+            s, zp = _act_qparams(lo, hi)
+            self.register_buffer("act_scale", torch.tensor(s, dtype=torch.float32))
+            self.register_buffer("act_zero_point", torch.tensor(zp, dtype=torch.float32))
+        self._cache: dict | None = None
+
+    @property
+    def integer_kernel(self) -> bool:
+        return (self.bits == 8 and self.scheme == "symmetric" and self.act in ("dynamic", "static")
+                and self.granularity in ("per_channel", "per_tensor"))
+
+    @property
+    def execution(self) -> str:
+        if self.integer_kernel:
+            how = "per-token dynamic" if self.act == "dynamic" else "static calibrated"
+            return f"int8 x int8 -> int32 matmul (torch._int_mm); activations int8 {how}"
+        acts = "activations fp32" if self.act == "none" else \
+            "activations not quantized (no integer kernel for this weight format)"
+        return f"{self.storage} storage, fp32 compute (weight dequantized per call; {acts})"
+
+    def spec(self) -> dict:
+        return dict(in_features=self.in_features, out_features=self.out_features, bits=self.bits,
+                    scheme=self.scheme, granularity=self.granularity, group_size=self.group_size,
+                    act=self.act, bias=self.bias is not None)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantLinear":
+        return cls(**spec)
+
+    def __getstate__(self):  # the prepared-kernel cache is derived data: never copied or pickled
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _prepared(self) -> dict:
+        """Kernel-ready tensors, built once per weight (rebuilt if buffers are replaced)."""
+        key = (self.qweight.data_ptr(), self.scale.data_ptr(), self.qweight._version,
+               getattr(self, "act_scale", self.scale).data_ptr())
+        c = self._cache
+        if c is None or c["key"] != key:
+            ws = self.scale.expand(self.out_features).contiguous()
+            c = {"key": key, "wt": self.qweight.t(), "ws": ws}
+            if self.act == "dynamic":
+                c["colsum"] = self.qweight.sum(1, dtype=torch.int32).float() * ws
+            else:  # static: fold the activation zero point and bias into one vector
+                s, zp = self.act_scale, self.act_zero_point
+                c["ws"] = ws * s
+                corr = -(zp * s) * (self.qweight.sum(1, dtype=torch.int32).float() * ws)
+                c["bias"] = corr if self.bias is None else corr + self.bias
+                c["inv"] = 1.0 / s
+            self._cache = c
+        return c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.integer_kernel:
+            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+        c = self._prepared()
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).float()
+        if self.act == "dynamic":
+            # Per-row asymmetric int8: the range includes 0 so zero stays exact.
+            hi = x.amax(1, keepdim=True).clamp_(min=0)
+            lo = x.amin(1, keepdim=True).clamp_(max=0)
+            s = (hi - lo).div_(255).clamp_(min=_TINY)
+            zp = lo.div(s).round_().neg_().sub_(128)
+            xq = torch.addcmul(zp, x, s.reciprocal()).round_().clamp_(-128, 127).to(torch.int8)
+            acc = torch._int_mm(xq, c["wt"]).float().mul_(c["ws"])
+            y = torch.addcmul(self.bias, acc, s) if self.bias is not None else acc.mul_(s)
+            y.addr_((zp * s).flatten(), c["colsum"], alpha=-1)  # remove the zero point's share
+        else:
+            xq = torch.add(self.act_zero_point, x, alpha=float(c["inv"])).round_().clamp_(-128, 127).to(torch.int8)
+            y = torch.addcmul(c["bias"], torch._int_mm(xq, c["wt"]).float(), c["ws"])
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}, {self.scheme}, {self.granularity}, act={self.act}"
+
+
+def _act_qparams(lo: float, hi: float) -> tuple[float, float]:
+    """Static asymmetric int8 parameters for an activation range (0 always representable)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    s = (hi - lo) / 255 if hi > lo else 1.0
+    zp = float(min(127, max(-128, round(-128 - lo / s))))
+    return s, zp
+
+
+@register_module("slimkit.QuantConv2d")
+class QuantConv2d(_QWeight):
+    """Conv2d with integer weight storage (per output channel by default), fp32 compute."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, *, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_channel",
+                 group_size: int | None = None, bias: bool = True, qweight: QTensor | None = None,
+                 bias_value: torch.Tensor | None = None):
+        super().__init__()
+        ks = tuple(kernel_size) if isinstance(kernel_size, (list, tuple)) else (kernel_size, kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
+        self.stride = tuple(stride) if isinstance(stride, (list, tuple)) else (stride, stride)
+        self.padding = padding if isinstance(padding, str) else (
+            tuple(padding) if isinstance(padding, (list, tuple)) else (padding, padding))
+        self.dilation = tuple(dilation) if isinstance(dilation, (list, tuple)) else (dilation, dilation)
+        self.groups = groups
+        self._init_qweight(qweight, (out_channels, in_channels // groups, *ks), bits, scheme, granularity, 0,
+                           group_size, bias_value, bias)
+
+    execution = property(lambda self: f"{self.storage} storage, fp32 compute (weight dequantized per call)")
+
+    def spec(self) -> dict:
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
+                    stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
+                    dilation=list(self.dilation), groups=self.groups, bits=self.bits, scheme=self.scheme,
+                    granularity=self.granularity, group_size=self.group_size, bias=self.bias is not None)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantConv2d":
+        return cls(**spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.dequantized_weight().to(x.dtype), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bits={self.bits}, "
+                f"{self.scheme}, {self.granularity}")
+
+
+@register_module("slimkit.QuantEmbedding")
+class QuantEmbedding(_QWeight):
+    """Embedding table stored per row (one scale per token) or per group; a lookup dequantizes
+    only the rows it reads, so the table never exists in fp32."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 bits: int = 8, scheme: str = "symmetric", granularity: str = "per_channel",
+                 group_size: int | None = None, qweight: QTensor | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_qweight(qweight, (num_embeddings, embedding_dim), bits, scheme, granularity, 0, group_size,
+                           None, False)
+
+    execution = property(lambda self: f"{self.storage} storage; looked-up rows dequantized to fp32")
+
+    def spec(self) -> dict:
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                    padding_idx=self.padding_idx, bits=self.bits, scheme=self.scheme,
+                    granularity=self.granularity, group_size=self.group_size)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantEmbedding":
+        return cls(**spec)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "per_tensor" or storage_bits(self.bits) != 8:
+            return F.embedding(idx, self.dequantized_weight(), self.padding_idx)
+        q = F.embedding(idx, self.qweight).float()  # gathers int8 rows only
+        if self.granularity == "per_group":
+            q = q.unflatten(-1, (-1, self.group_size))
+        if self.zero_point is not None:
+            q = q - self.zero_point[idx].float().unsqueeze(-1)
+        out = q * self.scale[idx].unsqueeze(-1)
+        return out.flatten(-2) if self.granularity == "per_group" else out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, {self.scheme}, {self.granularity}"
+
+
+@register_module("slimkit.FakeQuantInput")
+class FakeQuantInput(nn.Module):
+    """SIMULATION: fake-quantizes the input of ``inner`` (quantize-dequantize in fp32) with a
+    calibrated per-tensor range, then runs ``inner``. No memory or speed is saved."""
+
+    execution = "simulated: input fake-quantized in fp32"
+
+    def __init__(self, bits: int = 8, inner: nn.Module | None = None, act_range: tuple[float, float] = (0.0, 0.0)):
+        super().__init__()
+        self.bits = bits
+        self.inner = inner if inner is not None else nn.Identity()  # replaced on load
+        qmin, qmax = qrange(bits, "asymmetric")
+        lo, hi = min(float(act_range[0]), 0.0), max(float(act_range[1]), 0.0)
+        s = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+        self.register_buffer("act_scale", torch.tensor(s, dtype=torch.float32))
+        self.register_buffer("act_zero_point", torch.tensor(float(min(qmax, max(qmin, round(qmin - lo / s))))))
+
+    def spec(self) -> dict:
+        return {"bits": self.bits}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "FakeQuantInput":
+        return cls(**spec)
+
+    def forward(self, x, *args, **kwargs):
+        qmin, qmax = qrange(self.bits, "asymmetric")
+        if torch.is_floating_point(x):
+            s, zp = self.act_scale, self.act_zero_point
+            x = ((x / s).round() + zp).clamp(qmin, qmax).sub(zp).mul(s)
+        return self.inner(x, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits} (simulated)"
