@@ -1,0 +1,9 @@
+"""Notebook front end of slimkit: ``Panel(model, data)`` with controls and live plotly plots.
+
+Importing this module imports ipywidgets and plotly (the core ``slimkit`` never does).
+In a notebook, ``%load_ext slimkit`` then ``%slimkit model data`` opens a panel.
+"""
+from .panel import Panel, Run, frontend_is_live
+from .plots import Plots, static_bundle
+
+__all__ = ["Panel", "Run", "Plots", "frontend_is_live", "static_bundle"]

@@ -1,0 +1,265 @@
+"""The ``onnxruntime`` backend: export with torch.onnx (dynamo exporter), optionally apply ONNX
+Runtime's transformer graph fusions and its dynamic int8 quantization, run an InferenceSession.
+
+What the defaults encode (each measured here, see the measuring notes):
+- the ONNX file is self-contained (``external_data=False``), so its size is the deployed size;
+- the session does not spin its thread pool after a call (``session.intra_op.allow_spinning=0``):
+  a spinning pool slows whatever torch runs next by ~2x on a small CPU;
+- int8 is per-channel (per-tensor costs fidelity), and quantizing a fused graph needs
+  ``DefaultTensorType=FLOAT`` because the fused ops carry no type information;
+- transformers models are exported with keyword inputs; the fusions only recognise attention
+  written as plain matmuls (load such models with ``attn_implementation="eager"``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError
+
+from . import inputs as _inputs
+from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
+
+log = logging.getLogger("slimkit.accel")
+
+QUANTIZE = (None, "int8")
+
+
+def _transformer_config(model: nn.Module):
+    """The config of the first transformers model inside ``model`` whose type ONNX Runtime's
+    optimizer knows, or None."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "model_type", None) in MODEL_TYPES:
+            return cfg
+    return None
+
+
+def _dynamic_shapes(model: nn.Module, example: _inputs.Inputs):
+    """Batch (dim 0) of every input is dynamic; so is the sequence (dim 1) of integer inputs
+    of rank >= 2 (token ids, masks). Dim.AUTO lets export keep a dim static when the model needs it."""
+    from torch.export import Dim
+
+    def dims(t: torch.Tensor) -> dict[int, Any]:
+        d = {0: Dim.AUTO} if t.dim() >= 1 else {}
+        if t.dim() >= 2 and not t.is_floating_point():
+            d[1] = Dim.AUTO
+        return d
+
+    if isinstance(example, dict):
+        return {k: dims(v) for k, v in example.items()}
+    return tuple(dims(t) for t in _inputs.tensors(example))
+
+
+def _forward_names(model: nn.Module) -> list[str]:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+class _Session:
+    """Calls an InferenceSession like the torch model: tensors in, the model's output structure out."""
+
+    def __init__(self, session, positional: list[str], out_spec, device: torch.device):
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.positional = positional
+        self.out_spec = out_spec
+        self.device = device
+
+    def __call__(self, *args, **kwargs):
+        given = dict(zip(self.positional, args))
+        given.update(kwargs)
+        if len(args) > len(self.positional):  # models without a usable signature: ONNX input order
+            given.update(zip(self.input_names, args))
+        feed = {}
+        for name in self.input_names:
+            if name not in given:
+                raise BackendError(f"the ONNX model needs input {name!r}; got {sorted(given)}")
+            feed[name] = given[name].detach().cpu().contiguous().numpy()
+        outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        if self.device.type != "cpu":
+            outs = [o.to(self.device) for o in outs]
+        if self.out_spec is not None:
+            return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = ("export with torch.onnx and run with ONNX Runtime; quantize='int8' adds its dynamic int8 "
+                   "quantization (per-channel by default), optimize='auto' its transformer graph fusions")
+    device_types = ("cpu", "cuda")
+    options = {"quantize": None, "per_channel": True, "reduce_range": False, "optimize": "auto",
+               "dynamic": True, "threads": None, "workdir": None, "opset": None}
+
+    def check(self, device):
+        super().check(device)
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime as ort
+            import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+        except ImportError as e:
+            raise DeviceUnavailableError(f"backend 'onnxruntime' needs onnx, onnxscript and onnxruntime ({e})") from e
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeviceUnavailableError("backend 'onnxruntime' on CUDA needs onnxruntime-gpu; installed providers: "
+                                         + ", ".join(ort.get_available_providers()))
+
+    def build(self, model, example_inputs, device, *, quantize=None, per_channel=True, reduce_range=False,
+              optimize="auto", dynamic=True, threads=None, workdir=None, opset=None):
+        import onnxruntime as ort
+
+        if quantize not in QUANTIZE:
+            raise InvalidParameterError("quantize", quantize, "None or 'int8' (ONNX Runtime dynamic quantization)")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidParameterError("threads", threads, "None (torch's thread count) or a positive int")
+        model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
+        if workdir is None:
+            folder = Path(tempfile.mkdtemp(prefix="slimkit-onnx-"))
+        else:
+            folder = Path(workdir)
+            folder.mkdir(parents=True, exist_ok=True)
+        setup: dict[str, float] = {}
+        info: dict[str, Any] = {}
+
+        with torch.inference_mode():
+            reference = _inputs.call(model, example_inputs)
+        leaves, spec = torch.utils._pytree.tree_flatten(reference)
+        tensor_leaves = [x for x in leaves if isinstance(x, torch.Tensor)]
+
+        path = folder / "model.onnx"
+        t0 = time.perf_counter()
+        self._export(model, example_inputs, path, dynamic, opset)
+        setup["export"] = time.perf_counter() - t0
+
+        if optimize is not None:
+            t0 = time.perf_counter()
+            path = self._optimize(model, path, optimize, info)
+            if "fused_ops" in info:
+                setup["optimize"] = time.perf_counter() - t0
+        if quantize == "int8":
+            t0 = time.perf_counter()
+            path = self._quantize(model, path, per_channel, reduce_range)
+            setup["quantize"] = time.perf_counter() - t0
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        t0 = time.perf_counter()
+        try:
+            session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as e:
+            raise wrap_failure(self.name, model, "creating the ONNX Runtime session", e) from e
+        setup["session"] = time.perf_counter() - t0
+
+        out_spec = spec if len(session.get_outputs()) == len(leaves) == len(tensor_leaves) else None
+        positional = _forward_names(model) or [i.name for i in session.get_inputs()]
+        fn = _Session(session, positional, out_spec, device)
+        info.update(onnx_path=str(path), intra_op_threads=so.intra_op_num_threads,
+                    inputs={i.name: i.shape for i in session.get_inputs()},
+                    providers=session.get_providers())
+        if device.type == "cuda":
+            info["note"] = "inputs and outputs pass through host memory (numpy), included in timings"
+        # how far the deployed graph is from the torch model on the example inputs
+        out = _inputs.call(fn, example_inputs)
+        got = [x for x in torch.utils._pytree.tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
+        if got and tensor_leaves and got[0].shape == tensor_leaves[0].shape:
+            info["max_abs_diff_vs_torch"] = float((got[0].float().cpu() - tensor_leaves[0].float().cpu()).abs().max())
+
+        prepared = Prepared(fn, self.name, device,
+                            {"quantize": quantize, "per_channel": per_channel, "reduce_range": reduce_range,
+                             "optimize": optimize, "dynamic": dynamic, "threads": so.intra_op_num_threads},
+                            setup, os.path.getsize(path), info, None, None)
+        if workdir is None:  # the temporary folder lives as long as the session wrapper
+            weakref.finalize(fn, shutil.rmtree, str(folder), True)
+        return prepared
+
+    def _export(self, model, example, path: Path, dynamic: bool, opset) -> None:
+        kwargs: dict[str, Any] = {"dynamo": True, "external_data": False, "optimize": True, "verbose": False}
+        if opset is not None:
+            kwargs["opset_version"] = opset
+        if dynamic:
+            kwargs["dynamic_shapes"] = _dynamic_shapes(model, example)
+        if isinstance(example, dict):
+            args, kwargs["kwargs"] = (), dict(example)
+        else:
+            args = tuple(_inputs.tensors(example))
+        noise = io.StringIO()  # the exporter prints its progress to stdout
+        try:
+            with contextlib.redirect_stdout(noise):
+                torch.onnx.export(model, args, str(path), **kwargs)
+        except Exception as e:
+            raise wrap_failure(self.name, model, "torch.onnx.export", e) from e
+
+    def _optimize(self, model, path: Path, optimize: str, info: dict) -> Path:
+        from onnxruntime.transformers import optimizer
+
+        cfg = _transformer_config(model)
+        if optimize == "auto":
+            if cfg is None:
+                return path  # not a transformer: the session's own graph optimizations apply
+            model_type = cfg.model_type
+        elif optimize in optimizer.MODEL_TYPES:
+            model_type = optimize
+        else:
+            raise InvalidParameterError("optimize", optimize, "'auto', None or an ONNX Runtime model type: "
+                                        + ", ".join(sorted(optimizer.MODEL_TYPES)))
+        heads = getattr(cfg, "num_attention_heads", 0) if cfg is not None else 0
+        hidden = getattr(cfg, "hidden_size", 0) if cfg is not None else 0
+        try:
+            opt = optimizer.optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden)
+        except Exception as e:
+            raise wrap_failure(self.name, model, f"ONNX Runtime's {model_type!r} graph fusions", e) from e
+        info["fused_ops"] = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
+            info["fusion_note"] = ("attention is not fused unless the model is loaded with "
+                                   "attn_implementation='eager'")
+        out = path.with_name("model.opt.onnx")
+        opt.save_model_to_file(str(out), use_external_data_format=False)
+        return out
+
+    def _quantize(self, model, path: Path, per_channel: bool, reduce_range: bool) -> Path:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        out = path.with_name("model.int8.onnx")
+        try:
+            with _quiet("root"):  # it logs a generic "consider pre-processing" warning every time
+                quantize_dynamic(str(path), str(out), per_channel=per_channel, reduce_range=reduce_range,
+                                 weight_type=QuantType.QInt8,
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        except Exception as e:
+            raise wrap_failure(self.name, model, "ONNX Runtime quantize_dynamic", e) from e
+        return out
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

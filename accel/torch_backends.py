@@ -1,0 +1,301 @@
+"""Backends that stay in torch: eager, torch.compile, torchao quantization, 2:4 sparsity."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError
+
+from . import inputs as _inputs
+from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
+from .devices import synchronize
+
+log = logging.getLogger("slimkit.accel")
+
+DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Compiled copies of one ``forward`` share dynamo's per-code recompile budget (default 8).
+# Past it dynamo silently runs eager; compiled calls raise that limit and fail loudly instead.
+RECOMPILE_LIMIT = 64
+
+
+def _dtype(value: Any) -> torch.dtype | None:
+    if value not in DTYPES:
+        raise InvalidParameterError("dtype", value, "one of " + ", ".join(repr(k) for k in DTYPES))
+    return DTYPES[value]
+
+
+def tensor_storage_bytes(module: nn.Module) -> int:
+    """Bytes held by parameters and buffers, looking inside tensor subclasses (torchao's
+    int8 weights keep int8 data plus scales as inner tensors)."""
+    seen, total = set(), 0
+
+    def visit(t: torch.Tensor) -> int:
+        data = t.data if isinstance(t, nn.Parameter) else t
+        if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+            names, _ = data.__tensor_flatten__()
+            return sum(visit(getattr(data, n)) for n in names)
+        if data.layout == torch.sparse_coo:
+            return visit(data._indices()) + visit(data._values())
+        if data.layout == torch.sparse_csr:
+            return visit(data.crow_indices()) + visit(data.col_indices()) + visit(data.values())
+        return data.numel() * data.element_size()
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += visit(t)
+    return total
+
+
+def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    m = copy.deepcopy(model).eval()
+    m = m.to(device)
+    if dtype is not None:
+        m = m.to(dtype)
+    return m
+
+
+class _NoGrad:
+    """Calls ``fn`` under inference mode: deployment runs need no autograd bookkeeping."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with torch.inference_mode():
+            return self.fn(*args, **kwargs)
+
+
+class _Compiled:
+    """A torch.compile'd callable that raises rather than silently falling back to eager."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        import torch._dynamo
+
+        limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True), \
+                torch.inference_mode():
+            return self.fn(*args, **kwargs)
+
+
+def _dynamo_counts() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def compile_module(module: nn.Module, example_inputs, device: torch.device, *, mode: str | None = None,
+                   dynamic: bool | None = None, fullgraph: bool = False, cache_dir: str | None = None,
+                   backend_name: str = "compile") -> tuple[_Compiled, float, dict[str, Any]]:
+    """``torch.compile`` plus the first call that really compiles; returns (callable, seconds, info).
+
+    ``cache_dir`` sets ``TORCHINDUCTOR_CACHE_DIR`` (inductor's default is a shared temp folder).
+    """
+    if mode not in COMPILE_MODES:
+        raise InvalidParameterError("mode", mode, "one of " + ", ".join(repr(m) for m in COMPILE_MODES))
+    if cache_dir is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(str(cache_dir))
+    fn = _Compiled(torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=fullgraph))
+    graphs0, breaks0 = _dynamo_counts()
+    t0 = time.perf_counter()
+    try:
+        _inputs.call(fn, example_inputs)
+        synchronize(device)
+    except Exception as e:
+        raise wrap_failure(backend_name, module, "torch.compile", e) from e
+    seconds = time.perf_counter() - t0
+    graphs1, breaks1 = _dynamo_counts()
+    info = {"compiled_graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0,
+            "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default temp folder)")}
+    if info["graph_breaks"]:
+        log.warning("torch.compile split %s into %d graphs (%d graph breaks): parts run eagerly",
+                    type(module).__name__, info["compiled_graphs"], info["graph_breaks"])
+    return fn, seconds, info
+
+
+@register_backend
+class EagerBackend(Backend):
+    name = "eager"
+    description = "plain PyTorch (the baseline); dtype casts weights and float inputs"
+    device_types = ("cpu", "cuda", "mps")
+    options = {"dtype": None}
+
+    def build(self, model, example_inputs, device, *, dtype=None):
+        dt = _dtype(dtype)
+        t0 = time.perf_counter()
+        m = _copy_to(model, device, dt)
+        return Prepared(_NoGrad(m), self.name, device, {"dtype": dtype}, {"copy": time.perf_counter() - t0},
+                        tensor_storage_bytes(m), {}, m, dt)
+
+
+@register_backend
+class CompileBackend(Backend):
+    name = "compile"
+    description = "torch.compile (inductor); the first call compiles (tens of seconds on a small CPU)"
+    device_types = ("cpu", "cuda")
+    options = {"dtype": None, "mode": None, "dynamic": None, "fullgraph": False, "cache_dir": None}
+
+    def build(self, model, example_inputs, device, *, dtype=None, mode=None, dynamic=None,
+              fullgraph=False, cache_dir=None):
+        dt = _dtype(dtype)
+        m = _copy_to(model, device, dt)
+        ex = _inputs.to_device(example_inputs, device, dt)
+        fn, seconds, info = compile_module(m, ex, device, mode=mode, dynamic=dynamic, fullgraph=fullgraph,
+                                           cache_dir=cache_dir)
+        opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph}
+        return Prepared(fn, self.name, device, opts, {"compile": seconds, "first_call": seconds},
+                        tensor_storage_bytes(m), info, m, dt)
+
+
+def _has_float8(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+@register_backend
+class TorchaoBackend(Backend):
+    name = "torchao"
+    description = ("torchao quantization of every nn.Linear: int8 weight-only, int8 dynamic "
+                   "(int8 activations too), fp8 on GPUs with compute capability >= 8.9; compile=True "
+                   "adds torch.compile (torchao's int8 is slower than fp32 eager on CPU uncompiled)")
+    device_types = ("cpu", "cuda")
+    CONFIGS = ("int8_weight_only", "int8_dynamic", "fp8", "fp8_weight_only")
+    options = {"config": "int8_dynamic", "compile": False, "dtype": None, "mode": None, "dynamic": None,
+               "cache_dir": None}
+
+    def check(self, device):
+        super().check(device)
+        try:
+            import torchao  # noqa: F401
+        except ImportError as e:
+            raise DeviceUnavailableError(f"backend 'torchao' needs the torchao package ({e})") from e
+
+    def _config(self, name: str, device: torch.device):
+        import torchao.quantization as q
+
+        if name not in self.CONFIGS:
+            raise InvalidParameterError("config", name, "one of " + ", ".join(repr(c) for c in self.CONFIGS))
+        if name.startswith("fp8") and not _has_float8(device):
+            where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+            raise DeviceUnavailableError(f"torchao {name!r} needs a CUDA GPU with compute capability >= 8.9 "
+                                         f"(fp8 tensor cores); this run is on {where}")
+        return {"int8_weight_only": q.Int8WeightOnlyConfig, "int8_dynamic": q.Int8DynamicActivationInt8WeightConfig,
+                "fp8": q.Float8DynamicActivationFloat8WeightConfig, "fp8_weight_only": q.Float8WeightOnlyConfig}[name]()
+
+    def build(self, model, example_inputs, device, *, config="int8_dynamic", compile=False, dtype=None,
+              mode=None, dynamic=None, cache_dir=None):
+        from torchao.quantization import quantize_
+
+        cfg = self._config(config, device)
+        dt = _dtype(dtype)
+        linears = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+        if not linears:
+            raise BackendError(f"backend 'torchao' cannot handle {type(model).__name__}: it quantizes nn.Linear "
+                               "layers and the model has none")
+        m = _copy_to(model, device, dt)
+        t0 = time.perf_counter()
+        try:
+            quantize_(m, cfg)
+        except Exception as e:
+            raise wrap_failure(self.name, model, f"torchao quantize_({type(cfg).__name__})", e) from e
+        setup = {"quantize": time.perf_counter() - t0}
+        info: dict[str, Any] = {"quantized_linears": len(linears), "torchao_config": type(cfg).__name__}
+        opts = {"config": config, "compile": compile, "dtype": dtype}
+        fn: Any = _NoGrad(m)
+        if compile:
+            ex = _inputs.to_device(example_inputs, device, dt)
+            fn, seconds, cinfo = compile_module(m, ex, device, mode=mode, dynamic=dynamic, cache_dir=cache_dir,
+                                                backend_name=self.name)
+            setup["compile"] = seconds
+            setup["first_call"] = seconds
+            info.update(cinfo)
+        return Prepared(fn, self.name, device, opts, setup, tensor_storage_bytes(m), info, m, dt)
+
+
+def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest-magnitude weights of every 4 consecutive inputs (per output row)."""
+    out_f, in_f = weight.shape
+    groups = weight.detach().abs().reshape(out_f, in_f // 4, 4)
+    keep = groups.topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out_f, in_f)
+
+
+def is_2to4(weight: torch.Tensor) -> bool:
+    out_f, in_f = weight.shape
+    return in_f % 4 == 0 and bool(((weight.reshape(out_f, in_f // 4, 4) != 0).sum(-1) <= 2).all())
+
+
+@register_backend
+class Sparse24Backend(Backend):
+    name = "sparse24"
+    description = ("2:4 semi-structured sparse nn.Linear weights on CUDA sparse tensor cores (fp16/bf16); "
+                   "prune='magnitude' first zeroes 2 of every 4 weights, which changes outputs - measure fidelity")
+    device_types = ("cuda",)
+    options = {"dtype": "float16", "prune": "magnitude", "compile": False, "cache_dir": None}
+    # CUTLASS kernels need both weight dims to be multiples of these (fp16/bf16).
+    MIN_ROWS, MIN_COLS = 32, 64
+
+    def check(self, device):
+        if device.type != "cuda":
+            raise DeviceUnavailableError(
+                "backend 'sparse24' needs a CUDA GPU (compute capability >= 8.0): PyTorch's 2:4 semi-structured "
+                f"kernels do not exist for {device.type} (to_sparse_semi_structured raises there)")
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            raise DeviceUnavailableError(f"backend 'sparse24' needs compute capability >= 8.0; "
+                                         f"{torch.cuda.get_device_name(device)} has "
+                                         f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}")
+
+    def build(self, model, example_inputs, device, *, dtype="float16", prune="magnitude", compile=False,
+              cache_dir=None):
+        from torch.sparse import to_sparse_semi_structured
+
+        if dtype not in ("float16", "bfloat16"):
+            raise InvalidParameterError("dtype", dtype, "'float16' or 'bfloat16' (the 2:4 kernels' dtypes)")
+        if prune not in ("magnitude", None):
+            raise InvalidParameterError("prune", prune, "'magnitude' or None (weights must already be 2:4)")
+        dt = DTYPES[dtype]
+        m = _copy_to(model, device, dt)
+        t0 = time.perf_counter()
+        done, skipped = [], {}
+        for name, lin in m.named_modules():
+            if not isinstance(lin, nn.Linear):
+                continue
+            out_f, in_f = lin.weight.shape
+            if out_f % self.MIN_ROWS or in_f % self.MIN_COLS:
+                skipped[name] = f"shape {out_f}x{in_f} is not a multiple of {self.MIN_ROWS}x{self.MIN_COLS}"
+                continue
+            w = lin.weight.detach()
+            if prune == "magnitude":
+                w = w * mask_2to4(w)
+            elif not is_2to4(w):
+                skipped[name] = "weight is not 2:4 sparse (pass prune='magnitude')"
+                continue
+            try:
+                lin.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+            except Exception as e:
+                raise wrap_failure(self.name, model, f"to_sparse_semi_structured({name})", e) from e
+            done.append(name)
+        if not done:
+            raise BackendError(f"backend 'sparse24' cannot handle {type(model).__name__}: no nn.Linear fits the "
+                               f"2:4 kernels ({skipped or 'the model has no nn.Linear'})")
+        setup = {"sparsify": time.perf_counter() - t0}
+        info = {"sparse_linears": done, "skipped": skipped, "pruned_2to4": prune == "magnitude"}
+        fn: Any = _NoGrad(m)
+        if compile:
+            ex = _inputs.to_device(example_inputs, device, dt)
+            fn, seconds, cinfo = compile_module(m, ex, device, cache_dir=cache_dir, backend_name=self.name)
+            setup.update(compile=seconds, first_call=seconds)
+            info.update(cinfo)
+        return Prepared(fn, self.name, device, {"dtype": dtype, "prune": prune, "compile": compile}, setup,
+                        tensor_storage_bytes(m), info, m, dt)

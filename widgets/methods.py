@@ -1,0 +1,248 @@
+"""What the panel runs: one compression step from a dict of settings, and the numbers that
+judge its result (accuracy, artifact size, latency). No widget code here, so the same steps
+run from buttons, from ``Panel.run()`` and from tests.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+import slimkit
+from slimkit.data import subset
+from slimkit.errors import (InvalidParameterError, SlimkitError, check_choice, check_fraction, check_int,
+                            check_positive)
+
+METHODS = ("quantize", "prune", "distill", "sparsify")
+PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
+GRANULARITIES = ("per_channel", "per_tensor", "per_group")
+SCHEMES = ("symmetric", "asymmetric")
+SCORES = ("magnitude", "fisher", "obd", "random")
+FORMATS = ("auto", "csr", "bitmask", "2:4")
+
+# what a sweep varies for each method, and how to read its values
+SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature", "sparsify": "sparsify_sparsity"}
+
+DEFAULTS: dict[str, Any] = dict(
+    bits=8, granularity="per_channel", group_size=32, scheme="symmetric", activations=False,
+    sparsity=0.5, score="magnitude", structured=False, finetune_epochs=2,
+    width=0.5, temperature=4.0, alpha=0.7, noise=0.0, epochs=5, fraction=1.0,
+    sparsify_mode="sparsity", sparsify_sparsity=0.9, threshold=0.01, format="auto",
+    pipeline=("prune", "quantize"), device="cpu", backend="eager",
+    quantize_sweep="8, 6, 4, 3, 2", prune_sweep="0.5, 0.7, 0.8, 0.9, 0.95",
+    distill_sweep="1, 2, 4, 8", sparsify_sweep="0.5, 0.8, 0.9, 0.95",
+)
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes keyword ``name`` (the panel passes stop/callbacks only where taken)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _call(fn: Callable, *args, callbacks=None, stop=None, **kwargs):
+    for key, value in (("callbacks", callbacks), ("stop", stop)):
+        if value is not None and accepts(fn, key):
+            kwargs[key] = value
+    return fn(*args, **kwargs)
+
+
+def parse_values(text: str, name: str) -> list[float]:
+    """"8, 6, 4" -> [8, 6, 4], each checked like the parameter it sweeps."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InvalidParameterError(f"sweep values for {name}", part, "numbers separated by commas") from None
+        out.append(int(value) if value.is_integer() and name == "bits" else value)
+    if not out:
+        raise InvalidParameterError(f"sweep values for {name}", text, "at least one number")
+    for v in out:
+        check_setting(name, v)
+    return out
+
+
+def check_setting(name: str, value: Any) -> None:
+    """One parameter on its own (the core checks again; this lets the panel say it first)."""
+    if name == "bits":
+        check_int("bits", value, 2, 8)
+    elif name in ("sparsity", "sparsify_sparsity"):
+        check_fraction(name, value)
+    elif name == "alpha":
+        check_fraction("alpha", value, allow_one=True)
+    elif name in ("temperature", "width"):
+        check_positive(name, value)
+        if name == "width" and value > 1:
+            raise InvalidParameterError("width", value, "a student width factor in (0, 1]")
+    elif name == "fraction":
+        check_positive("fraction", value)
+        check_fraction("fraction", value, allow_one=True)
+    elif name in ("epochs", "group_size"):
+        check_positive(name, value, integer=True)
+    elif name == "finetune_epochs":
+        check_int(name, value, 0, 10_000)
+    elif name in ("noise", "threshold"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InvalidParameterError(name, value, "a number >= 0")
+    elif name == "granularity":
+        check_choice(name, value, GRANULARITIES)
+    elif name == "scheme":
+        check_choice(name, value, SCHEMES)
+    elif name == "score":
+        check_choice(name, value, SCORES)
+    elif name == "format":
+        check_choice(name, value, FORMATS)
+    elif name == "sparsify_mode":
+        check_choice(name, value, ("sparsity", "threshold"))
+
+
+def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Module) -> list[str]:
+    """Everything wrong with ``settings`` for running ``methods`` on ``model``, as messages."""
+    names = {"quantize": ("bits", "granularity", "scheme", "group_size"),
+             "prune": ("sparsity", "score", "finetune_epochs"),
+             "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
+             "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
+    out = []
+    if not methods:
+        out.append("pipeline: choose at least one step")
+    for method in methods:
+        for name in names[method]:
+            try:
+                check_setting(name, settings[name])
+            except SlimkitError as e:
+                out.append(f"{method}: {e}")
+    if "quantize" in methods and settings["granularity"] == "per_group" and isinstance(settings["group_size"], int) \
+            and settings["group_size"] > 0:
+        bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model)
+               if k % settings["group_size"]]
+        if bad:
+            out.append(f"quantize: group_size={settings['group_size']} must divide the values per output channel "
+                       f"of every layer; it does not for " + ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    if "sparsify" in methods and settings["format"] == "2:4" and not str(settings["device"]).startswith("cuda"):
+        out.append("sparsify: format='2:4' runs only on a CUDA device (choose device cuda or another format)")
+    try:
+        _device(settings["device"])
+    except SlimkitError as e:
+        out.append(f"device: {e}")
+    return out
+
+
+def values_per_channel(model: nn.Module) -> list[tuple[str, int]]:
+    from slimkit.layers import WEIGHTED
+
+    return [(n, m.weight[0].numel()) for n, m in model.named_modules()
+            if isinstance(m, WEIGHTED) and not isinstance(m, nn.Embedding)]
+
+
+def _device(name: str) -> torch.device:
+    try:
+        from slimkit.accel.devices import resolve_device
+    except ImportError:  # accel is optional for the panel
+        return torch.device(name)
+    return resolve_device(name)
+
+
+def devices() -> list[str]:
+    try:
+        from slimkit.accel.devices import available_devices
+        return list(available_devices())
+    except ImportError:
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backends() -> list[str]:
+    """Execution backends offered for latency: eager PyTorch, plus what slimkit.accel adds."""
+    try:
+        import slimkit.accel as accel
+        names = list(getattr(accel, "available_backends", lambda: [])())
+    except ImportError:
+        names = []
+    return ["eager"] + [n for n in names if n != "eager"]
+
+
+def apply(method: str, model: nn.Module, s: dict[str, Any], train, test, *, callbacks=None, stop=None,
+          include: list[str] | None = None) -> slimkit.Result:
+    """Run one method on ``model`` with panel settings ``s``; the input is never changed."""
+    extra = {} if include is None else {"include": include}
+    if method == "quantize":
+        kw = dict(bits=s["bits"], granularity=s["granularity"], scheme=s["scheme"],
+                  activations=(train.X[:512] if s["activations"] else None))
+        if s["granularity"] == "per_group":
+            kw["group_size"] = s["group_size"]
+        return _call(slimkit.quantize, model, callbacks=callbacks, stop=stop, **kw, **extra)
+    if method == "prune":
+        finetune = (dict(data=train, epochs=s["finetune_epochs"], val_data=test)
+                    if s["finetune_epochs"] and include is None else None)
+        return _call(slimkit.prune, model, s["sparsity"], score=s["score"], structured=s["structured"],
+                     data=train, finetune=finetune, callbacks=callbacks, stop=stop, **extra)
+    if method == "sparsify":
+        target = ({"sparsity": s["sparsify_sparsity"]} if s["sparsify_mode"] == "sparsity"
+                  else {"threshold": s["threshold"]})
+        return _call(slimkit.sparsify, model, format=s["format"], callbacks=callbacks, stop=stop, **target, **extra)
+    if method == "distill":
+        student = slimkit.shrink(model, s["width"])
+        data = train if s["fraction"] >= 1 else subset(train, s["fraction"])
+        kw = dict(temperature=s["temperature"], alpha=s["alpha"], noise=s["noise"], epochs=s["epochs"])
+        if accepts(slimkit.distill, "val_data"):
+            kw["val_data"] = test
+        return _call(slimkit.distill, model, student, data, callbacks=callbacks, stop=stop, **kw)
+    raise InvalidParameterError("method", method, "one of " + ", ".join(METHODS))
+
+
+def latency_ms(model: nn.Module, x: torch.Tensor, device: str = "cpu", backend: str = "eager",
+               reps: int = 15) -> float:
+    """Median wall time of one forward pass on batch ``x`` (ms). Noisy on a shared machine:
+    compare runs measured close together, not across sessions."""
+    dev = _device(device)
+    model = copy.deepcopy(model).eval()
+    try:
+        model, x = model.to(dev), x.to(dev)
+    except Exception:  # noqa: BLE001 - some quantized layers are CPU-only
+        dev, x = torch.device("cpu"), x.cpu()
+    run = model
+    if backend != "eager":
+        import slimkit.accel as accel
+        run = accel.compile(model, backend=backend, example=x)  # type: ignore[attr-defined]
+    times = []
+    with torch.inference_mode():
+        for i in range(reps + 3):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t = time.perf_counter()
+            run(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= 3:  # warm-up runs are not counted
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def weights(module: nn.Module) -> torch.Tensor | None:
+    """A layer's weight as float, whatever slimkit turned it into (quantized, sparse, wrapped)."""
+    for attr in ("dequantized_weight", "dense_weight", "to_dense"):
+        fn = getattr(module, attr, None)
+        if callable(fn):
+            try:
+                w = fn()
+                if isinstance(w, torch.Tensor):
+                    return w.detach().float()
+            except Exception:  # noqa: BLE001 - try the next way
+                pass
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor):
+        return (w.to_dense() if w.is_sparse or w.layout != torch.strided else w).detach().float()
+    inner = getattr(module, "inner", None)
+    return weights(inner) if isinstance(inner, nn.Module) else None
