@@ -210,6 +210,9 @@ class SparseWeight(nn.Module):
         self._cache = {}
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def __getstate__(self):  # deepcopy cannot copy a cached torch CSR tensor; a copy rebuilds it
+        return {**super().__getstate__(), "_cache": {}}
+
     def spec(self) -> dict:
         return {"format": self.fmt, "shape": list(self.shape), "execution": self.execution,
                 "buffers": {n: [list(b.shape), str(b.dtype).removeprefix("torch.")] for n, b in self.stored().items()},
