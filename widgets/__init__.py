@@ -3,7 +3,9 @@
 Importing this module imports ipywidgets and plotly (the core ``slimkit`` never does).
 In a notebook, ``%load_ext slimkit`` then ``%slimkit model data`` opens a panel.
 """
-from .panel import Panel, Run, frontend_is_live
+from .magic import load_ipython_extension
+from .panel import Panel, PanelBusyError, Run, frontend_is_live
 from .plots import Plots, static_bundle
 
-__all__ = ["Panel", "Run", "Plots", "frontend_is_live", "static_bundle"]
+__all__ = ["Panel", "PanelBusyError", "Run", "Plots", "frontend_is_live", "static_bundle",
+           "load_ipython_extension"]

@@ -4,11 +4,8 @@ run from buttons, from ``Panel.run()`` and from tests.
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,22 +35,6 @@ DEFAULTS: dict[str, Any] = dict(
     quantize_sweep="8, 6, 4, 3, 2", prune_sweep="0.5, 0.7, 0.8, 0.9, 0.95",
     distill_sweep="1, 2, 4, 8", sparsify_sweep="0.5, 0.8, 0.9, 0.95",
 )
-
-
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes keyword ``name`` (the panel passes stop/callbacks only where taken)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _call(fn: Callable, *args, callbacks=None, stop=None, **kwargs):
-    for key, value in (("callbacks", callbacks), ("stop", stop)):
-        if value is not None and accepts(fn, key):
-            kwargs[key] = value
-    return fn(*args, **kwargs)
 
 
 def parse_values(text: str, name: str) -> list[float]:
@@ -135,6 +116,9 @@ def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Modul
         out.append("sparsify: format='2:4' runs only on a CUDA device (choose device cuda or another format)")
     try:
         _device(settings["device"])
+        why = backend_problem(settings["backend"], settings["device"])
+        if why:
+            out.append(f"backend: {why}")
     except SlimkitError as e:
         out.append(f"device: {e}")
     return out
@@ -156,6 +140,7 @@ def _device(name: str) -> torch.device:
 
 
 def devices() -> list[str]:
+    """Devices this machine has (``slimkit.accel`` decides when installed)."""
     try:
         from slimkit.accel.devices import available_devices
         return list(available_devices())
@@ -164,70 +149,91 @@ def devices() -> list[str]:
 
 
 def backends() -> list[str]:
-    """Execution backends offered for latency: eager PyTorch, plus what slimkit.accel adds."""
+    """Execution backends latency can be measured with: eager PyTorch, plus ``slimkit.accel``'s."""
     try:
-        import slimkit.accel as accel
-        names = list(getattr(accel, "available_backends", lambda: [])())
+        from slimkit.accel.backends import list_backends
     except ImportError:
-        names = []
-    return ["eager"] + [n for n in names if n != "eager"]
+        return ["eager"]
+    return ["eager"] + [n for n in list_backends() if n != "eager"]
+
+
+def backend_problem(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here (None when it can)."""
+    if backend == "eager":
+        return None
+    try:
+        from slimkit.accel.backends import backends_info
+    except ImportError:
+        return f"backend {backend!r} needs slimkit.accel (pip install slimkit[accel])"
+    info = {b["name"]: b for b in backends_info(_device(device))}
+    if backend not in info:
+        return f"backend {backend!r} is not installed (have: {', '.join(sorted(info))})"
+    return info[backend]["why_not"]
 
 
 def apply(method: str, model: nn.Module, s: dict[str, Any], train, test, *, callbacks=None, stop=None,
           include: list[str] | None = None) -> slimkit.Result:
-    """Run one method on ``model`` with panel settings ``s``; the input is never changed."""
-    extra = {} if include is None else {"include": include}
+    """Run one method on ``model`` with panel settings ``s``; the input is never changed.
+
+    ``include`` limits quantize/prune/sparsify to some layers (per-layer sensitivity); prune
+    then skips fine-tuning, which would move every layer.
+    """
+    extra = {"callbacks": callbacks, "stop": stop} | ({} if include is None else {"include": include})
     if method == "quantize":
         kw = dict(bits=s["bits"], granularity=s["granularity"], scheme=s["scheme"],
-                  activations=(train.X[:512] if s["activations"] else None))
+                  activations=(train if s["activations"] else None))  # quantize calibrates on <= 512 rows
         if s["granularity"] == "per_group":
             kw["group_size"] = s["group_size"]
-        return _call(slimkit.quantize, model, callbacks=callbacks, stop=stop, **kw, **extra)
+        return slimkit.quantize(model, **kw, **extra)
     if method == "prune":
         finetune = (dict(data=train, epochs=s["finetune_epochs"], val_data=test)
                     if s["finetune_epochs"] and include is None else None)
-        return _call(slimkit.prune, model, s["sparsity"], score=s["score"], structured=s["structured"],
-                     data=train, finetune=finetune, callbacks=callbacks, stop=stop, **extra)
+        return slimkit.prune(model, s["sparsity"], score=s["score"], structured=s["structured"], data=train,
+                             finetune=finetune, **extra)
     if method == "sparsify":
         target = ({"sparsity": s["sparsify_sparsity"]} if s["sparsify_mode"] == "sparsity"
                   else {"threshold": s["threshold"]})
-        return _call(slimkit.sparsify, model, format=s["format"], callbacks=callbacks, stop=stop, **target, **extra)
+        return slimkit.sparsify(model, format=s["format"], **target, **extra)
     if method == "distill":
         student = slimkit.shrink(model, s["width"])
         data = train if s["fraction"] >= 1 else subset(train, s["fraction"])
-        kw = dict(temperature=s["temperature"], alpha=s["alpha"], noise=s["noise"], epochs=s["epochs"])
-        if accepts(slimkit.distill, "val_data"):
-            kw["val_data"] = test
-        return _call(slimkit.distill, model, student, data, callbacks=callbacks, stop=stop, **kw)
+        return slimkit.distill(model, student, data, temperature=s["temperature"], alpha=s["alpha"],
+                               noise=s["noise"], epochs=s["epochs"], val_data=test, callbacks=callbacks, stop=stop)
     raise InvalidParameterError("method", method, "one of " + ", ".join(METHODS))
 
 
-def latency_ms(model: nn.Module, x: torch.Tensor, device: str = "cpu", backend: str = "eager",
-               reps: int = 15) -> float:
-    """Median wall time of one forward pass on batch ``x`` (ms). Noisy on a shared machine:
-    compare runs measured close together, not across sessions."""
+def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", backend: str = "eager",
+              reps: int = 15) -> list[float]:
+    """Median wall time (ms) of one forward pass on batch ``x`` for each model, with ``backend``
+    on ``device``; the models take turns call by call, so a busy machine slows all alike and
+    their ratio stays meaningful (absolute numbers on a shared machine are not).
+
+    Eager CPU runs the models themselves (no copy); other devices/backends go through
+    ``slimkit.accel.backends.prepare``, which works on a copy and raises when the backend
+    cannot handle a model.
+    """
     dev = _device(device)
-    model = copy.deepcopy(model).eval()
-    try:
-        model, x = model.to(dev), x.to(dev)
-    except Exception:  # noqa: BLE001 - some quantized layers are CPU-only
-        dev, x = torch.device("cpu"), x.cpu()
-    run = model
-    if backend != "eager":
-        import slimkit.accel as accel
-        run = accel.compile(model, backend=backend, example=x)  # type: ignore[attr-defined]
-    times = []
+    if backend == "eager" and dev.type == "cpu":
+        runs = [(m.eval(), x) for m in models]
+        sync = lambda: None  # noqa: E731
+    else:
+        from slimkit.accel.backends import prepare
+        from slimkit.accel.devices import synchronize
+
+        prepared = [prepare(m, x, backend=backend, device=dev) for m in models]
+        runs = [(p, p.move(x)) for p in prepared]
+        sync = lambda: synchronize(dev)  # noqa: E731
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for i in range(reps + 3):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t = time.perf_counter()
-            run(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= 3:  # warm-up runs are not counted
-                times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        for i in range(reps + 2):
+            for (run, inp), ts in zip(runs, times):
+                sync()
+                t = time.perf_counter()
+                run(inp)
+                sync()
+                if i >= 2:  # warm-up calls are not counted
+                    ts.append(time.perf_counter() - t)
+    return [1000 * statistics.median(ts) for ts in times]
 
 
 def weights(module: nn.Module) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,13 +23,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 HEIGHT = 300
+WIDTHS = {"curves": 500, "sweep": 500, "sensitivity": 500, "histogram": 500, "pareto": 620}
 CURVE_COLORS = {"loss": "#d62728", "val_accuracy": "#1f77b4"}
 
 
 def _figure(base: go.Figure | None = None, **layout) -> go.Figure:
     fig = base if base is not None else go.Figure()
-    fig.update_layout(height=HEIGHT, margin=dict(l=50, r=20, t=40, b=40), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.25), **layout)
+    layout = dict(height=HEIGHT, margin=dict(l=50, r=20, t=40, b=40), template="plotly_white",
+                  legend=dict(orientation="h", y=-0.25)) | layout
+    fig.update_layout(**layout)
     return fig
 
 
@@ -66,18 +69,19 @@ class Plots:
         self.histogram.add_bar(x=[], y=[], name="before", opacity=0.6, marker_color="#7f7f7f")
         self.histogram.add_bar(x=[], y=[], name="after", opacity=0.6, marker_color="#ff7f0e")
 
-        self.pareto = _figure(make_subplots(rows=1, cols=2, shared_yaxes=True,
-                                                  subplot_titles=("vs size", "vs latency")),
-                              title="Pareto: accuracy vs size and latency (click a point)")
+        self.pareto = _figure(make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06),
+                              title="Pareto: accuracy vs size and latency (click a point)", height=HEIGHT + 40)
         for col in (1, 2):
-            self.pareto.add_scatter(x=[], y=[], mode="markers+text", name="runs" if col == 1 else "runs ",
-                                    marker=dict(size=11, color="#2ca02c"), textposition="top center",
-                                    showlegend=False, row=1, col=col)
-        self.pareto.update_xaxes(title_text="artifact size (KiB)", type="log", row=1, col=1)
-        self.pareto.update_xaxes(title_text="latency (ms / batch)", row=1, col=2)
+            self.pareto.add_scatter(x=[], y=[], mode="markers+text", name="vs size" if col == 1 else "vs latency",
+                                    marker=dict(size=11, color="#2ca02c"), textposition="middle right",
+                                    textfont=dict(size=9, color="#555"), showlegend=False, row=1, col=col)
+        self.pareto.update_xaxes(title_text="artifact size (KiB)", rangemode="tozero", row=1, col=1)
+        self.pareto.update_xaxes(title_text="latency (ms / batch)", rangemode="tozero", row=1, col=2)
         self.pareto.update_yaxes(title_text="test accuracy", row=1, col=1)
         self._runs: list[dict[str, Any]] = []
         if live:  # traces are added before wrapping: subplot grids do not survive the copy
+            for name, width in WIDTHS.items():  # side by side in the panel; static figures autosize
+                getattr(self, name).update_layout(width=width)
             for name in self.figures():
                 setattr(self, name, go.FigureWidget(getattr(self, name)))
             for trace in self.pareto.data:
@@ -110,9 +114,11 @@ class Plots:
             self._sweeps[-1]["y"].append(accuracy)
             self._dirty.add("sweep")
 
-    def set_sensitivity(self, layers: Sequence[str], values: Sequence[float], metric: str) -> None:
+    def set_sensitivity(self, layers: Sequence[str], drops: Sequence[float], what: str,
+                        hover: Sequence[str] | None = None) -> None:
+        """Bars: accuracy drop (points) per layer when ``what`` (e.g. "quantize 4-bit") hits it alone."""
         with self._lock:
-            self._sens = (list(layers), [float(v) for v in values], metric)
+            self._sens = (list(layers), [float(v) for v in drops], what, list(hover or []))
             self._dirty.add("sensitivity")
 
     def set_histogram(self, layer: str, before: np.ndarray, after: np.ndarray | None, bins: int = 80) -> None:
@@ -128,7 +134,7 @@ class Plots:
             self._dirty.add("histogram")
 
     def set_runs(self, runs: Sequence[dict[str, Any]]) -> None:
-        """``runs``: dicts with id, label, accuracy, size_kib, latency_ms, settings."""
+        """``runs``: dicts with id, label, accuracy, size_kib, latency_ms."""
         with self._lock:
             self._runs = [dict(r) for r in runs]
             self._dirty.add("pareto")
@@ -157,9 +163,10 @@ class Plots:
             fig.layout.xaxis.title.text = self._sweeps[-1]["name"].split(":")[-1].strip()
 
     def _draw_sensitivity(self, fig) -> None:
-        layers, values, metric = self._sens
-        fig.data[0].x, fig.data[0].y = layers, values
-        fig.layout.yaxis.title.text = metric
+        layers, drops, what, hover = self._sens
+        fig.data[0].x, fig.data[0].y = layers, drops
+        fig.data[0].hovertext = hover or None
+        fig.layout.title.text = f"Per-layer sensitivity: {what}"
 
     def _draw_histogram(self, fig) -> None:
         layer, centers, before, after, width = self._hist
@@ -169,17 +176,16 @@ class Plots:
 
     def _draw_pareto(self, fig) -> None:
         runs = self._runs
-        front = pareto_front([(r["size_kib"], -r["accuracy"]) for r in runs])
-        colors = ["#2ca02c" if i in front else "#aaaaaa" for i in range(len(runs))]
         hover = [f"#{r['id']} {html.escape(r['label'])}<br>acc {r['accuracy']:.2%}<br>"
                  f"{r['size_kib']:.1f} KiB, {r['latency_ms']:.2f} ms" for r in runs]
         for trace, key in zip(fig.data, ("size_kib", "latency_ms")):
-            trace.x = [r[key] for r in runs]
-            trace.y = [r["accuracy"] for r in runs]
+            x = [None if math.isnan(r[key]) else r[key] for r in runs]  # NaN is not JSON
+            front = pareto_front([(v if v is not None else math.inf, -r["accuracy"]) for v, r in zip(x, runs)])
+            trace.x, trace.y = x, [r["accuracy"] for r in runs]
             trace.text = [f"#{r['id']}" for r in runs]
             trace.customdata = [r["id"] for r in runs]
             trace.hovertext, trace.hoverinfo = hover, "text"
-            trace.marker.color = colors
+            trace.marker.color = ["#2ca02c" if i in front else "#aaaaaa" for i in range(len(runs))]
 
     def _clicked(self, trace, points, state=None) -> None:
         if points.point_inds and self.on_pick is not None:

@@ -17,28 +17,47 @@ from slimkit.errors import Interrupted
 
 
 class Throttle:
-    """Calls ``flush`` at most once per ``interval`` seconds; ``poke(force=True)`` always does.
+    """Calls ``flush`` at most once per ``interval`` seconds, and never drops the last poke.
 
-    Updates are accumulated by the caller (e.g. in lists the plots read); ``flush`` pushes
-    everything pending at once, so skipped pokes lose nothing, they only merge.
+    A poke inside the interval schedules one trailing flush at the interval's end (further
+    pokes until then merge into it), so the front end always ends up showing the newest
+    state. ``poke(force=True)`` flushes at once (a job's end, a finished run). The caller
+    accumulates the data (e.g. in lists the plots read): ``flush`` pushes all of it.
     """
 
     def __init__(self, flush: Callable[[], Any], interval: float = 0.25,
                  clock: Callable[[], float] = time.monotonic):
         self.flush, self.interval, self.clock = flush, interval, clock
         self._last = -float("inf")
-        self._lock = threading.Lock()
-        self.flushes = 0
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self.flushes = 0  # how many times flush ran (tests and diagnostics)
 
     def poke(self, force: bool = False) -> bool:
+        """Ask for a refresh; True if it flushed now, False if merged into a later flush."""
         with self._lock:
-            now = self.clock()
-            if not force and now - self._last < self.interval:
-                return False
-            self._last = now
-            self.flushes += 1
-            self.flush()
-            return True
+            wait = self._last + self.interval - self.clock()
+            if force or wait <= 0:
+                self._flush_now()
+                return True
+            if self._timer is None:
+                self._timer = threading.Timer(wait, self._trailing)
+                self._timer.daemon = True
+                self._timer.start()
+            return False
+
+    def _trailing(self) -> None:
+        with self._lock:
+            if self._timer is not None:  # not already flushed by a forced poke
+                self._flush_now()
+
+    def _flush_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last = self.clock()
+        self.flushes += 1
+        self.flush()
 
 
 class Runner:
@@ -56,10 +75,13 @@ class Runner:
         self.outcome: str | None = None
         self.value: Any = None
         self.traceback: str = ""
+        self._running = False
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True while the job runs; already False when ``on_done`` runs (so it can re-enable
+        buttons), though the thread ends only after it."""
+        return self._running
 
     def start(self, job: Callable[[threading.Event], Any],
               on_done: Callable[[str, Any], None] | None = None, *, name: str = "slimkit-panel") -> None:
@@ -68,6 +90,7 @@ class Runner:
         self.stop_flag = threading.Event()
         self.outcome, self.value, self.traceback = None, None, ""
         stop = self.stop_flag
+        self._running = True
 
         def main():
             try:
@@ -78,6 +101,7 @@ class Runner:
                 value, outcome = e, "error"
                 self.traceback = traceback.format_exc()
             self.outcome, self.value = outcome, value
+            self._running = False
             if on_done is not None:
                 try:
                     on_done(outcome, value)
@@ -86,12 +110,6 @@ class Runner:
 
         self._thread = threading.Thread(target=main, name=name, daemon=True)
         self._thread.start()
-
-    def run_here(self, job: Callable[[threading.Event], Any],
-                 on_done: Callable[[str, Any], None] | None = None) -> None:
-        """Same contract as :meth:`start`, but in the calling thread (headless runs)."""
-        self.start(job, on_done)
-        self.wait()
 
     def stop(self) -> None:
         self.stop_flag.set()

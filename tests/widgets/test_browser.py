@@ -1,0 +1,192 @@
+"""The panel in a real browser: JupyterLab served here, Debian's Chromium driven by Playwright.
+
+Opens notebooks/control_panel.ipynb, runs all its cells, moves the bits slider, clicks Run and
+checks that the Pareto plot gained a point, the histogram changed and the results table gained
+a row. A screenshot lands in test-artifacts/control_panel.png.
+
+Nothing is downloaded: Chromium is the system's (/usr/bin/chromium, installed by
+scripts/install_chromium.sh), and JupyterLab's settings, data and runtime folders are
+temporary, so the test leaves no state behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK = ROOT / "notebooks" / "control_panel.ipynb"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path(os.environ.get("SLIMKIT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"jupyter lab did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on 127.0.0.1 serving a copy of the tutorial notebook."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (install it with scripts/install_chromium.sh)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    root, config, data, runtime = (tmp_path / d for d in ("root", "config", "data", "runtime"))
+    for d in (root, config, data, runtime):
+        d.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    # no news feed or update checks (offline machine), and window.jupyterapp for driving commands
+    (config / "jupyter_server_config.json").write_text(json.dumps({"LabApp": {
+        "news_url": None, "expose_app_in_browser": True, "extension_manager": "readonly"}}))
+    settings = config / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps(
+        {"fetchNews": "false", "checkForUpdates": False}))
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(data),
+           "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTERLAB_SETTINGS_DIR": str(config / "lab" / "user-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(config / "lab" / "workspaces"), "PYTHONUNBUFFERED": "1"}
+    env.pop("SLIMKIT_PANEL", None)
+    port, token = _free_port(), os.urandom(16).hex()
+    # the kernel: python3 is ipykernel's native spec, i.e. this interpreter (this venv)
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = tmp_path / "jupyter.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
+                                start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc, log)
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "root": root, "log": log}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# JavaScript run in the page ------------------------------------------------------------
+
+KERNEL_IDLE = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+  return !!k && k.status === 'idle' && w.sessionContext.isReady;
+}"""
+
+# data of the panel's plotly figures, by title ("Pareto", "Weights", ...)
+FIGURES = """() => {
+  const out = {};
+  for (const el of document.querySelectorAll('.slimkit-panel .js-plotly-plot')) {
+    const title = (el.querySelector('.gtitle') || {}).textContent || '';
+    out[title] = (el.data || []).map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}));
+  }
+  return out;
+}"""
+
+TABLE_ROWS = "() => document.querySelectorAll('.slimkit-panel table.slimkit-results tbody tr').length"
+
+
+def _figure(figs: dict, prefix: str) -> list[dict]:
+    found = [v for k, v in figs.items() if k.startswith(prefix)]
+    assert found, f"no figure titled {prefix!r} in the panel (titles: {list(figs)})"
+    return found[0]
+
+
+def test_panel_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2400})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK.name}?reset&token={lab['token']}")
+            page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+            for label in ("No", "Dismiss"):  # the news toast, if a JupyterLab version still asks
+                button = page.locator(f".jp-toast-button >> text={label}")
+                if button.count():
+                    button.first.click()
+
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            metrics = lab["root"] / "metrics.json"  # the last cell writes it
+            deadline = time.monotonic() + 150
+            while not metrics.exists() and time.monotonic() < deadline:
+                page.wait_for_timeout(500)
+            assert metrics.exists(), "the notebook did not finish:\n" + lab["log"].read_text()[-3000:]
+            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+            ran = json.loads(metrics.read_text())["runs"]
+
+            panel = page.locator(".slimkit-panel")
+            panel.wait_for(state="visible", timeout=30_000)
+            page.wait_for_function(f"() => ({TABLE_ROWS})() === {ran + 1}", timeout=30_000)
+            before = page.evaluate(FIGURES)
+            assert len(_figure(before, "Pareto")[0]["x"]) == ran + 1  # one point per row
+
+            # the quantize tab is open (the notebook's last panel.set); move its bits slider by one step
+            slider = panel.locator(".widget-slider:visible", has=page.locator("label", has_text="bits")).first
+            readout = slider.locator(".widget-readout")
+            old_bits = int(readout.inner_text())
+            slider.locator(".noUi-handle").focus()
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_function(
+                "([el, v]) => el.textContent.trim() !== v", arg=[readout.element_handle(), str(old_bits)])
+            new_bits = int(readout.inner_text())
+            assert new_bits == old_bits - 1
+
+            panel.locator("button", has_text="Run").first.click()
+            page.wait_for_function(f"() => ({TABLE_ROWS})() === {ran + 2}", timeout=90_000)
+            page.wait_for_function(f"""() => {{
+                const f = ({FIGURES})(); const k = Object.keys(f).find(t => t.startsWith('Pareto'));
+                return k && f[k][0].x.length === {ran + 2}; }}""", timeout=30_000)
+            page.wait_for_function(f"""() => {{
+                const f = ({FIGURES})(); const k = Object.keys(f).find(t => t.startsWith('Weights'));
+                return k && k !== {json.dumps(next(k for k in before if k.startswith('Weights')))}; }}""",
+                                   timeout=30_000)
+            after = page.evaluate(FIGURES)
+            last_row = panel.locator("table.slimkit-results tbody tr").last.inner_text()
+            assert f"quantize({new_bits},per_channel,symmetric)" in last_row
+            assert _figure(after, "Pareto")[0]["y"][:ran + 1] == _figure(before, "Pareto")[0]["y"]
+            assert _figure(after, "Weights")[1]["y"] != _figure(before, "Weights")[1]["y"]  # "after" bars moved
+            assert "finished" in panel.locator(".slimkit-status").inner_text()
+            assert not panel.locator(".slimkit-errors").inner_text().strip()
+
+            panel.scroll_into_view_if_needed()
+            panel.screenshot(path=str(ARTIFACTS / "control_panel.png"))
+            assert not [e for e in errors if "slimkit" in e.lower() or "plotly" in e.lower()], errors
+        finally:
+            browser.close()
+    print(f"browser test: {time.monotonic() - t0:.1f} s after the server was up")
