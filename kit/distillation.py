@@ -73,14 +73,8 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     T = float(temperature)
 
     def kd_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        loss = torch.zeros((), dtype=logits.dtype)
-        if alpha > 0:
-            p = soft_targets(x)
-            loss = loss + alpha * T * T * F.kl_div(F.log_softmax(logits / T, -1), p, reduction="batchmean")
-        if alpha < 1:
-            loss = loss + (1 - alpha) * F.cross_entropy(logits, y)
-        return loss
+        # alpha=0 never runs the teacher: labels-only training is exactly plain cross-entropy
+        return hinton_loss(model(x), soft_targets(x) if alpha > 0 else None, y, T, alpha)
 
     history = fit(work, data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                   loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
@@ -97,6 +91,24 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     params = dict(temperature=T, alpha=alpha, noise=float(noise), noise_samples=noise_samples, epochs=epochs,
                   lr=lr, seed=seed)
     return Result(work, Report("distill", params, layers, summary=summary))
+
+
+def hinton_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None, targets: torch.Tensor,
+                temperature: float = 4.0, alpha: float = 0.7) -> torch.Tensor:
+    """``alpha * T^2 * KL(teacher_probs || softmax(student_logits / T)) + (1 - alpha) * CE(student_logits, y)``.
+
+    ``teacher_probs`` are the teacher's softened probabilities ``softmax(teacher_logits / T)``
+    (or their average over weight noise); ``T^2`` keeps the soft term's gradients on the scale
+    of the hard term's as ``T`` changes (Hinton et al., 2015). KL is averaged over the batch.
+    """
+    T = float(temperature)
+    loss = torch.zeros((), dtype=student_logits.dtype, device=student_logits.device)
+    if alpha > 0:
+        log_p = F.log_softmax(student_logits / T, -1)
+        loss = loss + alpha * T * T * F.kl_div(log_p, teacher_probs, reduction="batchmean")
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, targets)
+    return loss
 
 
 class _NoisyTeacher:

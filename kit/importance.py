@@ -127,13 +127,16 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
             for xs, ys in zip(x.split(chunk), y.split(chunk)):
                 if use_vmap:
                     try:
-                        grads = per_sample(params, xs, ys)
+                        # outer no_grad: the other parameters (biases, norms) still require grad,
+                        # so without it every batch's gradients would keep an autograd graph alive
+                        with torch.no_grad():
+                            grads = per_sample(params, xs, ys)
                     except Exception:  # e.g. data-dependent Python control flow or in-place ops
                         use_vmap = False
                 if not use_vmap:
                     grads = _loop_grads(wrapper, keys, xs, ys)
                 for k, n in keys.items():
-                    sums[n] += grads[k].pow(2).sum(0)
+                    sums[n] += grads[k].detach().pow(2).sum(0)
                 count += len(ys)
             progress.emit("progress", "fisher", step, total, samples=count)
     finally:

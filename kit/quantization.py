@@ -99,7 +99,7 @@ def _check_layout(x: torch.Tensor, granularity: str, axis: int, group_size: int 
     check_choice("granularity", granularity, GRANULARITIES)
     if granularity == "per_tensor":
         return
-    if not -x.dim() <= axis < x.dim() or x.dim() == 0:
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim() or x.dim() == 0:
         raise InvalidParameterError("axis", axis, f"an axis of the {x.dim()}-d {what}")
     if granularity == "per_group":
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
@@ -141,6 +141,7 @@ def quantize_tensor(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", g
         raise InvalidTypeError("x", x, "a floating-point torch.Tensor")
     if not torch.isfinite(x).all():
         raise InvalidParameterError("x", "tensor with NaN/inf", "finite values (cannot quantize NaN or inf)")
+    _check_layout(x, granularity, axis, group_size)  # before normalising axis: axis=2 of a 2-d x is an error
     axis = axis % x.dim() if x.dim() else 0
     scale, zp = qparams(x, bits, scheme, granularity, axis, group_size)
     qmin, qmax = qrange(bits, scheme)
@@ -498,7 +499,8 @@ def _summary(report: Report) -> dict:
     sq = [l.sqnr_db for l in q if l.sqnr_db is not None and math.isfinite(l.sqnr_db)]
     out = {
         "quantized_layers": sum(l.action == "quantized" for l in q),
-        "simulated_layers": sum(l.action == "simulated" for l in q),
+        # fully simulated layers and real-weight layers whose inputs are fake-quantized
+        "simulated_layers": sum("simulated" in l.details.get("mode", "") for l in q),
         "integer_kernel_layers": sum("_int_mm" in l.details.get("execution", "") for l in q),
         "skipped_layers": len(report.layers) - len(q),
         "layer_bytes": f"{before} -> {after}" + (f" ({before / after:.2f}x smaller)" if after else ""),
@@ -611,4 +613,9 @@ def _auto_keep(model, targets, metric, max_drop, progress, qkw) -> tuple[list[di
             hi = mid
         else:
             lo = mid
+    if hi == len(names):
+        least = min(ranking, key=lambda r: r["drop"])
+        raise NothingToCompressError(
+            f"keep='auto': no layer can be quantized to {qkw['bits']} bits within max_drop={max_drop}; even the "
+            f"least sensitive layer alone ({least['name']!r}) costs {least['drop']:.3g}. Raise max_drop or bits")
     return ranking, names[:hi]
