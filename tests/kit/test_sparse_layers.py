@@ -118,3 +118,15 @@ def test_spec_rebuild_and_cache_reset():
     other.load_state_dict(layer.state_dict())  # ...which loading must drop
     torch.testing.assert_close(other(x), F.linear(x, w, b))
     assert not any(p.requires_grad for p in layer.parameters())
+
+
+def test_deepcopy_after_a_csr_forward():
+    import copy
+
+    w = _sparse(8, 12, 0.05)
+    layer = SparseLinear.from_dense(w, None, "csr", "csr")
+    x = torch.randn(2, 12)
+    layer(x)  # builds the cached torch CSR tensor, which deepcopy cannot copy
+    clone = copy.deepcopy(layer)
+    assert clone._cache == {}
+    torch.testing.assert_close(clone(x), F.linear(x, w))
