@@ -7,5 +7,5 @@ from .magic import load_ipython_extension
 from .panel import Panel, PanelBusyError, Run, frontend_is_live
 from .plots import Plots, static_bundle
 
-__all__ = ["Panel", "PanelBusyError", "Run", "Plots", "frontend_is_live", "static_bundle",
-           "load_ipython_extension"]
+__all__ = ["Panel", "PanelBusyError", "Plots", "Run", "frontend_is_live", "load_ipython_extension",
+           "static_bundle"]

@@ -92,31 +92,33 @@ def check_setting(name: str, value: Any) -> None:
 
 def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Module) -> list[str]:
     """Everything wrong with ``settings`` for running ``methods`` on ``model``, as messages."""
-    names = {"quantize": ("bits", "granularity", "scheme", "group_size"),
+    s = settings
+    names = {"quantize": ("bits", "granularity", "scheme") + (("group_size",) if s["granularity"] == "per_group" else ()),
              "prune": ("sparsity", "score", "finetune_epochs"),
              "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
-             "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
-    out = []
-    if not methods:
-        out.append("pipeline: choose at least one step")
+             "sparsify": ("sparsify_mode", "sparsify_sparsity" if s["sparsify_mode"] == "sparsity" else "threshold",
+                          "format")}
+    out = [] if methods else ["pipeline: choose at least one step"]
+    if {"quantize", "sparsify"} <= set(methods):
+        out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
+                   "choose one (prune then quantize keeps the pruned zeros)")
     for method in methods:
         for name in names[method]:
             try:
-                check_setting(name, settings[name])
+                check_setting(name, s[name])
             except SlimkitError as e:
                 out.append(f"{method}: {e}")
-    if "quantize" in methods and settings["granularity"] == "per_group" and isinstance(settings["group_size"], int) \
-            and settings["group_size"] > 0:
-        bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model)
-               if k % settings["group_size"]]
+    if "quantize" in methods and s["granularity"] == "per_group" and not any("group_size" in m for m in out):
+        bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model) if k % s["group_size"]]
         if bad:
-            out.append(f"quantize: group_size={settings['group_size']} must divide the values per output channel "
+            out.append(f"quantize: group_size={s['group_size']} must divide the values per output channel "
                        f"of every layer; it does not for " + ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
-    if "sparsify" in methods and settings["format"] == "2:4" and not str(settings["device"]).startswith("cuda"):
-        out.append("sparsify: format='2:4' runs only on a CUDA device (choose device cuda or another format)")
+    if "sparsify" in methods and s["format"] == "2:4" and s["sparsify_mode"] == "sparsity" \
+            and s["sparsify_sparsity"] != 0.5:
+        out.append("sparsify: format='2:4' keeps 2 of every 4 weights: set sparsity to 0.5 (or zero by threshold)")
     try:
-        _device(settings["device"])
-        why = backend_problem(settings["backend"], settings["device"])
+        _device(s["device"])
+        why = backend_problem(s["backend"], s["device"])
         if why:
             out.append(f"backend: {why}")
     except SlimkitError as e:
@@ -215,14 +217,14 @@ def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", bac
     dev = _device(device)
     if backend == "eager" and dev.type == "cpu":
         runs = [(m.eval(), x) for m in models]
-        sync = lambda: None  # noqa: E731
+        sync = lambda: None
     else:
         from slimkit.accel.backends import prepare
         from slimkit.accel.devices import synchronize
 
         prepared = [prepare(m, x, backend=backend, device=dev) for m in models]
         runs = [(p, p.move(x)) for p in prepared]
-        sync = lambda: synchronize(dev)  # noqa: E731
+        sync = lambda: synchronize(dev)
     times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for i in range(reps + 2):
@@ -238,17 +240,11 @@ def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", bac
 
 def weights(module: nn.Module) -> torch.Tensor | None:
     """A layer's weight as float, whatever slimkit turned it into (quantized, sparse, wrapped)."""
-    for attr in ("dequantized_weight", "dense_weight", "to_dense"):
-        fn = getattr(module, attr, None)
-        if callable(fn):
-            try:
-                w = fn()
-                if isinstance(w, torch.Tensor):
-                    return w.detach().float()
-            except Exception:  # noqa: BLE001 - try the next way
-                pass
+    for attr in ("dequantized_weight", "dense_weight"):  # slimkit's quantized / sparse layers
+        if callable(getattr(module, attr, None)):
+            return getattr(module, attr)().detach().float()
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor):
-        return (w.to_dense() if w.is_sparse or w.layout != torch.strided else w).detach().float()
-    inner = getattr(module, "inner", None)
+        return (w if w.layout == torch.strided else w.to_dense()).detach().float()
+    inner = getattr(module, "inner", None)  # FakeQuantInput wraps the layer it simulates
     return weights(inner) if isinstance(inner, nn.Module) else None

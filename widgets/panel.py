@@ -130,7 +130,7 @@ def frontend_is_live() -> bool:
         return True
     try:
         meta = (kernel.get_parent("shell") or {}).get("metadata") or {}
-    except Exception:  # noqa: BLE001 - older ipykernel
+    except Exception:  # older ipykernel
         meta = {}
     return bool({"cellId", "recordTiming", "deletedCells"} & set(meta))
 
@@ -439,10 +439,10 @@ class Panel:
                 self._show_error(value, self.runner.traceback)
             self.throttle.poke(force=True)
 
-        self.runner.start(lambda stop: job(method, settings, stop), done)
-        for b in self.buttons.values():
+        for b in self.buttons.values():  # before the start: a job that fails at once re-enables them in done()
             b.disabled = True
         self.stop_button.disabled = False
+        self.runner.start(lambda stop: job(method, settings, stop), done)
         if wait is None:
             wait = not self.live
         if not wait:
@@ -490,8 +490,10 @@ class Panel:
         original's on the same device and backend, so "x faster" compares like with like."""
         note = ""
         try:
-            latency, baseline = M.latencies([model, self.base], self._latency_x, s["device"], s["backend"])
-        except Exception as e:  # noqa: BLE001 - the compressed model stands; say why it has no latency
+            timed = M.latencies([model] if model is self.base else [model, self.base], self._latency_x,
+                                s["device"], s["backend"])
+            latency, baseline = timed[0], timed[-1]
+        except Exception as e:  # the compressed model stands; say why it has no latency
             latency = baseline = math.nan
             note = f"latency with {s['backend']} on {s['device']} failed: {type(e).__name__}: {e}"
         with self._lock:

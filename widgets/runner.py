@@ -97,7 +97,7 @@ class Runner:
                 value, outcome = job(stop), "done"
             except Interrupted as e:
                 value, outcome = e, "stopped"
-            except BaseException as e:  # noqa: BLE001 - shown in the panel; the kernel must survive
+            except BaseException as e:  # shown in the panel; the kernel must survive
                 value, outcome = e, "error"
                 self.traceback = traceback.format_exc()
             self.outcome, self.value = outcome, value
@@ -105,7 +105,7 @@ class Runner:
             if on_done is not None:
                 try:
                     on_done(outcome, value)
-                except BaseException:  # noqa: BLE001
+                except BaseException:
                     self.traceback += traceback.format_exc()
 
         self._thread = threading.Thread(target=main, name=name, daemon=True)

@@ -114,6 +114,16 @@ FIGURES = """() => {
   return out;
 }"""
 
+# page coordinates of every point of the Pareto plot's "vs latency" trace, with its run id
+PARETO_POINTS = """() => {
+  const el = [...document.querySelectorAll('.slimkit-panel .js-plotly-plot')]
+    .find(e => ((e.querySelector('.gtitle') || {}).textContent || '').startsWith('Pareto'));
+  el.scrollIntoView({block: 'center'});
+  const box = el.getBoundingClientRect(), t = el.data[1], xa = el._fullLayout.xaxis2, ya = el._fullLayout.yaxis2;
+  return Array.from(t.x).map((x, i) => ({id: t.customdata[i],
+    x: box.left + xa._offset + xa.l2p(x), y: box.top + ya._offset + ya.l2p(t.y[i])}));
+}"""
+
 TABLE_ROWS = "() => document.querySelectorAll('.slimkit-panel table.slimkit-results tbody tr').length"
 
 
@@ -183,6 +193,16 @@ def test_panel_in_jupyterlab(lab):
             assert _figure(after, "Weights")[1]["y"] != _figure(before, "Weights")[1]["y"]  # "after" bars moved
             assert "finished" in panel.locator(".slimkit-status").inner_text()
             assert not panel.locator(".slimkit-errors").inner_text().strip()
+
+            # click the Pareto point that stands farthest from the others: its settings appear
+            points = page.evaluate(PARETO_POINTS)
+            far = max(points, key=lambda p: min(((p["x"] - q["x"]) ** 2 + (p["y"] - q["y"]) ** 2
+                                                 for q in points if q is not p), default=0))
+            page.mouse.move(far["x"], far["y"])
+            page.mouse.click(far["x"], far["y"])
+            detail = panel.locator(".slimkit-detail")
+            detail.get_by_text(f"#{far['id']} ").first.wait_for(timeout=30_000)
+            assert '"backend": "eager"' in detail.inner_text()
 
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=str(ARTIFACTS / "control_panel.png"))

@@ -62,24 +62,29 @@ def test_quantize_run_from_the_widgets(make_panel, click):
     assert not panel.run_button.disabled and panel.stop_button.disabled
 
 
-def test_table_grows_and_curves_follow_finetuning(make_panel, click):
+def test_table_grows_and_curves_follow_training(make_panel, click):
     panel = make_panel()
-    panel.set("prune", sparsity=0.6, finetune_epochs=2)
+    panel.set("distill", width=0.5, epochs=2, fraction=0.1)
+    click(panel, panel.run_button)
+    panel.set("prune", sparsity=0.6, finetune_epochs=0)
     click(panel, panel.run_button)
     panel.set("sparsify", sparsify_sparsity=0.5, format="csr")
     click(panel, panel.run_button)
 
-    assert [r.method for r in panel.results] == ["original", "prune", "sparsify"]
-    assert len(table_rows(panel)) == 3
-    assert len(panel.plots.pareto.data[0].x) == 3
-    pruned = panel.results[1].model
-    conv = pruned.get_submodule("features.0").weight
+    assert [r.method for r in panel.results] == ["original", "distill", "prune", "sparsify"]
+    assert len(table_rows(panel)) == 4
+    assert len(panel.plots.pareto.data[0].x) == 4
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(panel.results[1].model) < n(panel.base) / 2  # the half-width student
+    conv = panel.results[2].model.get_submodule("features.0").weight
     assert (conv == 0).float().mean().item() == pytest.approx(0.6, abs=0.02)
-    # two fine-tune epochs: two points each of loss and test accuracy; sparsify did not reset them
+    assert panel.results[3].model.get_submodule("features.2").fmt == "csr"
+    # two distillation epochs: two points each of loss and test accuracy; later runs without
+    # training left the curves alone
     curves = panel.plots.curves
     assert list(trace(curves, "loss").x) == [1, 2] and len(trace(curves, "val accuracy").y) == 2
     assert all(0 < a <= 1 for a in trace(curves, "val accuracy").y)
-    assert panel.results[2].model.get_submodule("features.2").fmt == "csr"
+    assert "#1 distill" in curves.layout.title.text
 
 
 def test_sweep_plots_accuracy_against_bits(make_panel, click):
@@ -130,7 +135,7 @@ def test_stop_leaves_the_model_as_before(make_panel, wait_until):
     panel.run_button.click()
     assert panel.busy  # the click returned while the job runs: the kernel is free
     assert slimkit.evaluate(panel.base, panel.test)["accuracy"] > 0.9  # ...and usable meanwhile
-    wait_until(lambda: len(panel.plots._curve["loss"][0]) >= 1, what="the first fine-tune epoch")
+    wait_until(lambda: "finetune" in panel._progress_text, what="fine-tuning to start")
     assert not panel.stop_button.disabled and panel.run_button.disabled
     panel.stop_button.click()
     assert panel.wait(120)
@@ -149,17 +154,16 @@ def test_stop_leaves_the_model_as_before(make_panel, wait_until):
 
 def test_stop_in_a_pipeline_keeps_the_last_finished_step(make_panel, wait_until):
     panel = make_panel()
-    panel.set("pipeline", pipeline=("distill", "prune"), epochs=1, width=0.5, finetune_epochs=500)
+    panel.set("pipeline", pipeline=("distill", "prune"), epochs=1, width=0.5, fraction=0.1, finetune_epochs=500)
     panel.run()
-    # one distillation epoch, then at least one fine-tune epoch of the prune step
-    wait_until(lambda: len(panel.plots._curve["loss"][0]) >= 2, what="the prune step's first epoch")
+    wait_until(lambda: "finetune" in panel._progress_text, what="the prune step's fine-tuning")
     panel.stop()
     assert panel.wait(120) and panel.runner.outcome == "stopped"
 
     last = panel.results[-1]
     assert last.method == "distill" and last.status == "stopped after distill"
     assert panel.model is last.model
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(panel.model) < n(panel.base) / 2  # the student, not a half-pruned model
     assert all((p != 0).float().mean() > 0.9 for p in panel.model.parameters() if p.dim() > 1)
 
@@ -216,6 +220,12 @@ def test_validation_blocks_a_run_before_anything_starts(make_panel, click):
         panel.sweep()
     panel.set("pipeline", pipeline=())
     assert "choose at least one step" in panel.messages.value and panel.run_button.disabled
+    panel.set(pipeline=("quantize", "sparsify"))
+    assert "neither can follow the other" in panel.messages.value and panel.run_button.disabled
+    panel.set("sparsify", format="2:4", sparsify_sparsity=0.9)
+    assert "2 of every 4" in panel.messages.value and panel.run_button.disabled
+    panel.set(sparsify_sparsity=0.5)
+    assert not panel.run_button.disabled
     assert panel.results == []
 
 
