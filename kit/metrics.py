@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import batches
+from .errors import InvalidParameterError
 
 
 @torch.no_grad()
@@ -30,6 +31,8 @@ def evaluate(model: nn.Module, data, *, reference: nn.Module | None = None) -> d
             agree += (reference(x).argmax(-1) == pred).sum().item()
         n += len(y)
     model.train(was_training)
+    if n == 0:
+        raise InvalidParameterError("data", data, "at least one (inputs, targets) sample")
     metrics = {"accuracy": correct / n, "loss": loss / n, "n": float(n)}
     if reference is not None:
         metrics["agreement"] = agree / n

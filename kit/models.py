@@ -100,8 +100,9 @@ def pretrained_digits(arch: str = "cnn", seed: int = 0, *, callbacks=None, stop=
             return artifact.load(path)
         except Exception:  # a corrupt cache entry is retrained, not fatal
             path.unlink(missing_ok=True)
-    torch.manual_seed(seed)
-    model = build(f"digits_{arch}")
+    with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = build(f"digits_{arch}")
     data = load_digits(seed=0)
     recipe = {k: v for k, v in TRAIN_RECIPE.items() if k != "version"}
     fit(model, data.train, seed=seed, stage=f"train digits_{arch}", callbacks=callbacks, stop=stop, **recipe)

@@ -30,8 +30,16 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
     """
     check_positive("epochs", epochs, integer=True)
     check_positive("lr", lr)
+    check_positive("batch_size", batch_size, integer=True)
     progress = as_progress(callbacks, stop)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded (dropout, ...) without touching the caller's RNG
+        torch.manual_seed(seed)
+        return _fit(model, data, epochs, lr, weight_decay, batch_size, seed, loss_fn, val_data, after_step,
+                    stage, progress)
+
+
+def _fit(model, data, epochs, lr, weight_decay, batch_size, seed, loss_fn, val_data, after_step, stage,
+         progress) -> list[dict[str, float]]:
     loader = batches(data, batch_size=batch_size, shuffle=True, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

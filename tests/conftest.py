@@ -58,3 +58,16 @@ def assert_unchanged(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) 
     assert now.keys() == snapshot.keys()
     for k, v in snapshot.items():
         assert torch.equal(now[k], v), f"{k} changed"
+
+
+class TiedModel(torch.nn.Module):
+    """An embedding whose table is also the output layer's weight (tied weights)."""
+
+    def __init__(self, vocab: int = 20, dim: int = 8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.out = torch.nn.Linear(dim, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(self.emb(x))

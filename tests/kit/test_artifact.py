@@ -6,19 +6,9 @@ import torch
 import torch.nn as nn
 
 import slimkit
+from conftest import TiedModel as Tied
 from slimkit import artifact
 from slimkit.errors import ArtifactError
-
-
-class Tied(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(20, 8)
-        self.out = nn.Linear(8, 20, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, x):
-        return self.out(self.emb(x))
 
 
 def test_round_trip_is_exact_with_builder(cnn, digits, tmp_path):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import slimkit
-from conftest import assert_unchanged, state_snapshot
+from conftest import TiedModel, assert_unchanged, state_snapshot
 from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
 from slimkit.sparse_layers import SparseConv, SparseLinear, SparseWeight, format_bytes
 
@@ -119,21 +119,10 @@ def test_sparse_models_round_trip_exactly(cnn, digits, tmp_path, fmt):
     assert torch.equal(back(x), out(x))
 
 
-class _Tied(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(20, 8)
-        self.head = nn.Linear(8, 20, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, ids):
-        return self.head(self.emb(ids))
-
-
 def test_tied_weights_are_left_dense():
     torch.manual_seed(0)
     with pytest.raises(NothingToCompressError, match="tied"):
-        slimkit.sparsify(_Tied(), sparsity=0.5)
+        slimkit.sparsify(TiedModel(), sparsity=0.5)
 
 
 def test_embedding_is_sparsified():
