@@ -145,9 +145,10 @@ def devices() -> list[str]:
     """Devices this machine has (``slimkit.accel`` decides when installed)."""
     try:
         from slimkit.accel.devices import available_devices
-        return list(available_devices())
+        found = list(available_devices())
     except ImportError:
-        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return found[:1] + (["cuda"] if "cuda:0" in found else []) + found[1:]  # "cuda": the current GPU
 
 
 def backends() -> list[str]:

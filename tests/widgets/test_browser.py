@@ -70,12 +70,17 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps(
         {"fetchNews": "false", "checkForUpdates": False}))
+    # the notebook's kernel, as this interpreter (this venv), in the temporary data dir
+    kernel = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]["name"]
+    (data / "kernels" / kernel).mkdir(parents=True)
+    (data / "kernels" / kernel / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python ({kernel})", "language": "python"}))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(data),
            "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTERLAB_SETTINGS_DIR": str(config / "lab" / "user-settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(config / "lab" / "workspaces"), "PYTHONUNBUFFERED": "1"}
     env.pop("SLIMKIT_PANEL", None)
     port, token = _free_port(), os.urandom(16).hex()
-    # the kernel: python3 is ipykernel's native spec, i.e. this interpreter (this venv)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
