@@ -220,7 +220,7 @@ class Panel:
         c["backend"] = W.Dropdown(options=M.backends(), value="eager", description="backend (latency)", **kw)
         for m in M.METHODS:
             c[f"{m}_sweep"] = W.Text(d[f"{m}_sweep"], description=f"sweep {M.SWEEP_PARAM[m].split('_')[-1]}", **kw)
-        for name, w in c.items():
+        for w in c.values():
             w.observe(self._changed, names="value")
         self.controls = c
 

@@ -157,6 +157,8 @@ def test_stop_in_a_pipeline_keeps_the_last_finished_step(make_panel, wait_until)
     panel.set("pipeline", pipeline=("distill", "prune"), epochs=1, width=0.5, fraction=0.1, finetune_epochs=500)
     panel.run()
     wait_until(lambda: "finetune" in panel._progress_text, what="the prune step's fine-tuning")
+    # the plots are live: the distillation epoch is drawn while the job still runs
+    assert panel.busy and len(trace(panel.plots.curves, "loss").x) >= 1
     panel.stop()
     assert panel.wait(120) and panel.runner.outcome == "stopped"
 
@@ -288,3 +290,14 @@ def test_data_forms(cnn, digits):
     assert pair.train is digits.train and pair.test is digits.test
     d = Panel(cnn, {"train": digits.train, "test": digits.test}, live=False)
     assert d.test is digits.test
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_on_the_gpu(make_panel, click):
+    panel = make_panel()
+    panel.set("prune", sparsity=0.5, finetune_epochs=0, device="cuda")
+    click(panel, panel.run_button)
+    run = panel.results[-1]
+    assert run.settings["device"] == "cuda" and run.note == ""
+    assert run.latency_ms > 0 and run.baseline_ms > 0  # both timed on the GPU, side by side
