@@ -74,17 +74,23 @@ class _NoGrad:
 
 
 class _Compiled:
-    """A torch.compile'd callable that raises rather than silently falling back to eager."""
+    """A torch.compile'd callable that raises rather than silently falling back to eager.
 
-    def __init__(self, fn):
+    ``inductor``: inductor config applied to every call, since a new input shape compiles
+    again inside a later call (``freezing=True``: weights become constants, so what is derived
+    from them, e.g. int8 kernels' column sums, is folded at compile time)."""
+
+    def __init__(self, fn, inductor: dict | None = None):
         self.fn = fn
+        self.inductor = dict(inductor or {})
 
     def __call__(self, *args, **kwargs):
         import torch._dynamo
+        import torch._inductor.config
 
         limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
         with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True), \
-                torch.inference_mode():
+                torch._inductor.config.patch(self.inductor), torch.inference_mode():
             return self.fn(*args, **kwargs)
 
 
@@ -96,17 +102,22 @@ def _dynamo_counts() -> tuple[int, int]:
 
 def compile_module(module: nn.Module, example_inputs, device: torch.device, *, mode: str | None = None,
                    dynamic: bool | None = None, fullgraph: bool = False, cache_dir: str | None = None,
-                   backend_name: str = "compile") -> tuple[_Compiled, float, dict[str, Any]]:
+                   freezing: bool = False, backend_name: str = "compile") -> tuple[_Compiled, float, dict[str, Any]]:
     """``torch.compile`` plus the first call that really compiles; returns (callable, seconds, info).
 
     ``cache_dir`` sets ``TORCHINDUCTOR_CACHE_DIR`` (inductor's default is a shared temp folder).
+    ``freezing``: inductor's inference freezing (weights as constants; the module must not be
+    trained or have its weights changed afterwards).
     """
     if mode not in COMPILE_MODES:
         raise InvalidParameterError("mode", mode, "one of " + ", ".join(repr(m) for m in COMPILE_MODES))
+    if not isinstance(freezing, bool):
+        raise InvalidParameterError("freezing", freezing, "True or False")
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(str(cache_dir))
-    fn = _Compiled(torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=fullgraph))
+    fn = _Compiled(torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=fullgraph),
+                   {"freezing": True} if freezing else None)
     graphs0, breaks0 = _dynamo_counts()
     t0 = time.perf_counter()
     try:
@@ -116,7 +127,7 @@ def compile_module(module: nn.Module, example_inputs, device: torch.device, *, m
         raise wrap_failure(backend_name, module, "torch.compile", e) from e
     seconds = time.perf_counter() - t0
     graphs1, breaks1 = _dynamo_counts()
-    info = {"compiled_graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0,
+    info = {"compiled_graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0, "freezing": freezing,
             "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default temp folder)")}
     if info["graph_breaks"]:
         log.warning("torch.compile split %s into %d graphs (%d graph breaks): parts run eagerly",
@@ -144,16 +155,17 @@ class CompileBackend(Backend):
     name = "compile"
     description = "torch.compile (inductor); the first call compiles (tens of seconds on a small CPU)"
     device_types = ("cpu", "cuda")
-    options = {"dtype": None, "mode": None, "dynamic": None, "fullgraph": False, "cache_dir": None}
+    options = {"dtype": None, "mode": None, "dynamic": None, "fullgraph": False, "cache_dir": None,
+               "freezing": False}
 
     def build(self, model, example_inputs, device, *, dtype=None, mode=None, dynamic=None,
-              fullgraph=False, cache_dir=None):
+              fullgraph=False, cache_dir=None, freezing=False):
         dt = _dtype(dtype)
         m = _copy_to(model, device, dt)
         ex = _inputs.to_device(example_inputs, device, dt)
         fn, seconds, info = compile_module(m, ex, device, mode=mode, dynamic=dynamic, fullgraph=fullgraph,
-                                           cache_dir=cache_dir)
-        opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph}
+                                           cache_dir=cache_dir, freezing=freezing)
+        opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph, "freezing": freezing}
         return Prepared(fn, self.name, device, opts, {"compile": seconds, "first_call": seconds},
                         tensor_storage_bytes(m), info, m, dt)
 
@@ -171,7 +183,7 @@ class TorchaoBackend(Backend):
     device_types = ("cpu", "cuda")
     CONFIGS = ("int8_weight_only", "int8_dynamic", "fp8", "fp8_weight_only")
     options = {"config": "int8_dynamic", "compile": False, "dtype": None, "mode": None, "dynamic": None,
-               "cache_dir": None}
+               "cache_dir": None, "freezing": False}
 
     def check(self, device):
         super().check(device)
@@ -193,7 +205,7 @@ class TorchaoBackend(Backend):
                 "fp8": q.Float8DynamicActivationFloat8WeightConfig, "fp8_weight_only": q.Float8WeightOnlyConfig}[name]()
 
     def build(self, model, example_inputs, device, *, config="int8_dynamic", compile=False, dtype=None,
-              mode=None, dynamic=None, cache_dir=None):
+              mode=None, dynamic=None, cache_dir=None, freezing=False):
         from torchao.quantization import quantize_
 
         cfg = self._config(config, device)
@@ -215,7 +227,7 @@ class TorchaoBackend(Backend):
         if compile:
             ex = _inputs.to_device(example_inputs, device, dt)
             fn, seconds, cinfo = compile_module(m, ex, device, mode=mode, dynamic=dynamic, cache_dir=cache_dir,
-                                                backend_name=self.name)
+                                                freezing=freezing, backend_name=self.name)
             setup["compile"] = seconds
             setup["first_call"] = seconds
             info.update(cinfo)

@@ -54,12 +54,49 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
 
 
-def tokenize(sentences: str | Sequence[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
-    """``{"input_ids", "attention_mask"}`` int64 tensors, padded to the longest sentence."""
+def tokenize(sentences: str | Sequence[str], max_length: int = MAX_LENGTH, *,
+             pad_to_max: bool = False) -> dict[str, torch.Tensor]:
+    """``{"input_ids", "attention_mask"}`` int64 tensors, padded to the longest sentence (or,
+    with ``pad_to_max``, to ``max_length``: one shape for every batch)."""
     sentences = _check_sentences(sentences)
     check_positive("max_length", max_length, integer=True)
-    enc = _tokenizer()(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    enc = _tokenizer()(sentences, padding="max_length" if pad_to_max else True, truncation=True,
+                       max_length=max_length, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.no_grad()
+def embed(fn, sentences: str | Sequence[str], batch_size: int = 32, max_length: int = MAX_LENGTH, *,
+          fixed_shape: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
+    """Sentence embeddings (N, d) on the CPU, in input order, by any callable
+    ``fn(input_ids, attention_mask) -> (batch, d)``: a SentenceEncoder, a compiled or exported
+    copy (``slimkit.accel.prepare``), an ONNX Runtime session wrapper.
+
+    Batches hold sentences of similar length (as sentence-transformers does), so little time
+    goes to padding. ``fixed_shape``: every batch is exactly (batch_size, max_length) (the last
+    one filled up with repeats, dropped afterwards), for runtimes that compile per shape;
+    padding does not change a sentence's embedding, as pooling and attention mask it out.
+    """
+    sentences = _check_sentences(sentences)
+    check_positive("batch_size", batch_size, integer=True)
+    if not callable(fn):
+        raise InvalidTypeError("fn", fn, "a callable (input_ids, attention_mask) -> embeddings")
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        texts = [sentences[i] for i in idx]
+        if fixed_shape:
+            texts += [texts[0]] * (batch_size - len(texts))
+        enc = tokenize(texts, max_length, pad_to_max=fixed_shape)
+        if device is not None:
+            enc = {k: v.to(device) for k, v in enc.items()}
+        got = fn(enc["input_ids"], enc["attention_mask"])
+        got = torch.as_tensor(got).float().cpu()[: len(idx)]
+        if out is None:
+            out = torch.empty(len(sentences), got.shape[-1])
+        out[idx] = got
+    return out
 
 
 def _check_sentences(sentences) -> list[str]:
@@ -103,21 +140,12 @@ class SentenceEncoder(nn.Module):
                max_length: int = MAX_LENGTH) -> torch.Tensor:
         """Embeddings (N, 384) on the CPU, in input order. Batches hold sentences of similar
         length (as sentence-transformers does) so little time goes to padding."""
-        sentences = _check_sentences(sentences)
-        check_positive("batch_size", batch_size, integer=True)
         was_training = self.training
         self.eval()
-        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
-        out = torch.empty(len(sentences), self.transformer.config.hidden_size)
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = tokenize([sentences[i] for i in idx], max_length)
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                out[idx] = self(enc["input_ids"], enc["attention_mask"]).float().cpu()
+            return embed(self, sentences, batch_size, max_length, device=self.device)
         finally:
             self.train(was_training)
-        return out
 
 
 def build_minilm(attn_implementation: str = "sdpa", pretrained: bool = True) -> SentenceEncoder:
@@ -213,9 +241,12 @@ def nearest_other(emb: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fidelity(model: nn.Module, reference: nn.Module | torch.Tensor | None = None,
-             sentences: Sequence[str] | None = None, batch_size: int = 32) -> dict[str, float]:
-    """How closely ``model`` (a compressed SentenceEncoder) reproduces the fp32 embeddings.
+def fidelity(model, reference: nn.Module | torch.Tensor | None = None,
+             sentences: Sequence[str] | None = None, batch_size: int = 32, *,
+             fixed_shape: bool = False) -> dict[str, float]:
+    """How closely ``model`` (a compressed SentenceEncoder, or any callable
+    ``(input_ids, attention_mask) -> embeddings`` such as a compiled or ONNX Runtime copy)
+    reproduces the fp32 embeddings.
 
     Over N sentences (default: the bundled set, ``slimkit.minilm.bundled_sentences()``):
 
@@ -228,13 +259,15 @@ def fidelity(model: nn.Module, reference: nn.Module | torch.Tensor | None = None
     - ``n``: the number of sentences.
 
     ``reference``: None (the pretrained fp32 model, embeddings cached), another encoder, or
-    precomputed (N, d) embeddings of the same sentences.
+    precomputed (N, d) embeddings of the same sentences. ``fixed_shape``: run ``model`` on
+    (batch_size, MAX_LENGTH) batches only (see :func:`embed`).
     """
     texts = bundled_sentences() if sentences is None else _check_sentences(sentences)
     if len(texts) < 2:
         raise InvalidParameterError("sentences", sentences, "at least two sentences (retrieval needs a corpus)")
-    if not isinstance(model, nn.Module) or not hasattr(model, "encode"):
-        raise InvalidTypeError("model", model, "a SentenceEncoder (slimkit.minilm.load_minilm or a compressed copy)")
+    if isinstance(model, nn.Module) and not hasattr(model, "encode") or not callable(model):
+        raise InvalidTypeError("model", model, "a SentenceEncoder (slimkit.minilm.load_minilm or a compressed copy) "
+                               "or a callable (input_ids, attention_mask) -> embeddings")
     if reference is None:
         ref = reference_embeddings(texts)
     elif isinstance(reference, torch.Tensor):
@@ -245,7 +278,10 @@ def fidelity(model: nn.Module, reference: nn.Module | torch.Tensor | None = None
         raise InvalidTypeError("reference", reference, "None, a SentenceEncoder or a tensor of embeddings")
     if ref.dim() != 2 or ref.shape[0] != len(texts):
         raise InvalidParameterError("reference", tuple(ref.shape), f"embeddings of shape ({len(texts)}, d)")
-    emb = model.encode(texts, batch_size=batch_size)
+    if hasattr(model, "encode") and not fixed_shape:
+        emb = model.encode(texts, batch_size=batch_size)
+    else:
+        emb = embed(model, texts, batch_size, fixed_shape=fixed_shape, device=getattr(model, "device", None))
     if emb.shape != ref.shape:
         raise InvalidParameterError("model", f"embeddings of shape {tuple(emb.shape)}",
                                     f"the reference's shape {tuple(ref.shape)}")

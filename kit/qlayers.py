@@ -139,22 +139,36 @@ class QuantLinear(_QWeight):
         state["_cache"] = None
         return state
 
+    def _derive(self) -> dict:
+        """Kernel-ready tensors: the transposed int8 weight (a view), per-column weight scales,
+        and what the activation zero point costs per column (dynamic) or the folded static
+        affine terms."""
+        ws = self.scale.expand(self.out_features).contiguous()
+        colsum = self.qweight.sum(1, dtype=torch.int32).float() * ws  # sum_k W[n, k] * ws[n]
+        c = {"wt": self.qweight.t(), "ws": ws}
+        if self.act == "dynamic":
+            c["colsum"] = colsum
+        else:  # static: fold the activation zero point and the bias into one vector
+            s, zp = self.act_scale, self.act_zero_point
+            c["ws"] = ws * s
+            corr = -(zp * s) * colsum
+            c["bias"] = corr if self.bias is None else corr + self.bias
+            c["inv"] = 1.0 / s
+        return c
+
     def _prepared(self) -> dict:
-        """Kernel-ready tensors, built once per weight (rebuilt if buffers are replaced)."""
-        key = (self.qweight.data_ptr(), self.scale.data_ptr(), self.qweight._version,
-               getattr(self, "act_scale", self.scale).data_ptr())
+        """:meth:`_derive`, cached per weight in eager mode (rebuilt when buffers are replaced or
+        changed in place). Under torch.compile the derivation is traced into the graph instead
+        (a Python-side cache would make dynamo guard on it and recompile per layer); with
+        inductor's freezing it is constant-folded, so a compiled model pays it once."""
+        if torch.compiler.is_compiling():
+            return self._derive()
+        key = (self.qweight.data_ptr(), self.scale.data_ptr(), self.qweight._version, self.scale._version,
+               getattr(self, "act_scale", self.scale).data_ptr(), getattr(self, "act_scale", self.scale)._version)
         c = self._cache
         if c is None or c["key"] != key:
-            ws = self.scale.expand(self.out_features).contiguous()
-            c = {"key": key, "wt": self.qweight.t(), "ws": ws}
-            if self.act == "dynamic":
-                c["colsum"] = self.qweight.sum(1, dtype=torch.int32).float() * ws
-            else:  # static: fold the activation zero point and bias into one vector
-                s, zp = self.act_scale, self.act_zero_point
-                c["ws"] = ws * s
-                corr = -(zp * s) * (self.qweight.sum(1, dtype=torch.int32).float() * ws)
-                c["bias"] = corr if self.bias is None else corr + self.bias
-                c["inv"] = 1.0 / s
+            c = self._derive()
+            c["key"] = key
             self._cache = c
         return c
 
@@ -163,19 +177,24 @@ class QuantLinear(_QWeight):
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         c = self._prepared()
         shape = x.shape
-        x = x.reshape(-1, shape[-1]).float()
+        x = x.reshape(-1, shape[-1])
+        if x.dtype != torch.float32:
+            x = x.float()
         if self.act == "dynamic":
-            # Per-row asymmetric int8: the range includes 0 so zero stays exact.
+            # Per-row (per-token) asymmetric int8; the range includes 0 so zero stays exact.
+            # In-place steps: eager makes one pass per op, so fewer temporaries = less memory
+            # traffic; torch.compile fuses the whole sequence into one or two loops anyway.
             hi = x.amax(1, keepdim=True).clamp_(min=0)
             lo = x.amin(1, keepdim=True).clamp_(max=0)
             s = (hi - lo).div_(255).clamp_(min=_TINY)
             zp = lo.div(s).round_().neg_().sub_(128)
             xq = torch.addcmul(zp, x, s.reciprocal()).round_().clamp_(-128, 127).to(torch.int8)
             acc = torch._int_mm(xq, c["wt"]).float().mul_(c["ws"])
+            # y = s * (acc - zp * colsum) + bias: the zero point's share removed exactly
             y = torch.addcmul(self.bias, acc, s) if self.bias is not None else acc.mul_(s)
-            y.addr_((zp * s).flatten(), c["colsum"], alpha=-1)  # remove the zero point's share
+            y.addr_((zp * s).flatten(), c["colsum"], alpha=-1)
         else:
-            xq = torch.add(self.act_zero_point, x, alpha=float(c["inv"])).round_().clamp_(-128, 127).to(torch.int8)
+            xq = torch.addcmul(self.act_zero_point, x, c["inv"]).round_().clamp_(-128, 127).to(torch.int8)
             y = torch.addcmul(c["bias"], torch._int_mm(xq, c["wt"]).float(), c["ws"])
         return y.reshape(*shape[:-1], self.out_features)
 
