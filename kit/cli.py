@@ -55,13 +55,13 @@ def _check_device(device: str | None) -> None:
 
 
 def cmd_run(args) -> int:
-    from .runner import run
+    from .runner import prepare, run_spec
 
-    params = _params(args)
     _check_device(args.device)
-    with _store(args) as store:
-        record = run(args.notebook, params, store=store, out=args.out, name=args.name, device=args.device,
-                     cell_timeout=args.cell_timeout, html=not args.no_html, kernel_name=args.kernel)
+    spec = prepare(args.notebook, _params(args), out=args.out, name=args.name, device=args.device,
+                   cell_timeout=args.cell_timeout, html=not args.no_html, kernel_name=args.kernel)
+    with _store(args) as store:  # opened only once the parameters are known to be good
+        record = run_spec(spec, store)
     print(f"{record.status}: {record.output_dir} ({record.duration_s:.1f} s)")
     if record.error:
         print(f"error: {record.error}", file=sys.stderr)
@@ -70,8 +70,11 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .records import table
-    from .sweep import dask_executors, sweep
+    from .sweep import dask_executors, default_name, load_grid, plan, run_sweep
 
+    name = args.name or default_name(args.notebook, args.grid)
+    specs = plan(args.notebook, load_grid(args.grid), out=args.out, sweep=name, device=args.device,
+                 cell_timeout=args.cell_timeout, html=args.html, kernel_name=args.kernel)
     executor = gpu_executor = client = None
     if args.engine == "dask":
         if not args.scheduler:
@@ -88,11 +91,9 @@ def cmd_sweep(args) -> int:
               + (f"  {record.error}" if record.error else ""), flush=True)
 
     try:
-        with _store(args) as store:
-            records = sweep(args.notebook, args.grid, out=args.out, store=store, sweep_name=args.name,
-                            device=args.device, executor=executor, gpu_executor=gpu_executor,
-                            workers=args.workers, resume=not args.no_resume, on_done=done,
-                            cell_timeout=args.cell_timeout, html=args.html, kernel_name=args.kernel)
+        with _store(args) as store:  # every combination was validated above, before this
+            records = run_sweep(specs, store, executor=executor, gpu_executor=gpu_executor, workers=args.workers,
+                                resume=not args.no_resume, on_done=done)
     finally:
         if client is not None:
             client.close()

@@ -111,16 +111,19 @@ class Signature:
         if name not in self.parameters:
             raise InvalidParameterError(name, text, f"a parameter of {Path(self.notebook).name}: one of "
                                         + ", ".join(self.parameters))
-        kind = self.parameters[name].type
+        param = self.parameters[name]
+        if text.strip() in ("None", "null", "~") and (param.optional or param.default is None):
+            return None
+        kind = param.type
         if kind == "str":
-            return None if text == "None" and self.parameters[name].optional else text
+            return text
         if kind == "bool":
             low = text.strip().lower()
             if low in ("true", "1", "yes"):
                 return True
             if low in ("false", "0", "no"):
                 return False
-            raise InvalidTypeError(name, text, self.parameters[name].allowed())
+            raise InvalidTypeError(name, text, param.allowed())
         return parse_value(text)
 
     def help(self) -> str:
@@ -134,9 +137,15 @@ def parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        except ValueError:
+            pass
+    return value
 
 
 def _literal(node: ast.AST) -> Any:

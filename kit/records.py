@@ -82,14 +82,17 @@ class Record:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _clean(value: Any) -> Any:
-    """JSON with NaN/inf as null (SQLite and most readers reject bare NaN)."""
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: NaN/inf become null (SQLite's JSON and most readers reject
+    bare NaN), NumPy/torch scalars become Python numbers, tuples become lists."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # NumPy/torch scalars and arrays
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -134,7 +137,7 @@ class RunStore:
         """Insert or replace the row for ``record.id``."""
         row = record.to_dict()
         for k in _JSON:
-            row[k] = json.dumps(_clean(row[k]), sort_keys=True, default=str)
+            row[k] = json.dumps(jsonable(row[k]), sort_keys=True, default=str)
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
         with self._write() as con:

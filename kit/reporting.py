@@ -98,7 +98,11 @@ def compare(records: list[Record], out_dir: str | Path, *, x: str | None = None,
     return paths
 
 
-def markdown_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+def markdown_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (columns: ``cols``, default every key in order of appearance)."""
+    if cols is None:
+        cols = list(dict.fromkeys(k for row in rows for k in row))
+
     def fmt(v: Any) -> str:
         if v is None:
             return ""

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameterError, check_positive
+from .errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError, check_int, check_positive
 from .params import read_signature
-from .records import Record, RunStore
+from .records import Record, RunStore, jsonable
 
 KERNEL_NAME = "slimkit"
 METRICS_FILE = "metrics.json"
@@ -177,6 +177,8 @@ def execute(spec: RunSpec) -> Record:
     record.git_commit = _git_commit(Path(spec.notebook))
     record.versions = package_versions()
     record.hardware = fingerprint()
+    if spec.threads:  # the kernel's torch reads OMP_NUM_THREADS (set below) at import
+        record.hardware["torch_threads"] = spec.threads
     record.host = socket.gethostname()
     (run_dir / "params.yaml").write_text(yaml.safe_dump(spec.params, sort_keys=False))
     _write_json(run_dir / "status.json", {"status": "running", "run_id": spec.run_id, "started_at": record.started_at})
@@ -205,6 +207,55 @@ def execute(spec: RunSpec) -> Record:
             record.status, record.error = "failed", record.metrics["_error"]
         _finish(spec, record)
     return record
+
+
+# --- the notebook's side of a run ---------------------------------------------------------------
+
+def notebook_setup(seed: int = 0, device: str = "cpu"):
+    """The first call of every slimkit notebook: seed Python's, NumPy's and torch's RNGs, turn on
+    torch's deterministic algorithms (same parameters and seed -> same metrics) and check that
+    ``device`` exists here. Returns the ``torch.device``."""
+    import random
+
+    import numpy as np
+    import torch
+
+    check_int("seed", seed, 0, 2**32 - 1)
+    if not isinstance(device, str):
+        raise InvalidTypeError("device", device, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidParameterError("device", device, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise DeviceUnavailableError(f"device={device!r}: this machine has {count} CUDA device(s); "
+                                         "use device='cpu'" + (" or 'cuda:0'" if count else ""))
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
+    elif dev.type != "cpu":
+        raise InvalidParameterError("device", device, "'cpu', 'cuda' or 'cuda:N'")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    return dev
+
+
+def save_metrics(metrics: dict[str, Any], path: str | Path = METRICS_FILE) -> Path:
+    """Write a notebook's metrics as JSON where the runner reads them: ``metrics.json`` in the
+    working directory, which is the run directory under ``slimkit run``. NaN/inf become null."""
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+        raise InvalidTypeError("metrics", metrics, "a dict with str keys")
+    try:
+        text = json.dumps(jsonable(metrics), indent=2, sort_keys=True, allow_nan=False)
+    except TypeError as e:
+        raise InvalidTypeError("metrics", metrics, f"JSON-serialisable values ({e})") from None
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
@@ -237,7 +288,12 @@ def _finish(spec: RunSpec, record: Record) -> None:
 def run(notebook: str | Path, params: dict[str, Any] | None = None, *, store: RunStore | None = None,
         **options: Any) -> Record:
     """Validate, execute and record one run; returns its record (status "ok" or "failed")."""
-    spec = prepare(notebook, params, **options)
+    return run_spec(prepare(notebook, params, **options), store)
+
+
+def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
+    """Execute a prepared run and record it (in ``store``, default: OUT/records.sqlite or
+    ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace."""
     own = store is None
     store = store or RunStore(Path(spec.run_dir).parent / "records.sqlite"
                               if not os.environ.get("SLIMKIT_RECORDS") else None)

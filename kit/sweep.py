@@ -86,6 +86,11 @@ def dask_executors(scheduler: str, gpu_resource: str = "GPU"):
             client.get_executor(pure=False, resources={gpu_resource: 1}))
 
 
+def default_name(notebook: str | Path, grid: str | Path) -> str:
+    """A sweep's name (and folder under OUT) when none is given: NOTEBOOK-GRID."""
+    return f"{Path(notebook).stem}-{Path(grid).stem}"
+
+
 def plan(notebook: str | Path, combos: list[dict[str, Any]], *, out: str | Path = "runs",
          sweep: str | None = None, device: str | None = None, **options: Any) -> list[RunSpec]:
     """One validated RunSpec per combination (all are checked before any runs)."""
@@ -160,7 +165,7 @@ def sweep(notebook: str | Path, grid: str | Path | dict[str, Any], *, out: str |
           resume: bool = True, on_done: Callable[[Record], None] | None = None, **options: Any) -> list[Record]:
     """Run ``notebook`` once per grid combination; see the module docstring for the grid format."""
     if sweep_name is None and isinstance(grid, (str, Path)):
-        sweep_name = f"{Path(notebook).stem}-{Path(grid).stem}"
+        sweep_name = default_name(notebook, grid)
     specs = plan(notebook, load_grid(grid), out=out, sweep=sweep_name, device=device, **options)
     own = store is None
     store = store or RunStore(Path(out) / "records.sqlite" if not os.environ.get("SLIMKIT_RECORDS") else None)

@@ -1,7 +1,17 @@
-"""Tiny notebooks for testing the runner: a parameters cell plus code cells, written with nbformat."""
+"""Notebooks for tests: the repository's tutorial notebooks, and tiny ones for testing the runner
+(a parameters cell plus code cells, written with nbformat)."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def repo_notebooks() -> list:
+    """One pytest param per notebooks/*.ipynb, named after it."""
+    return [pytest.param(p, id=p.stem) for p in sorted(NOTEBOOK_DIR.glob("*.ipynb"))]
 
 PARAMS = '''x: float = 0.5  # in [0, 1)
 name: str = "a"  # one of a, b

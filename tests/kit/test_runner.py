@@ -8,7 +8,6 @@ import yaml
 from notebook_factory import PARAMS, make_notebook
 
 from slimkit.errors import InvalidParameterError, InvalidTypeError
-from slimkit.params import NotebookParameterError, parse_cell, read_signature
 from slimkit.records import RunStore
 from slimkit.runner import prepare, run
 
@@ -22,64 +21,6 @@ def tiny(tmp_path):
 def store(tmp_path):
     with RunStore(tmp_path / "records.sqlite") as s:
         yield s
-
-
-# --- the parameters cell ------------------------------------------------------------------------
-
-def test_parameters_cell_gives_types_defaults_help_and_constraints():
-    sig = parse_cell(PARAMS + '\nout: str | None = None  # where\nsizes = [1, 2]  # a list\nk: "int" = 3')
-    p = sig.parameters
-    assert list(p) == ["x", "name", "seed", "device", "fail", "sleep", "out", "sizes", "k"]
-    assert (p["x"].type, p["x"].default, p["x"].help) == ("float", 0.5, "in [0, 1)")
-    assert (p["x"].low, p["x"].high, p["x"].low_open, p["x"].high_open) == (0, 1, False, True)
-    assert p["name"].choices == ("a", "b")
-    assert p["out"].optional and p["out"].type == "str"
-    assert p["sizes"].type == "list" and p["k"].type == "int"
-    assert sig.defaults()["fail"] is False
-
-
-@pytest.mark.parametrize("values, error, words", [
-    ({"x": 1.0}, InvalidParameterError, "[0, 1)"),         # open upper bound
-    ({"x": -0.1}, InvalidParameterError, "x=-0.1"),
-    ({"x": float("nan")}, InvalidParameterError, "x=nan"),
-    ({"x": "0.5"}, InvalidTypeError, "x must be a float"),  # a string is not a float
-    ({"x": True}, InvalidTypeError, "got bool"),            # nor is a bool
-    ({"seed": 1.5}, InvalidTypeError, "seed must be an int"),
-    ({"name": "c"}, InvalidParameterError, "one of 'a', 'b'"),
-    ({"fail": 1}, InvalidTypeError, "fail must be a bool"),
-    ({"sparsity": 0.5}, InvalidParameterError, "one of x, name, seed"),  # unknown name
-])
-def test_bad_values_are_errors_naming_the_parameter(values, error, words):
-    with pytest.raises(error) as e:
-        parse_cell(PARAMS).validate(values)
-    assert words in str(e.value)
-
-
-def test_ints_are_accepted_as_floats_and_converted():
-    assert parse_cell(PARAMS).validate({"x": 0, "seed": 3}) == {"x": 0.0, "seed": 3}
-
-
-def test_command_line_strings_are_typed_by_the_cell():
-    sig = parse_cell(PARAMS)
-    assert sig.coerce("x", "0.25") == 0.25
-    assert sig.coerce("name", "b") == "b"
-    assert sig.coerce("fail", "true") is True
-    assert sig.coerce("seed", "7") == 7
-    with pytest.raises(InvalidTypeError):
-        sig.coerce("fail", "maybe")
-    with pytest.raises(InvalidParameterError, match="nope"):
-        sig.coerce("nope", "1")
-
-
-def test_notebook_without_parameters_cell_or_file_is_an_error(tmp_path):
-    import nbformat as nbf
-
-    plain = tmp_path / "plain.ipynb"
-    nbf.write(nbf.v4.new_notebook(cells=[nbf.v4.new_code_cell("x = 1")]), plain)
-    with pytest.raises(NotebookParameterError, match="tagged 'parameters'"):
-        read_signature(plain)
-    with pytest.raises(NotebookParameterError, match="does not exist"):
-        read_signature(tmp_path / "missing.ipynb")
 
 
 def test_bad_parameters_fail_before_any_kernel_and_leave_nothing(tiny, tmp_path, store, monkeypatch):
@@ -164,3 +105,70 @@ def test_html_report_shows_plotly_figures_offline(tmp_path, store):
     assert "only-in-the-plot" in html and "Plotly.newPlot" in html
     assert not re.findall(r'<script[^>]*src="https?://[^"]*plotly', html)  # nothing from a CDN
     assert len(html) > 1_000_000  # plotly.js is inlined
+
+
+# --- the notebook's side: setup and metrics ------------------------------------------------
+
+@pytest.fixture
+def restore_torch_flags():
+    import torch
+
+    flag = torch.are_deterministic_algorithms_enabled()
+    state = torch.random.get_rng_state()
+    yield
+    torch.use_deterministic_algorithms(flag)
+    torch.random.set_rng_state(state)
+
+
+def test_notebook_setup_seeds_and_turns_on_deterministic_algorithms(restore_torch_flags):
+    import torch
+
+    from slimkit.runner import notebook_setup
+
+    torch.use_deterministic_algorithms(False)
+    assert notebook_setup(3, "cpu") == torch.device("cpu")
+    assert torch.are_deterministic_algorithms_enabled()
+    a = torch.rand(3)
+    notebook_setup(3, "cpu")
+    assert torch.equal(a, torch.rand(3))
+
+
+@pytest.mark.parametrize("seed, device, error, words", [
+    (0, "gpu", InvalidParameterError, "device='gpu'"),
+    (0, "meta", InvalidParameterError, "'cpu', 'cuda' or 'cuda:N'"),
+    (0, 1, InvalidTypeError, "device must be a torch device name"),
+    (-1, "cpu", InvalidParameterError, "seed=-1"),
+    (True, "cpu", InvalidTypeError, "seed must be an int"),
+])
+def test_notebook_setup_rejects_bad_seeds_and_devices(seed, device, error, words, restore_torch_flags):
+    from slimkit.runner import notebook_setup
+
+    with pytest.raises(error, match=re.escape(words)):
+        notebook_setup(seed, device)
+
+
+def test_notebook_setup_refuses_an_absent_gpu(restore_torch_flags):
+    import torch
+
+    from slimkit.errors import DeviceUnavailableError
+    from slimkit.runner import notebook_setup
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(DeviceUnavailableError, match=f"has {count} CUDA device"):
+        notebook_setup(0, f"cuda:{count}")
+
+
+def test_save_metrics_writes_what_the_runner_reads(tmp_path):
+    import numpy as np
+
+    from slimkit.runner import METRICS_FILE, _read_metrics, save_metrics
+
+    path = save_metrics({"accuracy": np.float32(0.5), "loss": float("nan"), "pick": "int8", "tried": [{"a": 1}]},
+                        tmp_path / METRICS_FILE)
+    assert _read_metrics(tmp_path) == {"accuracy": 0.5, "loss": None, "pick": "int8", "tried": [{"a": 1}]}
+    assert json.loads(path.read_text())["loss"] is None  # valid JSON: no bare NaN
+    with pytest.raises(InvalidTypeError, match="metrics must be a dict"):
+        save_metrics([1, 2], tmp_path / "m.json")
+    with pytest.raises(InvalidTypeError, match="JSON-serialisable"):
+        save_metrics({"model": object()}, tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
