@@ -18,6 +18,7 @@ from .distillation import distill, shrink
 from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
                      InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
 from .events import Event, Progress
+from . import compare  # noqa: F401  slimkit.compare.compare/latency: side-by-side tables
 from . import minilm  # noqa: F401  registers the "minilm" builder (transformers stays lazy)
 from .metrics import evaluate, sqnr
 from .pruning import prune

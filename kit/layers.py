@@ -37,6 +37,15 @@ def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
     yield from found
 
 
+def unselected_reason(name: str, include: Iterable[str] | None, exclude: Iterable[str] | None) -> str:
+    """Why ``named_targets`` left layer ``name`` out (for the "skipped" rows of a report)."""
+    if exclude and matches(name, exclude):
+        return f"excluded by exclude={list(exclude)!r}"
+    if include and not matches(name, include):
+        return f"not matched by include={list(include)!r}"
+    return "not selected"
+
+
 def get_module(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name) if name else model
 

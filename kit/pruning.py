@@ -19,7 +19,7 @@ from .data import batches, first_inputs
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
                      check_fraction, check_int, check_positive)
 from .events import Progress, as_progress
-from .layers import WEIGHTED, named_targets, param_count, tensor_bytes
+from .layers import WEIGHTED, named_targets, param_count, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
 from .training import cross_entropy, fit
 
@@ -166,14 +166,19 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
     work.eval()
 
     layers = []
-    for n in names:
-        m = work.get_submodule(n)
+    for n, m in work.named_modules():
+        if not isinstance(m, WEIGHTED):
+            continue
+        if n not in masks:
+            layers.append(LayerReport(n, type(m).__name__, "skipped", param_count(m), param_count(m),
+                                      tensor_bytes(m), tensor_bytes(m), reason=unselected_reason(n, include, exclude)))
+            continue
         layers.append(LayerReport(
             n, type(m).__name__, "pruned", param_count(m), param_count(m), tensor_bytes(m), tensor_bytes(m),
             sparsity=float((m.weight == 0).float().mean()),
             details={"zeros": int((m.weight == 0).sum()), "weights": m.weight.numel()}))
-    zeros = sum(l.details["zeros"] for l in layers)
-    total = sum(l.details["weights"] for l in layers)
+    zeros = sum(l.details["zeros"] for l in layers if l.action == "pruned")
+    total = sum(l.details["weights"] for l in layers if l.action == "pruned")
     summary = {"params": param_count(work), "pruned_weights": zeros, "sparsity": zeros / total,
                "note": "dense with zeros; slimkit.sparsify stores it sparse"}
     _add_history(summary, history)

@@ -36,7 +36,7 @@ import torch.nn as nn
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_int,
                      check_positive)
 from .events import as_progress
-from .layers import get_module, matches, named_targets, set_module, tensor_bytes
+from .layers import get_module, matches, named_targets, set_module, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
 
 GRANULARITIES = ("per_channel", "per_tensor", "per_group")
@@ -450,8 +450,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
         kind = type(layer).__name__
         nbytes = tensor_bytes(layer)
         if name not in target_names:
-            why = "excluded by exclude=" + repr(list(exclude)) if exclude and matches(name, exclude) else \
-                "not matched by include=" + repr(list(include)) if include else "not selected"
+            why = unselected_reason(name, include, exclude)
             report.layers.append(LayerReport(name, kind, "skipped", layer.weight.numel(), layer.weight.numel(),
                                              nbytes, nbytes, reason=why))
             continue

@@ -17,7 +17,7 @@ import torch.nn as nn
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
                      check_fraction)
 from .events import as_progress
-from .layers import WEIGHTED, named_targets, set_module, tensor_bytes
+from .layers import WEIGHTED, named_targets, set_module, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
 from .sparse_layers import SparseConv, SparseEmbedding, SparseLinear, format_bytes, holds_2_4
 
@@ -212,6 +212,14 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
                          "value_bytes": values, "index_bytes": sparse.nbytes() - values}))
         progress.emit("progress", "sparsify", i + 1, len(targets), sparsity=layer_sparsity)
 
+    chosen = {n for n, _ in targets}
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    for name, m in model.named_modules():
+        if isinstance(m, WEIGHTED) and name not in chosen:
+            n, b = m.weight.numel(), tensor_bytes(m)
+            report.layers.append(LayerReport(name, type(m).__name__, "skipped", n, n, b, b,
+                                             reason=unselected_reason(name, include, exclude)))
+    report.layers.sort(key=lambda l: order[l.name])
     if not report.changed:
         raise NothingToCompressError(
             "sparsify found no layer it could act on: " + "; ".join(f"{l.name}: {l.reason}" for l in report.layers))

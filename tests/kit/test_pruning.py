@@ -52,6 +52,14 @@ def test_data_scores_prune_low_importance_weights(mlp, digits, score):
     assert bool(dead.any()) and bool((pruned.net[1].weight[:, dead] == 0).all())
 
 
+def test_excluded_layers_are_reported_as_skipped(mlp):
+    pruned, report = slimkit.prune(mlp, 0.5, exclude=["net.5"])
+    assert torch.equal(pruned.net[5].weight, mlp.net[5].weight)
+    rows = {l.name: l for l in report.layers}
+    assert rows["net.5"].action == "skipped" and "exclude=['net.5']" in rows["net.5"].reason
+    assert rows["net.1"].action == "pruned" and report.summary["sparsity"] == pytest.approx(0.5, abs=1e-4)
+
+
 def test_random_is_a_seeded_baseline(mlp):
     a, _ = slimkit.prune(mlp, 0.5, score="random", seed=1)
     b, _ = slimkit.prune(mlp, 0.5, score="random", seed=1)

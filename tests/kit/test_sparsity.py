@@ -157,6 +157,13 @@ def test_bad_arguments_raise_and_change_nothing(mlp, kw, match, err):
     assert_unchanged(mlp, snap)
 
 
+def test_excluded_layers_are_reported_as_skipped(cnn):
+    out, report = slimkit.sparsify(cnn, sparsity=0.5, exclude=["features.*"])
+    assert [l.action for l in report.layers] == ["skipped", "skipped", "sparsified", "sparsified"]
+    assert "exclude=['features.*']" in report.layers[0].reason
+    assert isinstance(out.features[0], nn.Conv2d)
+
+
 def test_two_four_needs_inputs_in_fours(cnn):
     snap = state_snapshot(cnn)
     with pytest.raises(InvalidParameterError, match="features.0"):  # 1x3x3 = 9 inputs per filter
