@@ -167,9 +167,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} has corrupt slimkit metadata: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ArtifactError(f"{path} has format {meta.get('format')!r} v{meta.get('version')!r}; "
-                            f"this slimkit reads {FORMAT!r} v{VERSION}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        got = meta if not isinstance(meta, dict) else f"format {meta.get('format')!r} v{meta.get('version')!r}"
+        raise ArtifactError(f"{path} has {got}; this slimkit reads {FORMAT!r} v{VERSION}")
+    for key, kind in (("sha256", str), ("modules", dict), ("aliases", dict), ("model_class", str)):
+        if not isinstance(meta.get(key), kind):
+            raise ArtifactError(f"{path} has corrupt slimkit metadata: {key!r} missing or not a {kind.__name__}")
     return meta
 
 
@@ -202,15 +205,22 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             "or register one with slimkit.models.register_builder")
 
     for name, entry in meta["modules"].items():
-        if entry["kind"] not in _KINDS:
-            raise ArtifactError(f"{path}: layer {name!r} has unknown kind {entry['kind']!r}")
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in _KINDS:
+            raise ArtifactError(f"{path}: layer {name!r} has unknown kind {kind!r}")
         try:
-            set_module(skeleton, name, _KINDS[entry["kind"]][2](entry["spec"]))
+            layer = _KINDS[kind][2](entry["spec"])
+        except Exception as e:  # a spec that does not build: corrupt or from another version
+            raise ArtifactError(f"{path}: layer {name!r} ({kind}) cannot be rebuilt from its spec: {e}") from e
+        try:
+            set_module(skeleton, name, layer)
         except AttributeError as e:
             raise ArtifactError(f"{path}: the given model has no layer {name!r}; "
                                 "is it the architecture the artifact was saved from?") from e
     state = dict(tensors)
-    for key, target in meta.get("aliases", {}).items():
+    for key, target in meta["aliases"].items():
+        if target not in tensors:
+            raise ArtifactError(f"{path} is corrupt: alias {key!r} points to missing tensor {target!r}")
         state[key] = tensors[target]
     try:
         skeleton.load_state_dict(state, strict=True, assign=True)

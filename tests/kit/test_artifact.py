@@ -93,3 +93,28 @@ def test_load_never_unpickles(tmp_path):
 def test_save_rejects_non_module(tmp_path):
     with pytest.raises(TypeError, match="model must be"):
         slimkit.save({"w": 1}, tmp_path / "x.slim")
+
+
+def _rewrite_meta(path, change):
+    """Re-save an artifact's tensors with edited slimkit metadata (checksum untouched)."""
+    from safetensors.torch import load_file, save_file
+
+    meta = artifact.read_metadata(path)
+    change(meta)
+    save_file(load_file(str(path)), str(path), metadata={"slimkit": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.pop("sha256"), "sha256"),
+    (lambda m: m.update(modules=[]), "modules"),
+    (lambda m: m.update(modules={"features.0": {"kind": "slimkit.QuantLinear", "spec": {"bogus": 1}}}),
+     "cannot be rebuilt"),
+    (lambda m: m.update(modules={"features.0": {"kind": "os.system", "spec": {}}}), "unknown kind"),
+    (lambda m: m.update(aliases={"x": "nope"}), "alias"),
+    (lambda m: m.update(version=99), "v99"),
+])
+def test_tampered_metadata_is_an_artifact_error(cnn, tmp_path, change, match):
+    path = slimkit.save(cnn, tmp_path / "c.slim")
+    _rewrite_meta(path, change)
+    with pytest.raises(ArtifactError, match=match):
+        slimkit.load(path)
