@@ -14,6 +14,7 @@ an entry point names a :class:`Backend` subclass or instance.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
 
 def wrap_failure(backend: str, model: nn.Module, stage: str, error: Exception) -> BackendError:
     """A BackendError that says which backend, model and stage failed, and the library's reason."""
-    reason = str(error).strip().splitlines()
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()  # exporters colour their messages
     reason = " ".join(reason[:3])[:600] if reason else type(error).__name__
     return BackendError(f"backend {backend!r} cannot handle {type(model).__name__}: {stage} failed "
                         f"({type(error).__name__}: {reason})")
