@@ -34,16 +34,28 @@ def _add_plotly_html(nb) -> int:
     return count
 
 
+# nbconvert's lab template loads require.js, MathJax and mermaid from a CDN; the report needs
+# none of them (plots carry plotly.js inline), so this template leaves the three out.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def export_html(notebook: str | Path, html_path: str | Path | None = None) -> Path:
-    """Convert an executed notebook to one offline HTML file (plots included)."""
+    """Convert an executed notebook to one HTML file that loads nothing from the network."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
     nb = nbformat.read(notebook, as_version=4)
     _add_plotly_html(nb)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"slimkit_offline.html.j2": _OFFLINE_TEMPLATE})],
+                            template_file="slimkit_offline.html.j2")
+    body, _ = exporter.from_notebook_node(nb)
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
