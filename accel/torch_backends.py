@@ -102,22 +102,34 @@ def _dynamo_counts() -> tuple[int, int]:
 
 def compile_module(module: nn.Module, example_inputs, device: torch.device, *, mode: str | None = None,
                    dynamic: bool | None = None, fullgraph: bool = False, cache_dir: str | None = None,
-                   freezing: bool = False, backend_name: str = "compile") -> tuple[_Compiled, float, dict[str, Any]]:
+                   freezing: bool = False, inductor: dict | None = None,
+                   backend_name: str = "compile") -> tuple[_Compiled, float, dict[str, Any]]:
     """``torch.compile`` plus the first call that really compiles; returns (callable, seconds, info).
 
     ``cache_dir`` sets ``TORCHINDUCTOR_CACHE_DIR`` (inductor's default is a shared temp folder).
     ``freezing``: inductor's inference freezing (weights as constants; the module must not be
-    trained or have its weights changed afterwards).
+    trained or have its weights changed afterwards). ``inductor``: further inductor settings
+    for this model's compiles (``torch._inductor.config`` names), e.g. ``{"realize_opcount_threshold": 16}``.
     """
     if mode not in COMPILE_MODES:
         raise InvalidParameterError("mode", mode, "one of " + ", ".join(repr(m) for m in COMPILE_MODES))
     if not isinstance(freezing, bool):
         raise InvalidParameterError("freezing", freezing, "True or False")
+    if not isinstance(inductor, (dict, type(None))):
+        raise InvalidParameterError("inductor", inductor, "None or a dict of torch._inductor.config settings")
+    settings = dict(inductor or {})
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    unknown = sorted(k for k in settings if k not in known)
+    if unknown:
+        raise InvalidParameterError("inductor", unknown[0], "a torch._inductor.config setting name")
+    if freezing:
+        settings["freezing"] = True
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(str(cache_dir))
-    fn = _Compiled(torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=fullgraph),
-                   {"freezing": True} if freezing else None)
+    fn = _Compiled(torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=fullgraph), settings)
     graphs0, breaks0 = _dynamo_counts()
     t0 = time.perf_counter()
     try:
@@ -127,7 +139,7 @@ def compile_module(module: nn.Module, example_inputs, device: torch.device, *, m
         raise wrap_failure(backend_name, module, "torch.compile", e) from e
     seconds = time.perf_counter() - t0
     graphs1, breaks1 = _dynamo_counts()
-    info = {"compiled_graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0, "freezing": freezing,
+    info = {"compiled_graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0, "inductor": settings,
             "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default temp folder)")}
     if info["graph_breaks"]:
         log.warning("torch.compile split %s into %d graphs (%d graph breaks): parts run eagerly",
@@ -156,16 +168,17 @@ class CompileBackend(Backend):
     description = "torch.compile (inductor); the first call compiles (tens of seconds on a small CPU)"
     device_types = ("cpu", "cuda")
     options = {"dtype": None, "mode": None, "dynamic": None, "fullgraph": False, "cache_dir": None,
-               "freezing": False}
+               "freezing": False, "inductor": None}
 
     def build(self, model, example_inputs, device, *, dtype=None, mode=None, dynamic=None,
-              fullgraph=False, cache_dir=None, freezing=False):
+              fullgraph=False, cache_dir=None, freezing=False, inductor=None):
         dt = _dtype(dtype)
         m = _copy_to(model, device, dt)
         ex = _inputs.to_device(example_inputs, device, dt)
         fn, seconds, info = compile_module(m, ex, device, mode=mode, dynamic=dynamic, fullgraph=fullgraph,
-                                           cache_dir=cache_dir, freezing=freezing)
-        opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph, "freezing": freezing}
+                                           cache_dir=cache_dir, freezing=freezing, inductor=inductor)
+        opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph, "freezing": freezing,
+                "inductor": inductor}
         return Prepared(fn, self.name, device, opts, {"compile": seconds, "first_call": seconds},
                         tensor_storage_bytes(m), info, m, dt)
 

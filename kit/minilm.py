@@ -285,7 +285,28 @@ def fidelity(model, reference: nn.Module | torch.Tensor | None = None,
     if emb.shape != ref.shape:
         raise InvalidParameterError("model", f"embeddings of shape {tuple(emb.shape)}",
                                     f"the reference's shape {tuple(ref.shape)}")
+    return agreement(emb, ref)
+
+
+def retrieval_margin(emb: torch.Tensor) -> torch.Tensor:
+    """For each row, how much more similar its nearest other row is than the runner-up
+    (cosine of top-1 minus top-2). Small margins are near-ties that any perturbation can flip."""
+    emb = F.normalize(emb.float(), dim=1)
+    sim = emb @ emb.T
+    sim.fill_diagonal_(-float("inf"))
+    top = sim.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+def agreement(emb: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """:func:`fidelity`'s figures for two (N, d) embedding matrices of the same sentences, plus
+    ``top1_misses`` and ``miss_margin_max``: the number of queries whose top-1 hit changed and the
+    largest reference margin (:func:`retrieval_margin`) among them (small = the misses are near-ties)."""
+    if emb.dim() != 2 or emb.shape != ref.shape:
+        raise InvalidParameterError("emb", tuple(emb.shape), f"the reference's shape {tuple(ref.shape)}")
     cos = F.cosine_similarity(emb.float(), ref.float(), dim=1)
-    agree = (nearest_other(emb) == nearest_other(ref)).float().mean()
+    missed = nearest_other(emb) != nearest_other(ref)
+    margins = retrieval_margin(ref)[missed]
     return {"mean_cosine": cos.mean().item(), "min_cosine": cos.min().item(),
-            "top1_agreement": agree.item(), "n": float(len(texts))}
+            "top1_agreement": 1.0 - missed.float().mean().item(), "n": float(len(ref)),
+            "top1_misses": float(missed.sum()), "miss_margin_max": margins.max().item() if len(margins) else 0.0}

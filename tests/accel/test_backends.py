@@ -38,6 +38,10 @@ def test_unknown_backend_and_option_errors_name_what_is_allowed():
         accel.prepare(nn.Linear(2, 2), torch.zeros(1, 2), "onnxruntime", quantize="int4")
     with pytest.raises(InvalidParameterError, match="dtype='int8'"):
         accel.prepare(nn.Linear(2, 2), torch.zeros(1, 2), "eager", dtype="int8")
+    with pytest.raises(InvalidParameterError, match="inductor='no_such_setting'"):
+        accel.prepare(nn.Linear(2, 2), torch.zeros(1, 2), "compile", inductor={"no_such_setting": 1})
+    with pytest.raises(InvalidParameterError, match="freezing"):
+        accel.prepare(nn.Linear(2, 2), torch.zeros(1, 2), "compile", freezing="yes")
 
 
 def test_register_backend_rejects_duplicates_and_non_backends(monkeypatch):
@@ -175,6 +179,7 @@ def test_compile_matches_eager_on_the_int8_digits_cnn(cnn, digits, inductor_cach
     run = accel.prepare(q, x, "compile", freezing=True)
     assert run.info["graph_breaks"] == 0 and run.info["compiled_graphs"] == 1
     assert run.info["inductor_cache"] == inductor_cache and run.setup_seconds["compile"] > 0
+    assert run.info["inductor"] == {"freezing": True}
     out = run(x)
     # the same integer arithmetic, up to float rounding that may move an activation by one step
     torch.testing.assert_close(out, ref, rtol=0, atol=0.05 * float(ref.abs().max()))

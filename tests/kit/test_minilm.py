@@ -158,3 +158,59 @@ def test_a_sparsified_minilm_round_trips(minilm, tmp_path):
     back = slimkit.load(path)
     torch.testing.assert_close(back.encode(FEW), small.encode(FEW), atol=0, rtol=0)
     assert slimkit.size(small) < slimkit.size(minilm)
+
+
+# ---- embeddings from any callable, fixed shapes, agreement figures --------------------------
+
+def test_embed_takes_any_callable_and_fixed_shapes_change_nothing(minilm):
+    from slimkit.minilm import embed
+
+    calls = []
+
+    def fn(input_ids, attention_mask):
+        calls.append(tuple(input_ids.shape))
+        return minilm(input_ids, attention_mask)
+
+    plain = minilm.encode(FEW, batch_size=4)
+    got = embed(fn, FEW, batch_size=4)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    calls.clear()
+    fixed = embed(fn, FEW, batch_size=4, max_length=32, fixed_shape=True)
+    assert calls == [(4, 32), (4, 32)]  # 6 sentences: a full batch and one filled up with repeats
+    torch.testing.assert_close(fixed, plain, rtol=1e-5, atol=1e-5)  # padding is masked out
+    from slimkit.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError, match="fn"):
+        embed("not callable", FEW)
+
+
+def test_agreement_counts_misses_and_their_reference_margins():
+    from slimkit.minilm import agreement, retrieval_margin
+
+    ref = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.9, 0.1],
+                                    [0.0, 0.0, 1.0]]), dim=1)
+    margin = retrieval_margin(ref)
+    assert margin.shape == (5,) and bool((margin >= 0).all())
+    same = agreement(ref, ref)
+    assert same["top1_agreement"] == 1.0 and same["top1_misses"] == 0 and same["mean_cosine"] == pytest.approx(1.0)
+    moved = ref.clone()
+    moved[4] = F.normalize(torch.tensor([0.95, 0.0, 0.3]), dim=0)  # row 4 now sits next to row 0
+    out = agreement(moved, ref)
+    assert out["top1_misses"] >= 1 and out["top1_agreement"] == pytest.approx(1 - out["top1_misses"] / 5)
+    assert out["mean_cosine"] < 1 and out["miss_margin_max"] <= float(margin.max())
+
+
+def test_int8_minilm_runs_integer_kernels_is_4x_smaller_and_close(minilm):
+    import slimkit
+    from slimkit.minilm import fidelity
+
+    q, report = slimkit.quantize(minilm, bits=8)
+    linears = [l for l in report.layers if l.kind == "Linear"]
+    assert len(linears) == 36 and all("_int_mm" in l.reason for l in linears)
+    assert report.summary["integer_kernel_layers"] == 36
+    assert slimkit.size(minilm) / slimkit.size(q) >= 3.9  # the embedding table is int8 too
+    f = fidelity(q, reference=minilm.encode(FEW), sentences=FEW)
+    assert f["mean_cosine"] > 0.995 and f["top1_agreement"] == 1.0
+    # a callable (here: the module's forward) is scored the same way as the encoder itself
+    g = fidelity(lambda ids, mask: q(ids, mask), reference=minilm.encode(FEW), sentences=FEW)
+    assert g["mean_cosine"] == pytest.approx(f["mean_cosine"], abs=1e-6)

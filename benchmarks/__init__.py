@@ -1,0 +1,1 @@
+"""slimkit's benchmark suite: ``python -m benchmarks`` (see benchmarks/run.py)."""
