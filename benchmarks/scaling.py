@@ -1,19 +1,22 @@
 """Section 3: how MiniLM's latency and memory grow with batch size and sequence length.
 
 Eager rows only (a compiled row would recompile per shape): fp32, slimkit int8 and ONNX
-Runtime int8. Latency: medians of alternating rounds per shape. Memory: the process's
-resident-set high-water mark over a few calls, above what was resident before them (what the
-activations and workspaces add; model weights are already resident).
+Runtime int8. Latency: medians of alternating rounds per shape. Memory: what one forward pass
+adds to the resident set above the loaded model (activations, workspaces), measured in a fresh
+process per variant (``memory_probe.py`` says why).
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
 
 import slimkit
 from slimkit import accel
 from slimkit.minilm import load_minilm
 
-from .common import Settings, log, minilm_inputs
+from .common import HERE, Settings, log, minilm_inputs
 
 BATCHES = (1, 4, 16, 64)
 SEQ_AT = 128
@@ -40,14 +43,29 @@ def run(s: Settings) -> dict[str, Any]:
             log(f"  scaling {axis}: {batch}x{seq}, {rounds} rounds ...")
             res = accel.compare(variants, x, rounds=rounds, warmup=1, threads=s.threads)
             for name, m in res.items():
-                mem = accel.benchmark(variants[name], x, warmup=0, repeat=2, threads=s.threads, fingerprint=False)
-                grow = (mem.peak_cpu_rss_bytes - mem.rss_before_bytes
-                        if mem.peak_cpu_rss_bytes is not None and mem.rss_before_bytes is not None else None)
                 points.append({"axis": axis, "variant": name, "batch": batch, "seq": seq,
                                "median_ms": 1e3 * m.median_s, "p90_ms": 1e3 * m.p90_s,
-                               "tokens_per_s": work / m.median_s, "speedup": m.speedup_vs(res["fp32 eager"]),
-                               "peak_rss_growth_bytes": grow, "peak_rss_bytes": mem.peak_cpu_rss_bytes})
+                               "tokens_per_s": work / m.median_s, "speedup": m.speedup_vs(res["fp32 eager"])})
+        onnx_path = variants["ORT int8 per-channel (fused)"].info["onnx_path"]
+        # one fresh process per (variant, shape): memory freed by an earlier shape cannot be reused
+        memory = {name: {k: v for b, n, _ in shapes for k, v in _probe(name, [f"{b}x{n}"], onnx_path, s.threads).items()}
+                  for name in variants}
+    for p in points:
+        got = memory[p["variant"]].get(f"{p['batch']}x{p['seq']}", {})
+        p["peak_rss_growth_bytes"], p["peak_rss_bytes"] = got.get("growth_bytes"), got.get("peak_rss_bytes")
     return {"points": points, "batch_axis_seq": SEQ_AT, "seq_axis_batch": BATCH_AT, "threads": s.threads}
+
+
+def _probe(variant: str, shapes: list[str], onnx_path: str, threads: int) -> dict[str, Any]:
+    log(f"  memory of {variant} at {','.join(shapes)} in a fresh process ...")
+    cmd = [sys.executable, "-m", "benchmarks.memory_probe", "--variant", variant, "--shapes", ",".join(shapes),
+           "--onnx", onnx_path, "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=1800)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        log(f"  memory probe failed: {out.stderr[-500:]}")
+        return {}
+    return json.loads(lines[-1])["shapes"]
 
 
 def plot(result: dict[str, Any], out_stem) -> dict[str, str]:
