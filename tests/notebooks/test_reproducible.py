@@ -8,7 +8,7 @@ from slimkit.runner import run
 
 @pytest.mark.slow
 def test_same_parameters_and_seed_give_the_same_metrics(kernel, tmp_path):
-    params = {"epochs": 2, "fraction": 0.2, "baseline": False, "timing_s": 0.05}  # training, kept short
+    params = {"epochs": 2, "fraction": 0.2, "baseline": False, "timing_rounds": 1}  # training, kept short
     with RunStore(tmp_path / "records.sqlite") as store:
         first, second = (run(NOTEBOOK_DIR / "distill.ipynb", params, out=tmp_path, name=n, store=store,
                              kernel_name=kernel) for n in ("a", "b"))
