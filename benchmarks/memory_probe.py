@@ -8,7 +8,7 @@ minus the resident set just before it (weights are already resident: this is wha
 and workspaces add). scaling.py runs one process per shape, so nothing freed by an earlier
 shape is reused. Prints one JSON line.
 
-    python -m benchmarks.memory_probe --variant "fp32 eager" --shapes 1x128,8x128 [--onnx model.onnx]
+    python -m benchmarks.memory_probe --variant "fp32 eager" --shapes 1x128,8x128 [--onnx F | --artifact F]
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--variant", required=True)
     p.add_argument("--shapes", required=True)
-    p.add_argument("--onnx")
+    p.add_argument("--onnx", help="the ONNX file of an ORT variant")
+    p.add_argument("--artifact", help="a slimkit artifact of an int8 variant (loading it frees no fp32 copy)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     exact = _mmap_large_blocks()
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
         def run(x):
             session.run(None, {n: x[n].numpy() for n in names})
     else:
-        model = load_minilm()
-        if "int8" in args.variant:
-            model, _ = slimkit.quantize(model, bits=8)
+        model = slimkit.load(args.artifact) if "int8" in args.variant else load_minilm()
 
         def run(x):
             with torch.inference_mode():

@@ -90,7 +90,9 @@ def scaling_section(r: dict[str, Any], files: dict[str, str]) -> str:
     for (axis, b, n), ps in by_shape.items():
         rows.append([axis, f"{b} x {n}"] + [f"{_ms(p['median_ms'])} ({p['speedup']:.2f}x)" for p in ps]
                     + [" / ".join(_mib(p["peak_rss_growth_bytes"]) for p in ps)])
-    pics = []
+    pics = ["Memory: what one forward pass adds to the resident set above the loaded model, one fresh process per "
+            "variant and shape (RSS high-water mark, approximate: a call that fits in memory the process already "
+            "holds reads ~0)."]
     if "png" in files:
         pics.append(f"![scaling](scaling.png)")
     if "html" in files:

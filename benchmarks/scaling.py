@@ -46,9 +46,10 @@ def run(s: Settings) -> dict[str, Any]:
                 points.append({"axis": axis, "variant": name, "batch": batch, "seq": seq,
                                "median_ms": 1e3 * m.median_s, "p90_ms": 1e3 * m.p90_s,
                                "tokens_per_s": work / m.median_s, "speedup": m.speedup_vs(res["fp32 eager"])})
-        onnx_path = variants["ORT int8 per-channel (fused)"].info["onnx_path"]
+        files = ["--onnx", variants["ORT int8 per-channel (fused)"].info["onnx_path"],
+                 "--artifact", str(slimkit.save(q, s.workdir / "minilm-int8.slim"))]
         # one fresh process per (variant, shape): memory freed by an earlier shape cannot be reused
-        memory = {name: {k: v for b, n, _ in shapes for k, v in _probe(name, [f"{b}x{n}"], onnx_path, s.threads).items()}
+        memory = {name: {k: v for b, n, _ in shapes for k, v in _probe(name, [f"{b}x{n}"], files, s.threads).items()}
                   for name in variants}
     for p in points:
         got = memory[p["variant"]].get(f"{p['batch']}x{p['seq']}", {})
@@ -56,10 +57,10 @@ def run(s: Settings) -> dict[str, Any]:
     return {"points": points, "batch_axis_seq": SEQ_AT, "seq_axis_batch": BATCH_AT, "threads": s.threads}
 
 
-def _probe(variant: str, shapes: list[str], onnx_path: str, threads: int) -> dict[str, Any]:
+def _probe(variant: str, shapes: list[str], files: list[str], threads: int) -> dict[str, Any]:
     log(f"  memory of {variant} at {','.join(shapes)} in a fresh process ...")
     cmd = [sys.executable, "-m", "benchmarks.memory_probe", "--variant", variant, "--shapes", ",".join(shapes),
-           "--onnx", onnx_path, "--threads", str(threads)]
+           "--threads", str(threads), *files]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=1800)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
@@ -98,7 +99,7 @@ def plot(result: dict[str, Any], out_stem) -> dict[str, str]:
                 xs, ys = series(axis, key, v)
                 ax.plot(xs, ys, marker="o", label=v)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            ax.set_yscale("log" if key == "median_ms" else "linear")
             ax.set_xlabel(xl)
             ax.set_ylabel(yl)
             ax.grid(True, which="both", alpha=0.3)
@@ -122,7 +123,7 @@ def plot(result: dict[str, Any], out_stem) -> dict[str, str]:
                 fig.add_scatter(x=xs, y=ys, name=v, legendgroup=v, showlegend=i == 0, row=r + 1, col=c + 1,
                                 mode="lines+markers", line={"color": colors[j % len(colors)]})
             fig.update_xaxes(type="log", title_text=xl, row=r + 1, col=c + 1)
-            fig.update_yaxes(type="log", title_text=yl, row=r + 1, col=c + 1)
+            fig.update_yaxes(type="log" if key == "median_ms" else "linear", title_text=yl, row=r + 1, col=c + 1)
         fig.update_layout(height=750, width=1100, title="MiniLM on CPU: scaling with batch and sequence length")
         fig.write_html(f"{out_stem}.html", include_plotlyjs=True)
         files["html"] = f"{out_stem}.html"
