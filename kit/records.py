@@ -204,8 +204,9 @@ def table(records: list[Record], metrics: list[str] | None = None, params: list[
     if params is None:  # the parameters that differ between the listed runs
         names = sorted({k for r in records for k in r.params})
         params = [n for n in names if len({json.dumps(r.params.get(n), sort_keys=True) for r in records}) > 1]
-    if metrics is None:
-        metrics = sorted({k for r in records for k, v in r.metrics.items() if isinstance(v, (int, float))})[:6]
+    if metrics is None:  # numeric metrics, not echoes of a parameter (a notebook may record its seed)
+        metrics = sorted({k for r in records for k, v in r.metrics.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in r.params})[:6]
     head = ["id", "status", "notebook", *params, *metrics, "seconds", "error"]
     rows = [head]
     for r in records:

@@ -248,7 +248,7 @@ def save_metrics(metrics: dict[str, Any], path: str | Path = METRICS_FILE) -> Pa
     if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
         raise InvalidTypeError("metrics", metrics, "a dict with str keys")
     try:
-        text = json.dumps(jsonable(metrics), indent=2, sort_keys=True, allow_nan=False)
+        text = json.dumps(jsonable(metrics), indent=2, allow_nan=False)  # in the notebook's order
     except TypeError as e:
         raise InvalidTypeError("metrics", metrics, f"JSON-serialisable values ({e})") from None
     path = Path(path)

@@ -18,6 +18,7 @@ A grid file (YAML)::
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -96,9 +97,13 @@ def plan(notebook: str | Path, combos: list[dict[str, Any]], *, out: str | Path 
     """One validated RunSpec per combination (all are checked before any runs)."""
     notebook = Path(notebook)
     sweep = sweep or notebook.stem + "-sweep"
+    # run folders are named after what varies between the runs (the grid's axes), not the fixed params
+    names = sorted({k for c in combos for k in c})
+    varying = [k for k in names if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in combos}) > 1]
     specs = []
     for params in combos:
-        spec = prepare(notebook, params, out=Path(out) / sweep, name=slug(params), sweep=sweep,
+        label = {k: v for k, v in params.items() if k in varying} or params
+        spec = prepare(notebook, params, out=Path(out) / sweep, name=slug(label), sweep=sweep,
                        device=device, **options)
         specs.append(spec)
     dirs = [s.run_dir for s in specs]

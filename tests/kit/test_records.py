@@ -73,7 +73,8 @@ def test_mark_unfinished_touches_only_running_rows(tmp_path):
 
 
 def test_table_lists_the_parameters_that_differ_and_numeric_metrics():
-    text = table([_record(1, params={"bits": 8, "seed": 0}, metrics={"accuracy": 0.98, "pick": "int8"}),
+    text = table([_record(1, params={"bits": 8, "seed": 0}, metrics={"accuracy": 0.98, "pick": "int8", "seed": 0,
+                                                                      "simulated": False}),
                   _record(2, params={"bits": 4, "seed": 0}, metrics={"accuracy": 0.97}, status="failed",
                          error="cell 3 raised RuntimeError: boom\nTraceback...")])
     head, rule, *rows = text.splitlines()

@@ -67,7 +67,8 @@ def test_every_combination_is_validated_before_any_run(tiny, tmp_path, monkeypat
 
 def test_run_directories_are_named_after_the_parameters(tiny, tmp_path):
     specs = plan(tiny, [{"x": 0.1, "name": "a"}, {"x": 0.2, "name": "a"}], out=tmp_path, sweep="s")
-    assert [os.path.basename(s.run_dir) for s in specs] == ["x-0.1_name-a", "x-0.2_name-a"]
+    assert [os.path.basename(s.run_dir) for s in specs] == ["x-0.1", "x-0.2"]  # what varies names the folder
+    assert os.path.basename(plan(tiny, [{"name": "b"}], out=tmp_path, sweep="t")[0].run_dir) == "name-b"
     assert all(os.path.dirname(s.run_dir) == str(tmp_path / "s") for s in specs)
     assert specs[0].key != specs[1].key and specs[0].params["seed"] == 0  # full params: defaults included
 
