@@ -177,31 +177,30 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", default=out_default, help="parent folder of run directories (default: runs)")
         sp.add_argument("--records", help="run-record database (default: $SLIMKIT_RECORDS or OUT/records.sqlite)")
 
+    def execution(sp, name_help: str):  # what `run` and `sweep` share
+        sp.add_argument("notebook")
+        sp.add_argument("--device", help="sets the notebook's `device` parameter, e.g. cpu, cuda "
+                        "(on Dask, cuda runs need a worker resource GPU)")
+        sp.add_argument("--name", help=name_help)
+        sp.add_argument("--cell-timeout", type=float, help="seconds one cell may run before the run fails")
+        sp.add_argument("--kernel", default="slimkit", help="kernelspec (default: slimkit, installed on demand)")
+        common(sp)
+
     r = sub.add_parser("run", help="run a notebook headless with papermill and record it")
-    r.add_argument("notebook")
+    execution(r, "run directory name (default: NOTEBOOK-TIMESTAMP-ID)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     r.add_argument("-f", "--file", help="YAML file of parameters (-p values win)")
-    r.add_argument("--device", help="sets the notebook's `device` parameter, e.g. cpu, cuda")
-    r.add_argument("--name", help="run directory name (default: NOTEBOOK-TIMESTAMP-ID)")
-    r.add_argument("--cell-timeout", type=float, help="seconds one cell may run before the run fails")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
-    r.add_argument("--kernel", default="slimkit", help="kernelspec (default: slimkit, installed on demand)")
-    common(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("sweep", help="run a notebook over a parameter grid")
-    s.add_argument("notebook")
+    execution(s, "sweep name and folder under OUT (default: NOTEBOOK-GRID)")
     s.add_argument("--grid", required=True, help="YAML: {params: {...}, grid: {name: [values]}}")
     s.add_argument("--workers", type=int, help="local worker processes (default: cores, at most 4)")
     s.add_argument("--engine", choices=("local", "dask"), default="local")
     s.add_argument("--scheduler", help="Dask scheduler address, with --engine dask")
-    s.add_argument("--device", help="sets `device` for every run (cuda runs need a GPU resource on Dask)")
-    s.add_argument("--name", help="sweep name and folder under OUT (default: NOTEBOOK-GRID)")
-    s.add_argument("--cell-timeout", type=float)
     s.add_argument("--html", action="store_true", help="also write an HTML report per run")
     s.add_argument("--no-resume", action="store_true", help="rerun runs that already finished")
-    s.add_argument("--kernel", default="slimkit")
-    common(s)
     s.set_defaults(func=cmd_sweep)
 
     def filters(sp):
