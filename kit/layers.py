@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Iterator
 
+import torch
 import torch.nn as nn
 
 from .errors import NothingToCompressError
@@ -56,7 +58,19 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Weights and biases as the float model holds them. slimkit's quantized and sparse layers
+    keep their weight in buffers (int8, packed, CSR...): they count its logical shape, so a
+    compressed model and its original compare (int8 does not have "0 parameters")."""
+    total = 0
+    for m in module.modules():
+        shape = getattr(m, "shape", None) if hasattr(type(m), "_slimkit_kind") else None
+        if shape:
+            total += math.prod(shape)
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, torch.Tensor) and not isinstance(bias, nn.Parameter):
+                total += bias.numel()
+        total += sum(p.numel() for p in m.parameters(recurse=False))
+    return total
 
 
 def tensor_bytes(module: nn.Module) -> int:

@@ -160,6 +160,7 @@ quant_bits: list = [8, 4]  # weight bits of the quantized variants (per-channel,
 prune_sparsity: float = 0.9  # unstructured pruning: fraction of the weights zeroed, in [0, 1)
 structured_sparsity: float = 0.5  # structured pruning: fraction of neurons/channels removed, in [0, 1)
 prune_steps: int = 3  # unstructured pruning in this many steps (cubic schedule), fine-tuning after each, in [1, 20]
+prune_scope: str = "global"  # rank weights within each layer or across all layers (spares small layers): one of layer, global
 finetune_epochs: int = 1  # fine-tuning epochs after each pruning step (0: none), in [0, 100]
 student_width: float = 0.5  # distillation student's width relative to the teacher, in (0, 1]
 finetune_lr: float = 0.004  # fine-tuning learning rate (Adam), in (0, 1]
@@ -186,8 +187,10 @@ sparse_format: str = "auto"  # how the pruned weights are stored: one of auto, c
         print(f"int{bits}: {report.summary['quantized_layers']} layers, weight SQNR "
               f"{report.summary['weight_sqnr_db_min']:.1f} dB at worst, {kind} quantization")
 
-    # 2. pruning: unstructured (magnitude) then fine-tuned with the pruned weights held at zero
-    pruned, report = slimkit.prune(teacher, prune_sparsity, steps=prune_steps, finetune=finetune, seed=seed)
+    # 2. pruning: unstructured (magnitude), fine-tuned with the pruned weights held at zero. A global
+    #    ranking leaves the tiny first conv most of its weights (90% of each layer would cost it dearly).
+    pruned, report = slimkit.prune(teacher, prune_sparsity, scope=prune_scope, steps=prune_steps,
+                                   finetune=finetune, seed=seed)
     results["pruned"] = (f"pruned {prune_sparsity:.0%}", pruned, f"{prune_sparsity:.0%} of weights zeroed in "
                          f"{prune_steps} steps, {finetune_epochs} fine-tune epoch(s) each, stored dense")
     # ... and structured: whole neurons/channels removed, so the layers really shrink

@@ -69,3 +69,16 @@ def test_compare_bad_input(mlp, digits):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailableError, match="cuda"):
             compare.latency({"m": mlp}, torch.zeros(1, 64), device="cuda")
+
+
+def test_compressed_models_count_the_parameters_they_store_in_buffers(mlp):
+    """int8 and sparse layers keep weights in buffers; they still have their logical parameters."""
+    from slimkit.layers import param_count
+
+    n = param_count(mlp)
+    q, _ = slimkit.quantize(mlp, bits=4)
+    s, _ = slimkit.sparsify(mlp, sparsity=0.5, format="csr")
+    assert sum(p.numel() for p in q.parameters()) == 0  # nothing left as nn.Parameter...
+    assert param_count(q) == n and param_count(s) == n  # ...but every weight and bias is counted
+    slim, _ = slimkit.prune(mlp, 0.5, structured=True, data=(torch.rand(4, 1, 8, 8), torch.zeros(4).long()))
+    assert param_count(slim) < n / 2

@@ -21,6 +21,7 @@ def _flagship(m):
     assert m["int4_accuracy"] >= teacher - 0.03 and m["int4_size_ratio"] >= 7
     assert m["structured_size_ratio"] >= 3.5 and m["structured_accuracy"] >= teacher - 0.03
     assert m["distilled_size_ratio"] >= 3.5 and m["distilled_accuracy"] > 0.8
+    assert m["pruned_accuracy"] >= teacher - 0.01  # 90% zeros, global ranking, fine-tuned
     assert m["sparse_accuracy"] == m["pruned_accuracy"]  # sparse storage loses nothing
     assert m["sparse_size_bytes"] < m["pruned_size_bytes"] / 5  # 90% zeros, index bytes counted
     assert all(m[f"{k}_latency_ms"] > 0 for k in ("fp32", "int8", "int4", "pruned", "structured", "distilled"))
