@@ -94,7 +94,7 @@ def scaling_section(r: dict[str, Any], files: dict[str, str]) -> str:
             "variant and shape (RSS high-water mark, approximate: a call that fits in memory the process already "
             "holds reads ~0)."]
     if "png" in files:
-        pics.append(f"![scaling](scaling.png)")
+        pics.append("![scaling](scaling.png)")
     if "html" in files:
         pics.append("Interactive version: `benchmarks/scaling.html` (written by the run, self-contained, not committed).")
     return "\n".join([_table(header, rows), "", *pics])

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from . import compare as _compare

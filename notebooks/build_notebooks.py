@@ -395,12 +395,12 @@ score_sparsities: list = [0.5, 0.9]  # sparsities of that comparison
     Each score at several sparsities, one shot, no fine-tuning, so the score alone decides.
     """),
     code('''
-    compare = []
+    one_shot = []
     for s in scores:
         for sp in score_sparsities:
             m, _ = slimkit.prune(teacher, sp, score=s, structured=structured, data=data.train, seed=seed)
-            compare.append(dict(score=s, sparsity=sp, accuracy=slimkit.evaluate(m, data.test)["accuracy"]))
-    table = {s: {c["sparsity"]: c["accuracy"] for c in compare if c["score"] == s} for s in scores}
+            one_shot.append(dict(score=s, sparsity=sp, accuracy=slimkit.evaluate(m, data.test)["accuracy"]))
+    table = {s: {c["sparsity"]: c["accuracy"] for c in one_shot if c["score"] == s} for s in scores}
     display(Markdown(markdown_table([{"score": s, **{f"{sp:.0%}": f"{a:.1%}" for sp, a in accs.items()}}
                                      for s, accs in table.items()])))
     best = {sp: max(scores, key=lambda s: table[s][sp]) for sp in score_sparsities}
@@ -420,7 +420,7 @@ score_sparsities: list = [0.5, 0.9]  # sparsities of that comparison
     metrics = {"seed": seed, "device": str(dev), "teacher_accuracy": teacher_acc, "accuracy": p["accuracy"],
                "agreement": p["agreement"], "size_bytes": slimkit.size(pruned), "teacher_size_bytes": slimkit.size(teacher),
                "latency_ms": new_ms, "teacher_latency_ms": base_ms, "params_ratio": report.summary.get("params_ratio")}
-    metrics.update({f"{c['score']}_{c['sparsity']:g}_accuracy": c["accuracy"] for c in compare})
+    metrics.update({f"{c['score']}_{c['sparsity']:g}_accuracy": c["accuracy"] for c in one_shot})
     print("metrics ->", save_metrics(metrics))
     '''),
 ]

@@ -1,7 +1,6 @@
 """Sparse storage formats and the layers that run from them."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.sparse_layers import (SparseConv, SparseEmbedding, SparseLinear, decode, encode, format_bytes,
