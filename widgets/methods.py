@@ -4,8 +4,6 @@ run from buttons, from ``Panel.run()`` and from tests.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import torch
@@ -208,35 +206,22 @@ def apply(method: str, model: nn.Module, s: dict[str, Any], train, test, *, call
 def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", backend: str = "eager",
               reps: int = 15) -> list[float]:
     """Median wall time (ms) of one forward pass on batch ``x`` for each model, with ``backend``
-    on ``device``; the models take turns call by call, so a busy machine slows all alike and
-    their ratio stays meaningful (absolute numbers on a shared machine are not).
+    on ``device``, timed side by side by ``slimkit.accel.compare`` (order alternating round by
+    round, so a busy machine slows all alike and their ratio stays meaningful).
 
     Eager CPU runs the models themselves (no copy); other devices/backends go through
-    ``slimkit.accel.backends.prepare``, which works on a copy and raises when the backend
-    cannot handle a model.
+    ``slimkit.accel.prepare``, which works on a copy and raises when the backend cannot
+    handle a model.
     """
+    from slimkit.accel import compare, prepare
+
     dev = _device(device)
     if backend == "eager" and dev.type == "cpu":
-        runs = [(m.eval(), x) for m in models]
-        sync = lambda: None
+        runs = {str(i): m.eval() for i, m in enumerate(models)}
     else:
-        from slimkit.accel.backends import prepare
-        from slimkit.accel.devices import synchronize
-
-        prepared = [prepare(m, x, backend=backend, device=dev) for m in models]
-        runs = [(p, p.move(x)) for p in prepared]
-        sync = lambda: synchronize(dev)
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for i in range(reps + 2):
-            for (run, inp), ts in zip(runs, times):
-                sync()
-                t = time.perf_counter()
-                run(inp)
-                sync()
-                if i >= 2:  # warm-up calls are not counted
-                    ts.append(time.perf_counter() - t)
-    return [1000 * statistics.median(ts) for ts in times]
+        runs = {str(i): prepare(m, x, backend=backend, device=dev) for i, m in enumerate(models)}
+    timed = compare(runs, x, rounds=reps, fingerprint=False)
+    return [1000 * timed[k].median_s for k in runs]
 
 
 def weights(module: nn.Module) -> torch.Tensor | None:
