@@ -21,7 +21,7 @@ from slimkit.hardware import fingerprint, summary as fingerprint_summary
 from .backends import (ENTRY_POINT_GROUP, Backend, BackendError, Prepared, backends_info, get_backend,
                        list_backends, prepare, register_backend)
 from .bench import Measurement, benchmark, compare, fixed_threads, percentile, throughput
-from .devices import available_devices, resolve_device, synchronize
+from slimkit.devices import available_devices, resolve_device, synchronize
 
 __all__ = [
     "available_devices", "resolve_device", "synchronize",

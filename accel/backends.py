@@ -26,7 +26,7 @@ import torch.nn as nn
 from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError
 
 from . import inputs as _inputs
-from .devices import resolve_device
+from slimkit.devices import resolve_device
 
 log = logging.getLogger("slimkit.accel")
 
@@ -198,7 +198,7 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
         t0 = time.perf_counter()
         with torch.inference_mode():
             prepared.run(first)
-        from .devices import synchronize
+        from slimkit.devices import synchronize
 
         synchronize(dev)
         prepared.setup_seconds["first_call"] = time.perf_counter() - t0

@@ -31,7 +31,7 @@ from slimkit.errors import InvalidParameterError, InvalidTypeError, check_positi
 
 from . import inputs as _inputs
 from .backends import Prepared
-from .devices import resolve_device, synchronize
+from slimkit.devices import resolve_device, synchronize
 
 
 # --------------------------------------------------------------------------- statistics

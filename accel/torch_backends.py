@@ -14,7 +14,7 @@ from slimkit.errors import DeviceUnavailableError, InvalidParameterError
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
-from .devices import synchronize
+from slimkit.devices import synchronize
 
 log = logging.getLogger("slimkit.accel")
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import DeviceUnavailableError, InvalidParameterError, SlimkitError
+from .errors import InvalidParameterError, SlimkitError
 
 
 def _store(args):
@@ -47,11 +47,10 @@ def _params(args) -> dict[str, Any]:
 
 
 def _check_device(device: str | None) -> None:
-    if device and device.startswith("cuda"):
-        import torch
+    if device:
+        from .devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"--device {device}: no CUDA device on this machine")
+        resolve_device(device)  # an absent device fails here, before a record or kernel exists
 
 
 def cmd_run(args) -> int:

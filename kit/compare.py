@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .artifact import size
+from .devices import resolve_device, synchronize
 from .errors import InvalidParameterError, InvalidTypeError, check_int
 from .layers import param_count
 from .metrics import evaluate
@@ -67,8 +68,8 @@ def latency(models: Mapping[str, nn.Module], x: torch.Tensor, *, rounds: int = 7
         raise InvalidTypeError("models", models, "a non-empty dict of name -> torch.nn.Module")
     check_int("rounds", rounds, 1, 10_000)
     check_int("warmup", warmup, 0, 10_000)
-    dev = _device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    dev = resolve_device(device)
+    sync = lambda: synchronize(dev)  # noqa: E731
     x = x.to(dev)
     runs, errors = {}, {}
     with threads(num_threads) as used, torch.inference_mode():
@@ -97,20 +98,6 @@ def latency(models: Mapping[str, nn.Module], x: torch.Tensor, *, rounds: int = 7
     ms = {n: statistics.median(times[n]) if n in times else math.nan for n in models}
     return {"ms": ms, "rounds": times, "threads": used, "number": number, "batch": int(x.shape[0]),
             "device": str(dev), "errors": errors}
-
-
-def _device(device) -> torch.device:
-    from .errors import DeviceUnavailableError
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InvalidParameterError("device", device, "a torch device such as 'cpu' or 'cuda'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"device={device!r}: no CUDA device on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise InvalidParameterError("device", device, "'cpu' or 'cuda[:N]'")
-    return dev
 
 
 def compare(original: nn.Module, candidates: Mapping[str, nn.Module], data, *,

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from . import compare as _compare
 from .data import Split, load_digits, subset
+from .devices import resolve_device
 from .distillation import distill, shrink
 from .pruning import prune
 from .quantization import quantize
@@ -90,7 +91,7 @@ def run(seed: int = 0, device: str = "cpu", *, quick: bool = False, batch: int =
     num_threads: torch threads for the whole run. One by default: these models are too small
     for intra-op parallelism to pay, and on a busy machine extra threads make training crawl.
     """
-    _compare._device(device)  # fail before any work if the device is missing
+    resolve_device(device)  # fail before any work if the device is missing
     with _compare.threads(num_threads):
         return _run(seed, device, quick, batch, num_threads, callbacks, log)
 

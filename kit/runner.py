@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError, check_int, check_positive
+from .errors import InvalidParameterError, InvalidTypeError, check_int, check_positive
 from .params import read_signature
 from .records import Record, RunStore, jsonable
 
@@ -220,21 +220,16 @@ def notebook_setup(seed: int = 0, device: str = "cpu"):
     import numpy as np
     import torch
 
+    from .devices import resolve_device
+
     check_int("seed", seed, 0, 2**32 - 1)
     if not isinstance(device, str):
         raise InvalidTypeError("device", device, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InvalidParameterError("device", device, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            raise DeviceUnavailableError(f"device={device!r}: this machine has {count} CUDA device(s); "
-                                         "use device='cpu'" + (" or 'cuda:0'" if count else ""))
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
-    elif dev.type != "cpu":
+    if device.partition(":")[0].strip().lower() not in ("cpu", "cuda"):  # what the notebooks support
         raise InvalidParameterError("device", device, "'cpu', 'cuda' or 'cuda:N'")
+    dev = resolve_device(device)  # an absent GPU is an error naming the devices that exist
+    if dev.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

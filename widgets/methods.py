@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import slimkit
 from slimkit.data import subset
+from slimkit.devices import available_devices, resolve_device
 from slimkit.errors import (InvalidParameterError, SlimkitError, check_choice, check_fraction, check_int,
                             check_positive)
 
@@ -115,7 +116,7 @@ def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Modul
             and s["sparsify_sparsity"] != 0.5:
         out.append("sparsify: format='2:4' keeps 2 of every 4 weights: set sparsity to 0.5 (or zero by threshold)")
     try:
-        _device(s["device"])
+        resolve_device(s["device"])
         why = backend_problem(s["backend"], s["device"])
         if why:
             out.append(f"backend: {why}")
@@ -131,21 +132,9 @@ def values_per_channel(model: nn.Module) -> list[tuple[str, int]]:
             if isinstance(m, WEIGHTED) and not isinstance(m, nn.Embedding)]
 
 
-def _device(name: str) -> torch.device:
-    try:
-        from slimkit.accel.devices import resolve_device
-    except ImportError:  # accel is optional for the panel
-        return torch.device(name)
-    return resolve_device(name)
-
-
 def devices() -> list[str]:
-    """Devices this machine has (``slimkit.accel`` decides when installed)."""
-    try:
-        from slimkit.accel.devices import available_devices
-        found = list(available_devices())
-    except ImportError:
-        found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    """Devices this machine has, as the device dropdown lists them."""
+    found = available_devices()
     return found[:1] + (["cuda"] if "cuda:0" in found else []) + found[1:]  # "cuda": the current GPU
 
 
@@ -166,7 +155,7 @@ def backend_problem(backend: str, device: str) -> str | None:
         from slimkit.accel.backends import backends_info
     except ImportError:
         return f"backend {backend!r} needs slimkit.accel (pip install slimkit[accel])"
-    info = {b["name"]: b for b in backends_info(_device(device))}
+    info = {b["name"]: b for b in backends_info(resolve_device(device))}
     if backend not in info:
         return f"backend {backend!r} is not installed (have: {', '.join(sorted(info))})"
     return info[backend]["why_not"]
@@ -215,7 +204,7 @@ def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", bac
     """
     from slimkit.accel import compare, prepare
 
-    dev = _device(device)
+    dev = resolve_device(device)
     if backend == "eager" and dev.type == "cpu":
         runs = {str(i): m.eval() for i, m in enumerate(models)}
     else:

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from slimkit.accel import available_devices, resolve_device
+from slimkit.devices import available_devices, resolve_device
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

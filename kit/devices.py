@@ -2,7 +2,8 @@
 
 Asking for a device that is absent is an error naming the devices that exist, or, when the
 caller says ``fallback=True``, a logged warning and the best device that does exist. A run
-never lands on the CPU silently.
+never lands on the CPU silently. The one place that decides which devices exist: the CLI, the
+notebooks' setup, ``slimkit.compare``, the widgets and ``slimkit.accel`` all ask here.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import re
 
 import torch
 
-from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError
+from .errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError
 
-log = logging.getLogger("slimkit.accel")
+log = logging.getLogger("slimkit")
 
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
@@ -46,10 +47,10 @@ def _missing(device: str) -> str | None:
     kind, _, index = device.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            built = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            return f"{device} was requested but {built}"
+            built = "this torch build has no CUDA support" if torch.version.cuda is None else "none is visible"
+            return f"{device} was requested but this machine has 0 CUDA devices (no CUDA device: {built})"
         if index and int(index) >= torch.cuda.device_count():
-            return f"{device} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            return f"{device} was requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
     if kind == "mps" and not _mps_available():
         return f"{device} was requested but Apple MPS is not available on this machine"
     return None
@@ -66,7 +67,7 @@ def resolve_device(device: str | torch.device = "auto", *, fallback: bool = Fals
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise InvalidTypeError("device", device, 'a string such as "auto", "cpu", "cuda", "cuda:0" or "mps"')
+        raise InvalidTypeError("device", device, 'a torch device name such as "auto", "cpu", "cuda", "cuda:0" or "mps"')
     if not isinstance(fallback, bool):
         raise InvalidTypeError("fallback", fallback, "a bool")
     name = device.strip().lower()
