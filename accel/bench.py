@@ -199,11 +199,9 @@ class _Timer:
         return time.perf_counter() - t0
 
 
-def _check_counts(warmup, repeat):
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise InvalidParameterError("warmup", warmup, "an int >= 0")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise InvalidParameterError("repeat", repeat, "an int >= 1")
+def _check_count(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise InvalidParameterError(name, value, f"an int >= {lo}")
 
 
 def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | None = None, warmup: int = 3,
@@ -219,7 +217,8 @@ def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | N
     ``items``: what one call processes (default: the inputs' batch size) for throughput.
     Calls run under ``torch.inference_mode``.
     """
-    _check_counts(warmup, repeat)
+    _check_count("warmup", warmup, 0)
+    _check_count("repeat", repeat, 1)
     if min_time_s is not None:
         check_positive("min_time_s", min_time_s)
     if example_inputs is None:
@@ -270,10 +269,9 @@ def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, roun
     """
     if not isinstance(variants, Mapping) or not variants:
         raise InvalidParameterError("variants", variants, "a non-empty {name: callable or Prepared} mapping")
-    for label, r in (("rounds", rounds), ("per_round", per_round)):
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise InvalidParameterError(label, r, "an int >= 1")
-    _check_counts(warmup, 1)
+    _check_count("rounds", rounds, 1)
+    _check_count("per_round", per_round, 1)
+    _check_count("warmup", warmup, 0)
     example_inputs = _inputs.check_inputs(example_inputs)
     calls = {k: _callable(fn, example_inputs, None) for k, fn in variants.items()}
     timers = {k: _Timer(dev) for k, (_, dev, _) in calls.items()}
