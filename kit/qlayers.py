@@ -40,7 +40,6 @@ class _QWeight(nn.Module):
         self.granularity, self.axis, self.group_size = granularity, axis, group_size
         numel = math.prod(self.shape)
         if qt is None:  # from_spec: empty buffers of the right shape and dtype
-            qmin, _ = qrange(bits, scheme)
             nbytes = math.ceil(numel * storage_bits(bits) / 8)
             q = torch.empty(self.shape, dtype=torch.int8) if storage_bits(bits) == 8 else \
                 torch.empty(nbytes, dtype=torch.uint8)
@@ -66,9 +65,9 @@ class _QWeight(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize_tensor(self.qtensor())
 
-    def _qspec(self) -> dict:
-        return dict(shape=list(self.shape), bits=self.bits, scheme=self.scheme, granularity=self.granularity,
-                    axis=self.axis, group_size=self.group_size, bias=self.bias is not None)
+    @classmethod
+    def from_spec(cls, spec: dict) -> "_QWeight":
+        return cls(**spec)
 
     @property
     def storage(self) -> str:
@@ -129,10 +128,6 @@ class QuantLinear(_QWeight):
         return dict(in_features=self.in_features, out_features=self.out_features, bits=self.bits,
                     scheme=self.scheme, granularity=self.granularity, group_size=self.group_size,
                     act=self.act, bias=self.bias is not None)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "QuantLinear":
-        return cls(**spec)
 
     def __getstate__(self):  # the prepared-kernel cache is derived data: never copied or pickled
         state = self.__dict__.copy()
@@ -202,11 +197,12 @@ class QuantLinear(_QWeight):
         return f"{self.in_features}, {self.out_features}, bits={self.bits}, {self.scheme}, {self.granularity}, act={self.act}"
 
 
-def _act_qparams(lo: float, hi: float) -> tuple[float, float]:
-    """Static asymmetric int8 parameters for an activation range (0 always representable)."""
+def _act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, float]:
+    """Static asymmetric parameters (scale, zero point) for an activation range (0 always representable)."""
+    qmin, qmax = qrange(bits, "asymmetric")
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    s = (hi - lo) / 255 if hi > lo else 1.0
-    zp = float(min(127, max(-128, round(-128 - lo / s))))
+    s = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+    zp = float(min(qmax, max(qmin, round(qmin - lo / s))))
     return s, zp
 
 
@@ -237,10 +233,6 @@ class QuantConv2d(_QWeight):
                     dilation=list(self.dilation), groups=self.groups, bits=self.bits, scheme=self.scheme,
                     granularity=self.granularity, group_size=self.group_size, bias=self.bias is not None)
 
-    @classmethod
-    def from_spec(cls, spec: dict) -> "QuantConv2d":
-        return cls(**spec)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dequantized_weight().to(x.dtype), self.bias, self.stride, self.padding,
                         self.dilation, self.groups)
@@ -270,10 +262,6 @@ class QuantEmbedding(_QWeight):
                     padding_idx=self.padding_idx, bits=self.bits, scheme=self.scheme,
                     granularity=self.granularity, group_size=self.group_size)
 
-    @classmethod
-    def from_spec(cls, spec: dict) -> "QuantEmbedding":
-        return cls(**spec)
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self.granularity == "per_tensor" or storage_bits(self.bits) != 8:
             return F.embedding(idx, self.dequantized_weight(), self.padding_idx)
@@ -300,11 +288,9 @@ class FakeQuantInput(nn.Module):
         super().__init__()
         self.bits = bits
         self.inner = inner if inner is not None else nn.Identity()  # replaced on load
-        qmin, qmax = qrange(bits, "asymmetric")
-        lo, hi = min(float(act_range[0]), 0.0), max(float(act_range[1]), 0.0)
-        s = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+        s, zp = _act_qparams(*act_range, bits)
         self.register_buffer("act_scale", torch.tensor(s, dtype=torch.float32))
-        self.register_buffer("act_zero_point", torch.tensor(float(min(qmax, max(qmin, round(qmin - lo / s))))))
+        self.register_buffer("act_zero_point", torch.tensor(zp, dtype=torch.float32))
 
     def spec(self) -> dict:
         return {"bits": self.bits}
