@@ -30,6 +30,12 @@ from .quantization import (QTensor, dequantize_tensor, pack, qrange, storage_bit
 _TINY = 1e-12
 
 
+def int8_kernel_format(bits: int, scheme: str, granularity: str) -> bool:
+    """Weight formats :class:`QuantLinear` runs on ``torch._int_mm``: 8-bit symmetric, one scale
+    per output channel or one in all."""
+    return bits == 8 and scheme == "symmetric" and granularity in ("per_channel", "per_tensor")
+
+
 class _QWeight(nn.Module):
     """Shared storage of one quantized weight: ``qweight`` (int8 or packed uint8), ``scale``
     and, for asymmetric schemes, ``zero_point``; ``bias`` stays fp32."""
@@ -112,8 +118,7 @@ class QuantLinear(_QWeight):
 
     @property
     def integer_kernel(self) -> bool:
-        return (self.bits == 8 and self.scheme == "symmetric" and self.act in ("dynamic", "static")
-                and self.granularity in ("per_channel", "per_tensor"))
+        return self.act in ("dynamic", "static") and int8_kernel_format(self.bits, self.scheme, self.granularity)
 
     @property
     def execution(self) -> str:

@@ -303,8 +303,7 @@ def _plan_layer(name, layer, mode, bits, scheme, granularity, with_acts):
 
 
 def _has_int8_kernel(layer, bits, scheme, granularity) -> bool:
-    return isinstance(layer, nn.Linear) and bits == 8 and scheme == "symmetric" and \
-        granularity in ("per_channel", "per_tensor")
+    return isinstance(layer, nn.Linear) and qlayers.int8_kernel_format(bits, scheme, granularity)
 
 
 def _build_real(layer, qt, act, act_range):
@@ -336,15 +335,14 @@ def _quantize_layer(name, layer, plan, bits, scheme, granularity, group_size, ac
         kernel_ok = _has_int8_kernel(layer, bits, scheme, granularity)
         act = ("static" if act_range else "dynamic") if kernel_ok else "none"
         new = _build_real(layer, qt, act, act_range)
-        if act_range is not None and not kernel_ok:  # only in mode="auto": activations simulated
-            new = qlayers.FakeQuantInput(act_bits, new, act_range)
-            info["mode"] = "real weights, simulated activations"
-        info["storage"], info["execution"] = new.storage if hasattr(new, "storage") else new.inner.storage, \
-            new.execution if not isinstance(new, qlayers.FakeQuantInput) else \
-            f"{new.inner.execution}; input fake-quantized to int{act_bits} (SIMULATED)"
+        info["storage"], info["execution"] = new.storage, new.execution
         info["activations"] = {"dynamic": "int8 per token, at run time", "static": "int8 calibrated (static)",
-                               "none": "fp32"}[act] if not isinstance(new, qlayers.FakeQuantInput) else \
-            f"int{act_bits} calibrated (simulated)"
+                               "none": "fp32"}[act]
+        if act_range is not None and not kernel_ok:  # only in mode="auto": activations simulated
+            info["mode"] = "real weights, simulated activations"
+            info["execution"] += f"; input fake-quantized to int{act_bits} (SIMULATED)"
+            info["activations"] = f"int{act_bits} calibrated (simulated)"
+            new = qlayers.FakeQuantInput(act_bits, new, act_range)
     else:
         new = copy.deepcopy(layer)
         with torch.no_grad():
