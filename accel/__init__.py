@@ -15,13 +15,13 @@ imports this package.
 """
 from __future__ import annotations
 
+from slimkit.devices import available_devices, resolve_device, synchronize
 from slimkit.errors import DeviceUnavailableError
 from slimkit.hardware import fingerprint, summary as fingerprint_summary
 
 from .backends import (ENTRY_POINT_GROUP, Backend, BackendError, Prepared, backends_info, get_backend,
                        list_backends, prepare, register_backend)
 from .bench import Measurement, benchmark, compare, fixed_threads, percentile, throughput
-from slimkit.devices import available_devices, resolve_device, synchronize
 
 __all__ = [
     "available_devices", "resolve_device", "synchronize",

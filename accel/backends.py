@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError
+from slimkit.devices import resolve_device, synchronize
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError, SlimkitError
 
 from . import inputs as _inputs
-from slimkit.devices import resolve_device
 
 log = logging.getLogger("slimkit.accel")
 
@@ -94,8 +94,6 @@ class Backend:
 
     def check(self, device: torch.device) -> None:
         """Raise :class:`~slimkit.errors.DeviceUnavailableError` if unusable on ``device``."""
-        from slimkit.errors import DeviceUnavailableError
-
         if device.type not in self.device_types:
             raise DeviceUnavailableError(
                 f"backend {self.name!r} runs on {', '.join(self.device_types)}, not {device.type}")
@@ -198,8 +196,6 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
         t0 = time.perf_counter()
         with torch.inference_mode():
             prepared.run(first)
-        from slimkit.devices import synchronize
-
         synchronize(dev)
         prepared.setup_seconds["first_call"] = time.perf_counter() - t0
     return prepared

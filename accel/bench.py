@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from slimkit.compare import threads as fixed_threads  # one definition of "run with N threads"
+from slimkit.devices import resolve_device, synchronize
 from slimkit.errors import InvalidParameterError, InvalidTypeError, check_positive
+from slimkit.hardware import fingerprint as _fingerprint  # the name `fingerprint` is a parameter below
 
 from . import inputs as _inputs
 from .backends import Prepared
-from slimkit.devices import resolve_device, synchronize
 
 
 # --------------------------------------------------------------------------- statistics
@@ -251,10 +252,8 @@ def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | N
             cpu.append(time.process_time() - c0)
         peak = _peak_rss_bytes() if peak_ok else None
         cuda_peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" and memory else None
-    from slimkit.hardware import fingerprint as _fp
-
     return Measurement(label, times, n, warmup, nthreads, str(dev), timer.name, peak, rss_before, cuda_peak, cpu,
-                       fingerprint=_fp() if fingerprint else None)
+                       fingerprint=_fingerprint() if fingerprint else None)
 
 
 def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, rounds: int = 10,
@@ -290,9 +289,7 @@ def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, roun
                     cpu[k].append(time.process_time() - c0)
                 if pause_s:
                     time.sleep(pause_s)
-    from slimkit.hardware import fingerprint as _fp
-
-    fp = _fp() if fingerprint else None
+    fp = _fingerprint() if fingerprint else None
     return {k: Measurement(k, times[k], calls[k][2], warmup, nthreads, str(calls[k][1]), timers[k].name,
                            cpu_time_s=cpu[k], fingerprint=fp) for k in names}
 

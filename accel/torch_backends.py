@@ -10,11 +10,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from slimkit.devices import synchronize
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
-from slimkit.devices import synchronize
 
 log = logging.getLogger("slimkit.accel")
 
