@@ -33,10 +33,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .data import batches
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_int,
                      check_positive)
 from .events import as_progress
 from .layers import get_module, matches, named_targets, set_module, tensor_bytes, unselected_reason
+from .metrics import evaluate, sqnr
 from .report import LayerReport, Report, Result
 
 GRANULARITIES = ("per_channel", "per_tensor", "per_group")
@@ -212,11 +214,16 @@ def _check_args(bits, granularity, scheme, mode, group_size, act_bits):
     return group_size
 
 
-def _group_error(name, layer, n, group_size):
-    return InvalidParameterError(
-        "group_size", group_size, f"a divisor of {n}, the values per output channel of layer {name!r} "
-        f"({type(layer).__name__} weight {tuple(layer.weight.shape)}); pick one that divides every layer, "
-        "or exclude that layer")
+def _check_group(name, layer, granularity, group_size):
+    """per_group needs ``group_size`` to divide each layer's values per output channel."""
+    if granularity != "per_group":
+        return
+    n = layer.weight.numel() // layer.weight.shape[0]
+    if n % group_size:
+        raise InvalidParameterError(
+            "group_size", group_size, f"a divisor of {n}, the values per output channel of layer {name!r} "
+            f"({type(layer).__name__} weight {tuple(layer.weight.shape)}); pick one that divides every layer, "
+            "or exclude that layer")
 
 
 def _calibrate(model: nn.Module, data, names: list[str], progress, max_rows: int = 512):
@@ -236,20 +243,20 @@ def _calibrate(model: nn.Module, data, names: list[str], progress, max_rows: int
         return pre
 
     handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
-    batches = list(_input_batches(data))
-    progress.emit("start", "calibrate", 0, len(batches))
+    inputs = _input_batches(data)
+    progress.emit("start", "calibrate", 0, len(inputs))
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i, x in enumerate(batches):
+            for i, x in enumerate(inputs):
                 _call(model, x)
-                progress.emit("progress", "calibrate", i + 1, len(batches))
+                progress.emit("progress", "calibrate", i + 1, len(inputs))
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    progress.emit("end", "calibrate", len(batches), len(batches))
+    progress.emit("end", "calibrate", len(inputs), len(inputs))
     for st in stats.values():
         st["sample"] = st["sample"] and [torch.cat(st["sample"])]
     return stats
@@ -325,7 +332,7 @@ def _build_real(layer, qt, act, act_range):
 def _quantize_layer(name, layer, plan, bits, scheme, granularity, group_size, act_stats, act_bits):
     """The replacement module for one layer and what to say about it."""
     qt = quantize_tensor(layer.weight.detach(), bits, scheme, granularity, 0, group_size)
-    w_sqnr = _sqnr(layer.weight, dequantize_tensor(qt))
+    w_sqnr = sqnr(layer.weight, dequantize_tensor(qt))
     takes_acts = not isinstance(layer, nn.Embedding)
     act_range = (act_stats["lo"], act_stats["hi"]) if act_stats and takes_acts else None
     info = {"mode": plan, "bits": bits, "scheme": scheme, "granularity": granularity}
@@ -356,12 +363,6 @@ def _quantize_layer(name, layer, plan, bits, scheme, granularity, group_size, ac
     if bits < 8 and storage_bits(bits) == 8 and plan == "real":
         info["note"] = f"int{bits} values are stored one per int8 byte (only 2-4 bits are packed)"
     return new, w_sqnr, info
-
-
-def _sqnr(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    from .metrics import sqnr
-
-    return sqnr(ref, approx)
 
 
 def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", scheme: str = "symmetric",
@@ -407,10 +408,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
     targets = list(named_targets(model, TARGET_TYPES, include=include, exclude=exclude, method="quantize"))
     # Validate every layer before any work: errors leave nothing half done.
     for name, layer in targets:
-        if granularity == "per_group":
-            n = layer.weight.numel() // layer.weight.shape[0]
-            if n % group_size:
-                raise _group_error(name, layer, n, group_size)
+        _check_group(name, layer, granularity, group_size)
         if not torch.isfinite(layer.weight).all():
             raise InvalidParameterError("model", f"layer {name!r}", "finite weights (found NaN or inf)")
     plans = {name: _plan_layer(name, layer, mode, bits, scheme, granularity, activations is not None)
@@ -447,15 +445,10 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
             continue
         kind = type(layer).__name__
         nbytes = tensor_bytes(layer)
-        if name not in target_names:
-            why = unselected_reason(name, include, exclude)
+        if name not in target_names or name in kept_reason:
+            why = kept_reason.get(name) or unselected_reason(name, include, exclude)
             report.layers.append(LayerReport(name, kind, "skipped", layer.weight.numel(), layer.weight.numel(),
-                                             nbytes, nbytes, reason=why))
-            continue
-        if name in kept_reason:
-            report.layers.append(LayerReport(name, kind, "skipped", layer.weight.numel(), layer.weight.numel(),
-                                             nbytes, nbytes, reason=kept_reason[name],
-                                             details=_rank_details(ranking, name)))
+                                             nbytes, nbytes, reason=why, details=_rank_details(ranking, name)))
             continue
         st = act_stats.get(name)
         new, w_sqnr, info = _quantize_layer(name, layer, plans[name], bits, scheme, granularity, group_size,
@@ -463,7 +456,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
         if st and st["sample"]:
             x = st["sample"][0]
             with torch.no_grad():
-                info["output_sqnr_db"] = _sqnr(layer(x), new(x))
+                info["output_sqnr_db"] = sqnr(layer(x), new(x))
         info.update(_rank_details(ranking, name))
         set_module(q, name, new)
         simulated = "simulated" in info["mode"]
@@ -515,9 +508,6 @@ def _metric_fn(metric) -> tuple[Callable[[nn.Module], float], object]:
     """A score function (higher is better) and, for data, the inputs used for output SQNR."""
     if callable(metric) and not isinstance(metric, nn.Module):
         return metric, None
-    from .data import batches
-    from .metrics import evaluate
-
     try:
         batches(metric)
     except Exception:
@@ -546,8 +536,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
     base_model = copy.deepcopy(model).eval()
     targets = list(named_targets(base_model, TARGET_TYPES, include=include, exclude=exclude, method="quantize"))
     for name, layer in targets:
-        if granularity == "per_group" and (layer.weight.numel() // layer.weight.shape[0]) % group_size:
-            raise _group_error(name, layer, layer.weight.numel() // layer.weight.shape[0], group_size)
+        _check_group(name, layer, granularity, group_size)
     base = float(score_fn(base_model))
     ref_out = _outputs(base_model, data) if data is not None else None
     act_stats = _calibrate(base_model, activations, [n for n, _ in targets], progress) if activations is not None else {}
@@ -565,7 +554,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
             row = {"name": name, "kind": type(layer).__name__, "score": score, "drop": base - score,
                    "weight_sqnr_db": w_sqnr}
             if ref_out is not None:
-                row["output_sqnr_db"] = _sqnr(ref_out, _outputs(base_model, data))
+                row["output_sqnr_db"] = sqnr(ref_out, _outputs(base_model, data))
         finally:
             set_module(base_model, name, layer)
         out.append(row)
@@ -576,8 +565,6 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
 
 @torch.no_grad()
 def _outputs(model, data):
-    from .data import batches
-
     return torch.cat([model(x).float() for x, _ in batches(data, batch_size=512)])
 
 
@@ -591,13 +578,12 @@ def _auto_keep(model, targets, metric, max_drop, progress, qkw) -> tuple[list[di
     order = sorted(ranking, key=lambda r: (-r["drop"], r.get("output_sqnr_db", 0.0), r["weight_sqnr_db"]))
     names = [r["name"] for r in order]
     base = float(score_fn(copy.deepcopy(model).eval()))
-    kwargs = {k: v for k, v in qkw.items()}
 
     def drop_with(k: int) -> float:
         keep = names[:k]
         if len(keep) == len(names):
             return 0.0
-        m, _ = quantize(model, **kwargs, include=[n for n, _ in targets], keep=keep or None)
+        m, _ = quantize(model, **qkw, include=[n for n, _ in targets], keep=keep or None)
         return base - float(score_fn(m))
 
     lo, hi = 0, len(names)  # invariant: keeping names[:hi] satisfies the budget
