@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import matches
+from .layers import matches, set_module
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PRODUCERS = (nn.Linear, *_CONV)
@@ -196,8 +196,6 @@ def _op_name(node: fx.Node) -> str:
 def remove_units(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
     """Keep only units ``keep`` (sorted indices) of ``group.producer``, in place on ``model``
     (callers pass their own copy), and slice the norms' and consumers' inputs to match."""
-    from .layers import set_module
-
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     producer = model.get_submodule(group.producer)
     set_module(model, group.producer, _slice(producer, keep, dim=0))
