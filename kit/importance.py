@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .data import batches
-from .errors import InvalidParameterError, InvalidTypeError
+from .errors import InvalidParameterError, InvalidTypeError, check_choice
 from .events import Progress
 from .training import LossFn, cross_entropy
 
@@ -74,8 +74,7 @@ class ScoreContext:
 
 
 def compute(name: str, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    if name not in SCORES:
-        raise InvalidParameterError("score", name, "one of " + ", ".join(map(repr, SCORES)))
+    check_choice("score", name, SCORES)
     scores = SCORES[name].fn(ctx)
     for n, m in ctx.targets:
         s = scores.get(n)
