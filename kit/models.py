@@ -47,11 +47,16 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-# name -> (factory, default kwargs). An artifact names one of these to rebuild its model;
+def _from_json(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """A factory taking JSON kwargs: lists (JSON has no tuples) become the tuples ``cls`` expects."""
+    return lambda **kw: cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+
+
+# name -> factory. An artifact names one of these to rebuild its model;
 # load() never imports arbitrary code named in a file.
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "digits_mlp": lambda **kw: DigitsMLP(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}),
-    "digits_cnn": lambda **kw: DigitsCNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}),
+    "digits_mlp": _from_json(DigitsMLP),
+    "digits_cnn": _from_json(DigitsCNN),
 }
 
 
