@@ -53,17 +53,13 @@ def index_dtype(max_value: int) -> torch.dtype:
     return torch.int64
 
 
-def _isize(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
-
-
 def format_bytes(rows: int, cols: int, nnz: int, value_size: int) -> dict[str, int]:
     """Stored bytes of a rows x cols weight with nnz nonzeros in every format.
 
     ``csr_int64`` is torch's own CSR (int64 indices), shown for comparison. ``2:4`` assumes
     cols % 4 == 0 and is only valid when the 2:4 pattern holds.
     """
-    csr_index = (rows + 1) * _isize(index_dtype(nnz)) + nnz * _isize(index_dtype(max(cols - 1, 0)))
+    csr_index = (rows + 1) * index_dtype(nnz).itemsize + nnz * index_dtype(max(cols - 1, 0)).itemsize
     return {
         "dense": rows * cols * value_size,
         "csr_int64": (rows + 1) * 8 + nnz * 8 + nnz * value_size,
