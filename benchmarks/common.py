@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from slimkit import accel
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -73,8 +75,4 @@ def timed(fn, *args, **kwargs):
 
 def first_call_seconds(prepared, inputs) -> float:
     """One untimed-for-latency call at a new shape: what a compiled row pays to compile it."""
-    moved = prepared.move(inputs)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        prepared.run(moved)
-    return time.perf_counter() - t0
+    return accel.benchmark(prepared, inputs, warmup=0, repeat=1, memory=False, fingerprint=False).times_s[0]
