@@ -34,37 +34,31 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
     progress = as_progress(callbacks, stop)
     with torch.random.fork_rng(devices=[]):  # seeded (dropout, ...) without touching the caller's RNG
         torch.manual_seed(seed)
-        return _fit(model, data, epochs, lr, weight_decay, batch_size, seed, loss_fn, val_data, after_step,
-                    stage, progress)
-
-
-def _fit(model, data, epochs, lr, weight_decay, batch_size, seed, loss_fn, val_data, after_step, stage,
-         progress) -> list[dict[str, float]]:
-    loader = batches(data, batch_size=batch_size, shuffle=True, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    history = []
-    progress.emit("start", stage, 0, epochs)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, n = 0.0, 0
-        for x, y in loader:
-            progress.check()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
-            loss.backward()
-            opt.step()
-            if after_step is not None:
-                after_step(model)
-            total += loss.item() * len(y)
-            n += len(y)
-        sched.step()
-        row = {"epoch": epoch, "loss": total / max(n, 1)}
-        if val_data is not None:
-            row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
-        history.append(row)
-        progress.emit("metrics", stage, epoch, epochs, **row)
-    model.eval()
-    progress.emit("end", stage, epochs, epochs)
-    return history
+        loader = batches(data, batch_size=batch_size, shuffle=True, seed=seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        history = []
+        progress.emit("start", stage, 0, epochs)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            total, n = 0.0, 0
+            for x, y in loader:
+                progress.check()
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model, x, y)
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step(model)
+                total += loss.item() * len(y)
+                n += len(y)
+            sched.step()
+            row = {"epoch": epoch, "loss": total / max(n, 1)}
+            if val_data is not None:
+                row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
+            history.append(row)
+            progress.emit("metrics", stage, epoch, epochs, **row)
+        model.eval()
+        progress.emit("end", stage, epochs, epochs)
+        return history
