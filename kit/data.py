@@ -64,9 +64,9 @@ def subset(split: Split, fraction: float, seed: int = 0) -> Split:
 
 def batches(data, batch_size: int = 128, shuffle: bool = False, seed: int = 0) -> Batches:
     """Normalise a *data* argument to an iterable of (inputs, targets) batches."""
-    if isinstance(data, (Split, tuple, list)) and len(tuple(data)) == 2 and all(
-            isinstance(t, torch.Tensor) for t in tuple(data)):
-        X, y = tuple(data)
+    pair = tuple(data) if isinstance(data, (Split, tuple, list)) else ()
+    if len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair):
+        X, y = pair
         g = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle, generator=g)
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes, torch.Tensor)):
