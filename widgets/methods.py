@@ -22,6 +22,12 @@ SCHEMES = ("symmetric", "asymmetric")
 SCORES = ("magnitude", "fisher", "obd", "random")
 FORMATS = ("auto", "csr", "bitmask", "2:4")
 
+# the settings each method reads (results table rows and run records show them)
+SETTING_KEYS = {"quantize": ("bits", "granularity", "scheme", "activations"),
+                "prune": ("sparsity", "score", "structured", "finetune_epochs"),
+                "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
+                "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
+
 # what a sweep varies for each method, and how to read its values
 SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature", "sparsify": "sparsify_sparsity"}
 
@@ -89,20 +95,23 @@ def check_setting(name: str, value: Any) -> None:
         check_choice(name, value, ("sparsity", "threshold"))
 
 
+def settings_of(method: str, s: dict[str, Any]) -> tuple[str, ...]:
+    """The settings ``method`` reads given the others: group size only per group, and one of
+    sparsity / threshold."""
+    unused = "threshold" if s["sparsify_mode"] == "sparsity" else "sparsify_sparsity"
+    keys = tuple(k for k in SETTING_KEYS[method] if k != unused)
+    return keys + (("group_size",) if method == "quantize" and s["granularity"] == "per_group" else ())
+
+
 def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Module) -> list[str]:
     """Everything wrong with ``settings`` for running ``methods`` on ``model``, as messages."""
     s = settings
-    names = {"quantize": ("bits", "granularity", "scheme") + (("group_size",) if s["granularity"] == "per_group" else ()),
-             "prune": ("sparsity", "score", "finetune_epochs"),
-             "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
-             "sparsify": ("sparsify_mode", "sparsify_sparsity" if s["sparsify_mode"] == "sparsity" else "threshold",
-                          "format")}
     out = [] if methods else ["pipeline: choose at least one step"]
     if {"quantize", "sparsify"} <= set(methods):
         out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
                    "choose one (prune then quantize keeps the pruned zeros)")
     for method in methods:
-        for name in names[method]:
+        for name in settings_of(method, s):
             try:
                 check_setting(name, s[name])
             except SlimkitError as e:

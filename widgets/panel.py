@@ -38,11 +38,8 @@ from .runner import Runner, Throttle
 TABS = ("quantize", "prune", "distill", "sparsify", "pipeline")
 RED = "#b00020"
 
-# the settings that describe each method's result (table labels, run records)
-SETTING_KEYS = {"quantize": ("bits", "granularity", "scheme", "activations"),
-                "prune": ("sparsity", "score", "structured", "finetune_epochs"),
-                "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
-                "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
+SETTING_KEYS = M.SETTING_KEYS  # the settings that describe each method's result (defined with the checks)
+# the settings a results table label shows
 LABEL_KEYS = {"quantize": ("bits", "granularity", "scheme"), "prune": ("sparsity", "score", "structured"),
               "distill": ("width", "temperature", "alpha"), "sparsify": ("sparsify_sparsity", "threshold", "format")}
 
@@ -520,10 +517,7 @@ class Panel:
         return run
 
     def _settings_for(self, steps: tuple[str, ...], s: dict[str, Any]) -> dict[str, Any]:
-        skip = {"sparsify_sparsity" if s["sparsify_mode"] == "threshold" else "threshold"}
-        out = {k: s[k] for step in steps for k in SETTING_KEYS[step] if k not in skip}
-        if "quantize" in steps and s["granularity"] == "per_group":
-            out["group_size"] = s["group_size"]
+        out = {k: s[k] for step in steps for k in M.settings_of(step, s)}
         out["device"], out["backend"] = s["device"], s["backend"]
         return out
 
