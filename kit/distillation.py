@@ -21,7 +21,7 @@ from .data import batches, first_inputs
 from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, NothingToCompressError,
                      check_fraction, check_int, check_positive)
 from .events import as_progress
-from .layers import WEIGHTED, param_count, tensor_bytes
+from .layers import WEIGHTED, param_count
 from .metrics import evaluate
 from .report import LayerReport, Report, Result
 from .training import fit
@@ -79,9 +79,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     history = fit(work, data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                   loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
 
-    layers = [LayerReport(n, type(m).__name__, "distilled", param_count(m), param_count(m),
-                          tensor_bytes(m), tensor_bytes(m)) for n, m in work.named_modules()
-              if isinstance(m, WEIGHTED)]
+    layers = [LayerReport.same_size(n, m, "distilled") for n, m in work.named_modules() if isinstance(m, WEIGHTED)]
     pt, ps = param_count(teacher), param_count(work)
     summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
                "final_loss": history[-1]["loss"]}

@@ -170,12 +170,10 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
         if not isinstance(m, WEIGHTED):
             continue
         if n not in masks:
-            layers.append(LayerReport(n, type(m).__name__, "skipped", param_count(m), param_count(m),
-                                      tensor_bytes(m), tensor_bytes(m), reason=unselected_reason(n, include, exclude)))
+            layers.append(LayerReport.same_size(n, m, "skipped", reason=unselected_reason(n, include, exclude)))
             continue
-        layers.append(LayerReport(
-            n, type(m).__name__, "pruned", param_count(m), param_count(m), tensor_bytes(m), tensor_bytes(m),
-            sparsity=float((m.weight == 0).float().mean()),
+        layers.append(LayerReport.same_size(
+            n, m, "pruned", sparsity=float((m.weight == 0).float().mean()),
             details={"zeros": int((m.weight == 0).sum()), "weights": m.weight.numel()}))
     zeros = sum(l.details["zeros"] for l in layers if l.action == "pruned")
     total = sum(l.details["weights"] for l in layers if l.action == "pruned")
@@ -239,8 +237,7 @@ def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, 
     layers = []
     for name, m in model.named_modules():
         if name in analysis.skipped and name not in touched:
-            layers.append(LayerReport(name, type(m).__name__, "skipped", param_count(m), param_count(m),
-                                      tensor_bytes(m), tensor_bytes(m), reason=analysis.skipped[name]))
+            layers.append(LayerReport.same_size(name, m, "skipped", reason=analysis.skipped[name]))
         elif name in touched:
             old, new = before[name], work.get_submodule(name)
             details = {"shape_before": list(old.weight.shape) if hasattr(old, "weight") else None,

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import torch.nn as nn
 
+from .layers import param_count, tensor_bytes
+
 
 @dataclass
 class LayerReport:
@@ -24,6 +26,13 @@ class LayerReport:
     sqnr_db: float | None = None
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def same_size(cls, name: str, module: nn.Module, action: str, **kwargs: Any) -> "LayerReport":
+        """A row for a layer whose parameters and bytes did not change (skipped, zeroed in place,
+        retrained)."""
+        p, b = param_count(module), tensor_bytes(module)
+        return cls(name, type(module).__name__, action, p, p, b, b, **kwargs)
 
 
 @dataclass
