@@ -29,7 +29,7 @@ import slimkit
 from slimkit.data import Split, first_inputs
 from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError
 from slimkit.events import Event
-from slimkit.layers import WEIGHTED, named_targets
+from slimkit.layers import WEIGHTED, named_targets, param_count
 
 from . import methods as M
 from .plots import Plots, show_static
@@ -266,7 +266,7 @@ class Panel:
         else:
             plots = W.HTML("(plots are shown as cell outputs in this mode)")
         title = W.HTML(f"<b>slimkit panel</b>: {type(self.base).__name__}, "
-                       f"{sum(q.numel() for q in self.base.parameters()):,} parameters")
+                       f"{param_count(self.base):,} parameters")
         self.widget = W.VBox([title, settings, actions, self.messages, self.errors, self.table, plots])
         self.widget.add_class("slimkit-panel")
 
