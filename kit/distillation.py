@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from . import surgery
 from .data import batches, first_inputs
-from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, NothingToCompressError,
-                     check_fraction, check_int, check_positive)
+from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, check_fraction, check_int,
+                     check_positive)
 from .events import as_progress
 from .layers import WEIGHTED, param_count
 from .metrics import evaluate
@@ -156,15 +156,8 @@ def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torc
     check_int("seed", seed, 0, 2**63 - 1)
     if example is not None and not isinstance(example, torch.Tensor):
         example = first_inputs(example)
-    try:
-        analysis = surgery.analyse(model, include=include, exclude=exclude, example=example)
-    except Exception as e:
-        raise NothingToCompressError(
-            f"shrink needs a model torch.fx can trace (pass example= for shape-dependent forwards); "
-            f"tracing {type(model).__name__} failed: {type(e).__name__}: {e}") from e
-    if not analysis.groups:
-        why = "; ".join(f"{n}: {r}" for n, r in analysis.skipped.items()) or "no Linear/Conv layer"
-        raise NothingToCompressError(f"{type(model).__name__} has no layer shrink can narrow ({why})")
+    analysis = surgery.analyse_for("shrink", model, include=include, exclude=exclude, example=example,
+                                   hint=" (pass example= for shape-dependent forwards)")
     student = copy.deepcopy(model)
     for g in analysis.groups:
         surgery.remove_units(student, g, torch.arange(max(1, math.ceil(width * g.units))))

@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from . import importance, surgery
 from .data import batches, first_inputs
-from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
-                     check_fraction, check_int, check_positive)
+from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int,
+                     check_positive)
 from .events import Progress, as_progress
 from .layers import WEIGHTED, named_targets, param_count, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
@@ -202,15 +202,7 @@ def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, 
                 progress: Progress, params) -> Result:
     example = first_inputs(data, 2) if data is not None else (
         first_inputs(tune.data, 2) if tune is not None else None)
-    try:
-        analysis = surgery.analyse(model, include=include, exclude=exclude, example=example)
-    except Exception as e:
-        raise NothingToCompressError(
-            f"structured pruning needs a model torch.fx can trace; tracing {type(model).__name__} failed: "
-            f"{type(e).__name__}: {e}".strip()) from e
-    if not analysis.groups:
-        why = "; ".join(f"{n}: {r}" for n, r in analysis.skipped.items()) or "no Linear/Conv layer selected"
-        raise NothingToCompressError(f"{type(model).__name__} has no layer whose units can be removed ({why})")
+    analysis = surgery.analyse_for("structured pruning", model, include=include, exclude=exclude, example=example)
     original = {g.producer: g.units for g in analysis.groups}
     touched = {n for g in analysis.groups for n in g.modules}
     before = {n: copy.deepcopy(model.get_submodule(n)) for n in touched}

@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import NothingToCompressError
 from .layers import matches, set_module
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -125,6 +126,22 @@ def analyse(model: nn.Module, *, include=None, exclude=None, example: torch.Tens
         except _Skip as why:
             skipped[name] = str(why)
     return Analysis(groups, skipped)
+
+
+def analyse_for(what: str, model: nn.Module, *, include=None, exclude=None, example: torch.Tensor | None = None,
+                hint: str = "") -> Analysis:
+    """:func:`analyse` for a method (``what``) that needs at least one group: a model that cannot
+    be traced, or has no removable units, is a NothingToCompressError saying why."""
+    try:
+        analysis = analyse(model, include=include, exclude=exclude, example=example)
+    except Exception as e:
+        raise NothingToCompressError(
+            f"{what} needs a model torch.fx can trace{hint}; tracing {type(model).__name__} failed: "
+            f"{type(e).__name__}: {e}".strip()) from e
+    if not analysis.groups:
+        why = "; ".join(f"{n}: {r}" for n, r in analysis.skipped.items()) or "no Linear/Conv layer selected"
+        raise NothingToCompressError(f"{type(model).__name__} has no layer whose units {what} can remove ({why})")
+    return analysis
 
 
 def _follow(gm: fx.GraphModule, node: fx.Node, mode: str, group: Group, calls: dict[str, int]) -> None:
