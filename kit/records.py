@@ -13,7 +13,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,14 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
+
+
+def varying_keys(dicts: Iterable[dict[str, Any]]) -> list[str]:
+    """The keys, sorted, whose values differ between ``dicts`` (a missing key counts as None):
+    what tells runs apart in a listing, a comparison or a sweep's folder names."""
+    dicts = list(dicts)
+    names = sorted({k for d in dicts for k in d})
+    return [n for n in names if len({json.dumps(d.get(n), sort_keys=True, default=str) for d in dicts}) > 1]
 
 
 class RunStore:
@@ -202,8 +210,7 @@ def _record(row: sqlite3.Row) -> Record:
 def table(records: list[Record], metrics: list[str] | None = None, params: list[str] | None = None) -> str:
     """A plain-text listing (``slimkit runs``): id, status, notebook, chosen params and metrics."""
     if params is None:  # the parameters that differ between the listed runs
-        names = sorted({k for r in records for k in r.params})
-        params = [n for n in names if len({json.dumps(r.params.get(n), sort_keys=True) for r in records}) > 1]
+        params = varying_keys(r.params for r in records)
     if metrics is None:  # numeric metrics, not echoes of a parameter (a notebook may record its seed)
         metrics = sorted({k for r in records for k, v in r.metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in r.params})[:6]

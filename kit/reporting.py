@@ -9,11 +9,10 @@ themselves stay small. Notebook libraries are imported inside the functions.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
-from .records import Record
+from .records import Record, varying_keys
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
@@ -62,9 +61,7 @@ def export_html(notebook: str | Path, html_path: str | Path | None = None) -> Pa
 
 def comparison_rows(records: list[Record], metrics: list[str] | None = None) -> list[dict[str, Any]]:
     """One flat row per run: id, status, notebook, parameters that vary, numeric metrics."""
-    names = sorted({k for r in records for k in r.params})
-    varying = [n for n in names if len({json.dumps(r.params.get(n), sort_keys=True, default=str)
-                                        for r in records}) > 1]
+    varying = varying_keys(r.params for r in records)
     if metrics is None:
         metrics = sorted({k for r in records for k, v in r.metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool)})

@@ -18,7 +18,6 @@ A grid file (YAML)::
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParameterError, InvalidTypeError
-from .records import Record, RunStore
+from .records import Record, RunStore, varying_keys
 from .runner import RunSpec, execute, new_record, prepare, slug
 
 
@@ -98,8 +97,7 @@ def plan(notebook: str | Path, combos: list[dict[str, Any]], *, out: str | Path 
     notebook = Path(notebook)
     sweep = sweep or notebook.stem + "-sweep"
     # run folders are named after what varies between the runs (the grid's axes), not the fixed params
-    names = sorted({k for c in combos for k in c})
-    varying = [k for k in names if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in combos}) > 1]
+    varying = varying_keys(combos)
     specs = []
     for params in combos:
         label = {k: v for k, v in params.items() if k in varying} or params
