@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import surgery
 from .data import batches, first_inputs
 from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, check_fraction, check_int,
-                     check_positive)
+                     check_nonnegative, check_positive)
 from .events import as_progress
 from .layers import WEIGHTED, param_count
 from .metrics import evaluate
@@ -45,10 +45,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     if math.isinf(temperature):
         raise InvalidParameterError("temperature", temperature, "a finite positive number")
     alpha = check_fraction("alpha", alpha, allow_one=True)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)):
-        raise InvalidTypeError("noise", noise, "a number >= 0")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise InvalidParameterError("noise", noise, "a finite number >= 0")
+    noise = check_nonnegative("noise", noise)
     check_int("noise_samples", noise_samples, 1, 1000)
     check_positive("epochs", epochs, integer=True)
     check_positive("lr", lr)

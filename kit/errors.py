@@ -77,6 +77,15 @@ def check_fraction(name: str, value: Any, *, allow_one: bool = False) -> float:
     return value
 
 
+def check_nonnegative(name: str, value: Any, allowed: str = "a finite number >= 0") -> float:
+    """A finite number >= 0; rejects bools, NaN, inf and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(name, value, allowed)
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidParameterError(name, value, allowed)
+    return float(value)
+
+
 def check_positive(name: str, value: Any, *, integer: bool = False) -> float:
     kinds = (int,) if integer else (int, float)
     what = "a positive int" if integer else "a positive number"

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
-                     check_fraction)
+                     check_fraction, check_nonnegative)
 from .events import as_progress
 from .layers import WEIGHTED, named_targets, set_module, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
@@ -27,14 +27,6 @@ EXECUTION_CHOICES = ("auto", "dense", "sparse")
 # Sparsity from which torch's CSR matmul beats dense on CPU (benchmarks/sparse_study.py:
 # 4096x4096, one thread, batch 1-32, torch 2.13). Below it "auto" decompresses to dense.
 CSR_BREAKEVEN = 0.9
-
-
-def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InvalidTypeError("threshold", threshold, "a finite number >= 0 (|w| < threshold become 0)")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise InvalidParameterError("threshold", threshold, "a finite number >= 0 (|w| < threshold become 0)")
-    return float(threshold)
 
 
 def _patterns(name: str, value) -> list[str] | None:
@@ -122,7 +114,7 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
         raise InvalidParameterError("threshold/sparsity", (threshold, sparsity),
                                     "at most one of threshold or sparsity (neither keeps existing zeros)")
     if threshold is not None:
-        threshold = _check_threshold(threshold)
+        threshold = check_nonnegative("threshold", threshold, "a finite number >= 0 (|w| < threshold become 0)")
     if sparsity is not None:
         sparsity = check_fraction("sparsity", sparsity)
     check_choice("format", format, FORMAT_CHOICES)
