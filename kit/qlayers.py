@@ -211,6 +211,11 @@ def _act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, float]:
     return s, zp
 
 
+def _pair(v) -> tuple:
+    """A Conv2d size argument (an int, or a list/tuple from a spec) as a tuple."""
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
 @register_module("slimkit.QuantConv2d")
 class QuantConv2d(_QWeight):
     """Conv2d with integer weight storage (per output channel by default), fp32 compute."""
@@ -220,12 +225,10 @@ class QuantConv2d(_QWeight):
                  group_size: int | None = None, bias: bool = True, qweight: QTensor | None = None,
                  bias_value: torch.Tensor | None = None):
         super().__init__()
-        ks = tuple(kernel_size) if isinstance(kernel_size, (list, tuple)) else (kernel_size, kernel_size)
+        ks = _pair(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
-        self.stride = tuple(stride) if isinstance(stride, (list, tuple)) else (stride, stride)
-        self.padding = padding if isinstance(padding, str) else (
-            tuple(padding) if isinstance(padding, (list, tuple)) else (padding, padding))
-        self.dilation = tuple(dilation) if isinstance(dilation, (list, tuple)) else (dilation, dilation)
+        self.stride, self.dilation = _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.groups = groups
         self._init_qweight(qweight, (out_channels, in_channels // groups, *ks), bits, scheme, granularity, 0,
                            group_size, bias_value, bias)
