@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimkit.errors import DeviceUnavailableError, InvalidParameterError
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
@@ -132,8 +132,7 @@ class OnnxRuntimeBackend(Backend):
               optimize="auto", dynamic=True, threads=None, workdir=None, opset=None, exporter="auto"):
         import onnxruntime as ort
 
-        if exporter not in EXPORTERS:
-            raise InvalidParameterError("exporter", exporter, "one of " + ", ".join(repr(e) for e in EXPORTERS))
+        check_choice("exporter", exporter, EXPORTERS)
         if quantize not in QUANTIZE:
             raise InvalidParameterError("quantize", quantize, "None or 'int8' (ONNX Runtime dynamic quantization)")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

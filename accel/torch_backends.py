@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.devices import synchronize
-from slimkit.errors import DeviceUnavailableError, InvalidParameterError
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
@@ -26,9 +26,7 @@ RECOMPILE_LIMIT = 64
 
 
 def _dtype(value: Any) -> torch.dtype | None:
-    if value not in DTYPES:
-        raise InvalidParameterError("dtype", value, "one of " + ", ".join(repr(k) for k in DTYPES))
-    return DTYPES[value]
+    return DTYPES[check_choice("dtype", value, DTYPES)]
 
 
 def tensor_storage_bytes(module: nn.Module) -> int:
@@ -111,8 +109,7 @@ def compile_module(module: nn.Module, example_inputs, device: torch.device, *, m
     trained or have its weights changed afterwards). ``inductor``: further inductor settings
     for this model's compiles (``torch._inductor.config`` names), e.g. ``{"realize_opcount_threshold": 16}``.
     """
-    if mode not in COMPILE_MODES:
-        raise InvalidParameterError("mode", mode, "one of " + ", ".join(repr(m) for m in COMPILE_MODES))
+    check_choice("mode", mode, COMPILE_MODES)
     if not isinstance(freezing, bool):
         raise InvalidParameterError("freezing", freezing, "True or False")
     if not isinstance(inductor, (dict, type(None))):
@@ -208,8 +205,7 @@ class TorchaoBackend(Backend):
     def _config(self, name: str, device: torch.device):
         import torchao.quantization as q
 
-        if name not in self.CONFIGS:
-            raise InvalidParameterError("config", name, "one of " + ", ".join(repr(c) for c in self.CONFIGS))
+        check_choice("config", name, self.CONFIGS)
         if name.startswith("fp8") and not _has_float8(device):
             where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
             raise DeviceUnavailableError(f"torchao {name!r} needs a CUDA GPU with compute capability >= 8.9 "
