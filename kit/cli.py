@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,7 @@ from .errors import InvalidParameterError, SlimkitError
 def _store(args):
     from .records import RunStore, default_path
 
-    path = args.records or (default_path() if os.environ.get("SLIMKIT_RECORDS") else Path(args.out) / "records.sqlite")
-    return RunStore(path)
+    return RunStore(args.records or default_path(args.out))
 
 
 def _params(args) -> dict[str, Any]:

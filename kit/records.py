@@ -52,8 +52,9 @@ CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
 _JSON = ("params", "metrics", "versions", "hardware")
 
 
-def default_path() -> Path:
-    return Path(os.environ.get("SLIMKIT_RECORDS") or DEFAULT_PATH)
+def default_path(out: str | Path = DEFAULT_PATH.parent) -> Path:
+    """Where run records go: ``$SLIMKIT_RECORDS``, else ``records.sqlite`` in the runs folder ``out``."""
+    return Path(os.environ.get("SLIMKIT_RECORDS") or Path(out) / DEFAULT_PATH.name)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import InvalidParameterError, InvalidTypeError, check_int, check_positive
 from .params import read_signature
-from .records import Record, RunStore, jsonable
+from .records import Record, RunStore, default_path, jsonable
 
 KERNEL_NAME = "slimkit"
 METRICS_FILE = "metrics.json"
@@ -290,8 +290,7 @@ def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
     """Execute a prepared run and record it (in ``store``, default: OUT/records.sqlite or
     ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace."""
     own = store is None
-    store = store or RunStore(Path(spec.run_dir).parent / "records.sqlite"
-                              if not os.environ.get("SLIMKIT_RECORDS") else None)
+    store = store or RunStore(default_path(Path(spec.run_dir).parent))
     try:
         store.put(new_record(spec))
         try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParameterError, InvalidTypeError
-from .records import Record, RunStore, varying_keys
+from .records import Record, RunStore, default_path, varying_keys
 from .runner import RunSpec, execute, new_record, prepare, slug
 
 
@@ -171,7 +171,7 @@ def sweep(notebook: str | Path, grid: str | Path | dict[str, Any], *, out: str |
         sweep_name = default_name(notebook, grid)
     specs = plan(notebook, load_grid(grid), out=out, sweep=sweep_name, device=device, **options)
     own = store is None
-    store = store or RunStore(Path(out) / "records.sqlite" if not os.environ.get("SLIMKIT_RECORDS") else None)
+    store = store or RunStore(default_path(out))
     try:
         return run_sweep(specs, store, executor=executor, gpu_executor=gpu_executor, workers=workers,
                          resume=resume, on_done=on_done)
