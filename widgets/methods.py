@@ -13,7 +13,7 @@ import slimkit
 from slimkit.data import subset
 from slimkit.devices import available_devices, resolve_device
 from slimkit.errors import (InvalidParameterError, SlimkitError, check_choice, check_fraction, check_int,
-                            check_positive)
+                            check_nonnegative, check_positive)
 
 METHODS = ("quantize", "prune", "distill", "sparsify")
 PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
@@ -81,8 +81,7 @@ def check_setting(name: str, value: Any) -> None:
     elif name == "finetune_epochs":
         check_int(name, value, 0, 10_000)
     elif name in ("noise", "threshold"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise InvalidParameterError(name, value, "a number >= 0")
+        check_nonnegative(name, value)
     elif name == "granularity":
         check_choice(name, value, GRANULARITIES)
     elif name == "scheme":
