@@ -83,6 +83,13 @@ def _max_mhz(info: dict[str, str]) -> float | None:
         return None
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _memory_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -125,7 +132,7 @@ def _static() -> dict:
         "cpu_arch": platform.machine(),
         "cpu_sockets": _sockets(),
         "cpu_logical_cores": os.cpu_count(),
-        "cpu_usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_usable_cores": usable_cores(),
         "cpu_max_mhz": _max_mhz(info),
         "cpu_caches": _caches(),
         "cpu_flags": sorted(f for f in CPU_FLAGS if f in flags),

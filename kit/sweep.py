@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import replace
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParameterError, InvalidTypeError
+from .hardware import usable_cores
 from .records import Record, RunStore, default_path, varying_keys
 from .runner import RunSpec, execute, new_record, prepare, slug
 
@@ -63,8 +63,7 @@ def load_grid(grid: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
 
 
 def local_executor(workers: int | None = None) -> ProcessPoolExecutor:
@@ -131,8 +130,8 @@ def run_sweep(specs: list[RunSpec], store: RunStore, *, executor: Executor | Non
         executor = local_executor(workers)
         if workers is None:
             workers = default_workers()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        todo = [s if s.threads else replace(s, threads=max(1, cores // workers)) for s in todo]
+        share = max(1, usable_cores() // workers)  # the runs share the cores: threads per kernel
+        todo = [s if s.threads else replace(s, threads=share) for s in todo]
     futures: dict[Future, RunSpec] = {}
     try:
         for spec in todo:
