@@ -166,7 +166,7 @@ def execute(spec: RunSpec) -> Record:
     """Run one prepared notebook (in this process, or a pool/Dask worker) and describe it."""
     import yaml
 
-    from .hardware import fingerprint, package_versions
+    from .hardware import fingerprint
 
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,8 +175,8 @@ def execute(spec: RunSpec) -> Record:
     record = new_record(spec)
     record.notebook_sha256 = _sha256(spec.notebook)
     record.git_commit = _git_commit(Path(spec.notebook))
-    record.versions = package_versions()
     record.hardware = fingerprint()
+    record.versions = dict(record.hardware["packages"])  # the fingerprint has just read them
     if spec.threads:  # the kernel's torch reads OMP_NUM_THREADS (set below) at import
         record.hardware["torch_threads"] = spec.threads
     record.host = socket.gethostname()
