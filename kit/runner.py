@@ -156,10 +156,15 @@ def new_record(spec: RunSpec) -> Record:
                   started_at=time.time(), output_dir=spec.run_dir)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file, so a reader sees the old content or the new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def execute(spec: RunSpec) -> Record:
@@ -247,9 +252,7 @@ def save_metrics(metrics: dict[str, Any], path: str | Path = METRICS_FILE) -> Pa
     except TypeError as e:
         raise InvalidTypeError("metrics", metrics, f"JSON-serialisable values ({e})") from None
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write_atomic(path, text)
     return path
 
 
