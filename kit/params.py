@@ -101,16 +101,13 @@ class Signature:
         """Checked, type-converted values; unknown names and wrong types raise."""
         unknown = [n for n in values if n not in self.parameters]
         if unknown:
-            raise InvalidParameterError(
-                unknown[0], values[unknown[0]],
-                f"a parameter of {Path(self.notebook).name}: one of " + ", ".join(self.parameters))
+            raise self._unknown(unknown[0], values[unknown[0]])
         return {n: self.parameters[n].check(v) for n, v in values.items()}
 
     def coerce(self, name: str, text: str) -> Any:
         """A command-line string (``-p sparsity 0.8``) parsed for parameter ``name``."""
         if name not in self.parameters:
-            raise InvalidParameterError(name, text, f"a parameter of {Path(self.notebook).name}: one of "
-                                        + ", ".join(self.parameters))
+            raise self._unknown(name, text)
         param = self.parameters[name]
         if text.strip() in ("None", "null", "~") and (param.optional or param.default is None):
             return None
@@ -125,6 +122,10 @@ class Signature:
                 return False
             raise InvalidTypeError(name, text, param.allowed())
         return parse_value(text)
+
+    def _unknown(self, name: str, value: Any) -> InvalidParameterError:
+        return InvalidParameterError(name, value, f"a parameter of {Path(self.notebook).name}: one of "
+                                     + ", ".join(self.parameters))
 
     def help(self) -> str:
         rows = [f"{p.name}: {p.type}{' | None' if p.optional else ''} = {p.default!r}"
