@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameterError
+from .errors import check_choice
 
 STATUSES = ("running", "ok", "failed", "interrupted")
 DEFAULT_PATH = Path("runs") / "records.sqlite"
@@ -173,8 +173,8 @@ class RunStore:
               where: dict[str, Any] | None = None, limit: int | None = None) -> list[Record]:
         """Records, newest first, filtered by status, notebook name (substring), sweep and
         parameter values (``where={"bits": 4}``)."""
-        if status is not None and status not in STATUSES:
-            raise InvalidParameterError("status", status, "one of " + ", ".join(STATUSES))
+        if status is not None:
+            check_choice("status", status, STATUSES)
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         if status:
             sql += " AND status = ?"
