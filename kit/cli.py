@@ -166,6 +166,9 @@ def cmd_kernel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .records import STATUSES
+    from .runner import KERNEL_NAME
+
     p = argparse.ArgumentParser(prog="slimkit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(on Dask, cuda runs need a worker resource GPU)")
         sp.add_argument("--name", help=name_help)
         sp.add_argument("--cell-timeout", type=float, help="seconds one cell may run before the run fails")
-        sp.add_argument("--kernel", default="slimkit", help="kernelspec (default: slimkit, installed on demand)")
+        sp.add_argument("--kernel", default=KERNEL_NAME, help="kernelspec (default: slimkit, installed on demand)")
         common(sp)
 
     r = sub.add_parser("run", help="run a notebook headless with papermill and record it")
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     def filters(sp):
-        sp.add_argument("--status", choices=("running", "ok", "failed", "interrupted"))
+        sp.add_argument("--status", choices=STATUSES)
         sp.add_argument("--notebook", help="notebook name contains this")
         sp.add_argument("--sweep")
         sp.add_argument("--where", action="append", metavar="NAME=VALUE", help="parameter filter (repeatable)")
@@ -233,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     k = sub.add_parser("kernel", help="install the `slimkit` Jupyter kernel into this environment")
-    k.add_argument("--name", default="slimkit")
+    k.add_argument("--name", default=KERNEL_NAME)
     k.set_defaults(func=cmd_kernel)
     return p
 
