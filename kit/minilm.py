@@ -232,12 +232,17 @@ def reference_embeddings(texts: Sequence[str] | None = None) -> torch.Tensor:
     return emb
 
 
-def nearest_other(emb: torch.Tensor) -> torch.Tensor:
-    """For each row, the index of the most cosine-similar other row."""
+def _similarity_to_others(emb: torch.Tensor) -> torch.Tensor:
+    """(N, N) cosine similarities between rows; a row's own (the diagonal) is -inf, never a hit."""
     emb = F.normalize(emb.float(), dim=1)
     sim = emb @ emb.T
     sim.fill_diagonal_(-float("inf"))
-    return sim.argmax(1)
+    return sim
+
+
+def nearest_other(emb: torch.Tensor) -> torch.Tensor:
+    """For each row, the index of the most cosine-similar other row."""
+    return _similarity_to_others(emb).argmax(1)
 
 
 @torch.no_grad()
@@ -291,10 +296,7 @@ def fidelity(model, reference: nn.Module | torch.Tensor | None = None,
 def retrieval_margin(emb: torch.Tensor) -> torch.Tensor:
     """For each row, how much more similar its nearest other row is than the runner-up
     (cosine of top-1 minus top-2). Small margins are near-ties that any perturbation can flip."""
-    emb = F.normalize(emb.float(), dim=1)
-    sim = emb @ emb.T
-    sim.fill_diagonal_(-float("inf"))
-    top = sim.topk(2, dim=1).values
+    top = _similarity_to_others(emb).topk(2, dim=1).values
     return top[:, 0] - top[:, 1]
 
 
