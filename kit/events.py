@@ -68,10 +68,24 @@ class Progress:
             raise Interrupted("stopped on request; the input model was not changed")
 
 
+class _EitherStop:
+    """Set when any of its flags is set (a caller's Progress and a stop passed beside it)."""
+
+    def __init__(self, *flags: StopFlag):
+        self.flags = flags
+
+    def is_set(self) -> bool:
+        return any(f.is_set() for f in self.flags)
+
+
 def as_progress(callbacks=None, stop=None) -> Progress:
-    if isinstance(callbacks, Progress):
+    """``callbacks`` and ``stop`` as one :class:`Progress`; a Progress passed in is reused, and a
+    ``stop`` given beside it is honoured too, not dropped."""
+    if not isinstance(callbacks, Progress):
+        return Progress(callbacks, stop)
+    if stop is None or stop is callbacks.stop:
         return callbacks
-    return Progress(callbacks, stop)
+    return Progress(callbacks.callbacks, stop if callbacks.stop is None else _EitherStop(callbacks.stop, stop))
 
 
 class LogCallback:

@@ -22,15 +22,17 @@ def evaluate(model: nn.Module, data, *, reference: nn.Module | None = None) -> d
     model.eval()
     correct = agree = n = 0
     loss = 0.0
-    for x, y in batches(data, batch_size=512):
-        out = model(x)
-        pred = out.argmax(-1)
-        correct += (pred == y).sum().item()
-        loss += F.cross_entropy(out.float(), y, reduction="sum").item()
-        if reference is not None:
-            agree += (reference(x).argmax(-1) == pred).sum().item()
-        n += len(y)
-    model.train(was_training)
+    try:
+        for x, y in batches(data, batch_size=512):
+            out = model(x)
+            pred = out.argmax(-1)
+            correct += (pred == y).sum().item()
+            loss += F.cross_entropy(out.float(), y, reduction="sum").item()
+            if reference is not None:
+                agree += (reference(x).argmax(-1) == pred).sum().item()
+            n += len(y)
+    finally:  # a failing batch (bad data, a stop) leaves the model in the mode it came in
+        model.train(was_training)
     if n == 0:
         raise InvalidParameterError("data", data, "at least one (inputs, targets) sample")
     metrics = {"accuracy": correct / n, "loss": loss / n, "n": float(n)}

@@ -83,3 +83,28 @@ def test_sqnr():
     x = torch.randn(1000)
     assert sqnr(x, x) == math.inf
     assert 19 < sqnr(x, x + 0.1 * x) < 21
+
+
+def test_as_progress_keeps_a_stop_passed_beside_a_progress():
+    from slimkit.events import as_progress
+
+    seen, mine, theirs = [], threading.Event(), threading.Event()
+    progress = as_progress(as_progress(seen.append, theirs), mine)
+    progress.emit("start", "x")
+    assert len(seen) == 1  # the caller's callbacks still listen
+    mine.set()
+    with pytest.raises(errors.Interrupted):
+        progress.check()
+    mine.clear()
+    theirs.set()
+    with pytest.raises(errors.Interrupted):  # and the Progress's own stop still counts
+        progress.check()
+
+
+def test_evaluate_restores_the_training_mode_when_a_batch_fails():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model.train()
+    bad = (torch.randn(8, 5), torch.zeros(8, dtype=torch.long))  # wrong feature count
+    with pytest.raises(RuntimeError):
+        evaluate(model, bad)
+    assert model.training
