@@ -5,10 +5,10 @@ callable taking the model's inputs, with the one-time costs it took to build (ex
 compile, quantize seconds), the size of what it deploys, and backend details. The input
 model is never modified (backends work on a copy).
 
-Built in: ``eager``, ``compile`` (torch.compile), ``onnxruntime`` (torch.onnx export +
-ONNX Runtime, optionally its int8 quantization), ``torchao`` (int8 weight-only, int8
-dynamic, fp8 on CUDA GPUs that have it) and ``sparse24`` (2:4 semi-structured sparsity,
-CUDA only). Other packages add backends through the entry-point group ``slimkit.backends``;
+Built in: ``eager``, ``compile`` (torch.compile), ``aoti`` (torch.export + AOTInductor,
+compiled ahead of time per input shape), ``onnxruntime`` (torch.onnx export + ONNX Runtime,
+optionally its int8 quantization), ``torchao`` (int8 weight-only, int8 dynamic, fp8 on CUDA
+GPUs that have it) and ``sparse24`` (2:4 semi-structured sparsity, CUDA only). Other packages add backends through the entry-point group ``slimkit.backends``;
 an entry point names a :class:`Backend` subclass or instance.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import onnx_backend, torch_backends  # noqa: F401  (they register themselves)
+    from . import aoti_backend, onnx_backend, torch_backends  # noqa: F401  (they register themselves)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -19,7 +19,7 @@ from .common import Settings, first_call_seconds, log, minilm_inputs, timed
 
 SHAPES = ((1, 128), (32, 128))
 BASELINE = "fp32 eager"
-SLIMKIT_BEST = ("slimkit int8 + compile", "slimkit int8 (eager)")
+SLIMKIT_BEST = ("slimkit int8 + AOTInductor", "slimkit int8 + compile", "slimkit int8 (eager)")
 ORT_INT8 = ("ORT int8 per-channel (fused)", "ORT int8 per-tensor (fused)")
 TARGETS = {"cosine_min": 0.995, "top1_min": 0.99, "size_ratio_min": 3.9}
 
@@ -55,6 +55,11 @@ def _rows(s: Settings, example) -> dict[str, dict[str, Any]]:
         add("slimkit int8 + compile", lambda: accel.prepare(q, example, "compile", **compile_opts), slimkit.size(q),
             f"the same int8 model, torch.compile (inductor, freezing, mode={s.compile_mode})",
             {"quantize": q_seconds})
+        add("slimkit int8 + AOTInductor",
+            lambda: accel.prepare(q, example, "aoti", mode=s.compile_mode, cache_dir=s.inductor_cache,
+                                  workdir=s.workdir / "aoti"), slimkit.size(q),
+            f"the same int8 model, torch.export + AOTInductor (freezing, mode={s.compile_mode}): no per-call "
+            "dynamo guards; one package per shape", {"quantize": q_seconds})
         add("torch.compile fp32", lambda: accel.prepare(fp32, example, "compile", **compile_opts), fp32_bytes,
             f"inductor, freezing, mode={s.compile_mode}")
     add("torchao int8 dynamic", lambda: accel.prepare(fp32, example, "torchao", config="int8_dynamic"), None,
