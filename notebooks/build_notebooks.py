@@ -13,7 +13,9 @@ outputs must be deterministic text: this script refuses to store stderr in them.
 """
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +33,36 @@ def md(text: str) -> tuple[str, str, tuple[str, ...]]:
 def code(*parts: str, tags: tuple[str, ...] = ()) -> tuple[str, str, tuple[str, ...]]:
     """A code cell from one or more pieces of source, each dedented on its own."""
     return ("code", "\n\n".join(dedent(p).strip() for p in parts), tuple(tags))
+
+
+_IMPORT = re.compile(r"^(?:from \S+ )?import (.+)$")
+
+
+def _bound(name: str) -> str:
+    """The name an import binds: ``a.b as c`` -> c, ``a.b`` -> a."""
+    return name.split(" as ")[-1].strip() if " as " in name else name.strip().split(".")[0]
+
+
+def trim_imports(cells):
+    """Each notebook keeps only the imports its code uses: the shared setup imports what any
+    digits notebook needs, and readers copy these cells."""
+    used = {node.id for kind, src, _ in cells if kind == "code"
+            for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Name)}
+    out = []
+    for kind, src, tags in cells:
+        if kind == "code":
+            lines = []
+            for line in src.split("\n"):
+                m = _IMPORT.match(line)
+                if m:
+                    keep = [n.strip() for n in m.group(1).split(",") if _bound(n) in used]
+                    if not keep:
+                        continue
+                    line = line[: m.start(1)] + ", ".join(keep)
+                lines.append(line)
+            src = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines)).strip()
+        out.append((kind, src, tags))
+    return out
 
 
 def params(text: str):
@@ -756,7 +788,7 @@ def build(name: str, cells) -> "nbformat.NotebookNode":  # noqa: F821
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"name": KERNEL, "display_name": f"Python ({KERNEL})", "language": "python"},
                    "language_info": {"name": "python"}}
-    for i, (kind, source, tags) in enumerate(cells):
+    for i, (kind, source, tags) in enumerate(trim_imports(cells)):
         cell = (nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell)(source)
         cell.id = f"{name}-{i:02d}"  # stable ids: regenerating does not churn the diff
         if tags:
