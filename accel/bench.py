@@ -257,7 +257,7 @@ def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | N
 
 
 def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, rounds: int = 10,
-            per_round: int = 1, warmup: int = 2, threads: int | None = None, memory: bool = False,
+            per_round: int = 1, warmup: int = 2, threads: int | None = None,
             pause_s: float = 0.0, fingerprint: bool = True) -> dict[str, Measurement]:
     """Time several variants side by side on the same inputs.
 
@@ -265,6 +265,8 @@ def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, roun
     (forward, then reversed) so drifting machine load, caches and thread pools left spinning
     by one variant fall evenly on all. ``pause_s`` sleeps between variants. Returns
     ``{name: Measurement}`` in the given order; use ``m.speedup_vs(results[first])``.
+    No peak memory here: variants sharing one process cannot be told apart; use
+    :func:`benchmark` with ``memory=True`` per variant (benchmarks/ measures each in a fresh process).
     """
     if not isinstance(variants, Mapping) or not variants:
         raise InvalidParameterError("variants", variants, "a non-empty {name: callable or Prepared} mapping")
