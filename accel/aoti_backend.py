@@ -19,10 +19,11 @@ import torch.nn as nn
 
 from slimkit.devices import synchronize
 from slimkit.errors import check_choice
+from slimkit.layers import tensor_bytes
 
 from . import inputs as _inputs
 from .backends import Backend, Prepared, register_backend, wrap_failure
-from .torch_backends import COMPILE_MODES, _copy_to, _dtype, inductor_settings, tensor_storage_bytes
+from .torch_backends import COMPILE_MODES, _copy_to, _dtype, inductor_settings
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple:
@@ -101,4 +102,4 @@ class AotiBackend(Backend):
         setup = {**fn.seconds, "first_call": time.perf_counter() - t0}
         opts = {"dtype": dtype, "mode": mode, "freezing": freezing, "inductor": inductor}
         info = {"inductor": settings, "packages": fn.paths, "package_bytes": Path(fn.paths[0]).stat().st_size}
-        return Prepared(fn, self.name, device, opts, setup, tensor_storage_bytes(m), info, m, dt)
+        return Prepared(fn, self.name, device, opts, setup, tensor_bytes(m), info, m, dt)

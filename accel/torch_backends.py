@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from slimkit.devices import synchronize
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
+from slimkit.layers import tensor_bytes
 from slimkit.qlayers import QuantLinear
 
 from . import inputs as _inputs
@@ -28,29 +29,6 @@ RECOMPILE_LIMIT = 64
 
 def _dtype(value: Any) -> torch.dtype | None:
     return DTYPES[check_choice("dtype", value, DTYPES)]
-
-
-def tensor_storage_bytes(module: nn.Module) -> int:
-    """Bytes held by parameters and buffers, looking inside tensor subclasses (torchao's
-    int8 weights keep int8 data plus scales as inner tensors)."""
-    seen, total = set(), 0
-
-    def visit(t: torch.Tensor) -> int:
-        data = t.data if isinstance(t, nn.Parameter) else t
-        if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
-            names, _ = data.__tensor_flatten__()
-            return sum(visit(getattr(data, n)) for n in names)
-        if data.layout == torch.sparse_coo:
-            return visit(data._indices()) + visit(data._values())
-        if data.layout == torch.sparse_csr:
-            return visit(data.crow_indices()) + visit(data.col_indices()) + visit(data.values())
-        return data.numel() * data.element_size()
-
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += visit(t)
-    return total
 
 
 def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
@@ -176,7 +154,7 @@ class EagerBackend(Backend):
         t0 = time.perf_counter()
         m = _copy_to(model, device, dt)
         return Prepared(_NoGrad(m), self.name, device, {"dtype": dtype}, {"copy": time.perf_counter() - t0},
-                        tensor_storage_bytes(m), {}, m, dt)
+                        tensor_bytes(m), {}, m, dt)
 
 
 @register_backend
@@ -197,7 +175,7 @@ class CompileBackend(Backend):
         opts = {"dtype": dtype, "mode": mode, "dynamic": dynamic, "fullgraph": fullgraph, "freezing": freezing,
                 "inductor": inductor}
         return Prepared(fn, self.name, device, opts, {"compile": seconds, "first_call": seconds},
-                        tensor_storage_bytes(m), info, m, dt)
+                        tensor_bytes(m), info, m, dt)
 
 
 def _has_float8(device: torch.device) -> bool:
@@ -260,7 +238,7 @@ class TorchaoBackend(Backend):
             setup["compile"] = seconds
             setup["first_call"] = seconds
             info.update(cinfo)
-        return Prepared(fn, self.name, device, opts, setup, tensor_storage_bytes(m), info, m, dt)
+        return Prepared(fn, self.name, device, opts, setup, tensor_bytes(m), info, m, dt)
 
 
 def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
@@ -339,4 +317,4 @@ class Sparse24Backend(Backend):
             setup.update(compile=seconds, first_call=seconds)
             info.update(cinfo)
         return Prepared(fn, self.name, device, {"dtype": dtype, "prune": prune, "compile": compile}, setup,
-                        tensor_storage_bytes(m), info, m, dt)
+                        tensor_bytes(m), info, m, dt)

@@ -74,10 +74,24 @@ def param_count(module: nn.Module) -> int:
 
 
 def tensor_bytes(module: nn.Module) -> int:
-    """Bytes of every parameter and buffer as stored (dtype-aware, no double counting)."""
+    """Bytes of every parameter and buffer as stored (dtype-aware, no double counting),
+    looking inside sparse tensors and tensor subclasses (torchao's int8 weights keep int8
+    data plus scales as inner tensors)."""
+
+    def visit(t: torch.Tensor) -> int:
+        data = t.data if isinstance(t, nn.Parameter) else t
+        if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+            names, _ = data.__tensor_flatten__()
+            return sum(visit(getattr(data, n)) for n in names)
+        if data.layout == torch.sparse_coo:
+            return visit(data._indices()) + visit(data._values())
+        if data.layout == torch.sparse_csr:
+            return visit(data.crow_indices()) + visit(data.col_indices()) + visit(data.values())
+        return data.numel() * data.element_size()
+
     seen, total = set(), 0
     for t in list(module.parameters()) + list(module.buffers()):
         if id(t) not in seen:
             seen.add(id(t))
-            total += t.numel() * t.element_size()
+            total += visit(t)
     return total
