@@ -35,10 +35,13 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 class _PackagePerShape:
     """Calls the AOTInductor package built for the inputs' shapes, building it on first use."""
 
-    def __init__(self, module: nn.Module, device: torch.device, settings: dict[str, Any], workdir: Path,
+    def __init__(self, module: nn.Module, device: torch.device, settings: dict[str, Any], workdir: Path | None,
                  backend_name: str):
-        self.module, self.device, self.settings = module, device, settings
-        self.workdir, self.backend_name = workdir, backend_name
+        self.module, self.device, self.settings, self.backend_name = module, device, settings, backend_name
+        # Without a workdir the packages (tens of MB each) live in a temporary folder that goes with this object.
+        self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="slimkit-aoti-")
+        self.workdir = Path(workdir if workdir is not None else self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.packages: dict[tuple, Any] = {}
         self.paths: list[str] = []
         self.seconds: dict[str, float] = {}
@@ -92,9 +95,7 @@ class AotiBackend(Backend):
         modes = torch._inductor.list_mode_options(mode) if mode else {}  # (None lists every mode)
         settings = {k: v for k, v in modes.items() if not k.startswith("triton.")}  # no CUDA graphs here
         settings.update(inductor_settings(m, freezing, inductor, cache_dir))
-        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="slimkit-aoti-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        fn = _PackagePerShape(m, device, settings, folder, self.name)
+        fn = _PackagePerShape(m, device, settings, workdir, self.name)
         ex = _inputs.to_device(example_inputs, device, dt)
         t0 = time.perf_counter()
         _inputs.call(fn, ex)

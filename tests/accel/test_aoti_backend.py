@@ -52,3 +52,16 @@ def test_inductor_settings_put_the_callers_choices_over_slimkit_defaults():
     assert inductor_settings(nn.Linear(2, 2), False, None, None) == {}  # nothing int8: inductor's own defaults
     with pytest.raises(InvalidParameterError, match="inductor='no_such_knob'"):
         inductor_settings(q, False, {"no_such_knob": 1}, None)
+
+
+def test_aoti_packages_without_a_workdir_go_with_the_prepared_model():
+    import gc
+
+    from slimkit.accel.aoti_backend import _PackagePerShape
+
+    fn = _PackagePerShape(nn.Linear(2, 2), torch.device("cpu"), {}, None, "aoti")
+    folder = fn.workdir
+    assert folder.is_dir()
+    del fn
+    gc.collect()
+    assert not folder.exists()
