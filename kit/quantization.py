@@ -523,8 +523,9 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
 
     ``data_or_metric_fn``: (X, y) data (score = accuracy in points; also the output SQNR of the
     model's logits vs the original) or a callable ``model -> score`` (higher is better).
-    Returns one dict per layer in model order: name, kind, score, drop (baseline - score;
-    larger = more sensitive), weight_sqnr_db, output_sqnr_db (data only). ``mode`` "simulated"
+    Returns one dict per layer in model order: name, kind, score, baseline (the unquantized
+    model's score), drop (baseline - score; larger = more sensitive), weight_sqnr_db,
+    output_sqnr_db (data only). ``mode`` "simulated"
     (default; fast, same weight numerics) or "auto"/"real" (the layers quantize() would build).
     The input model is not changed.
     """
@@ -551,8 +552,8 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
         set_module(base_model, name, new)  # swap one layer in, then put the original back
         try:
             score = float(score_fn(base_model))
-            row = {"name": name, "kind": type(layer).__name__, "score": score, "drop": base - score,
-                   "weight_sqnr_db": w_sqnr}
+            row = {"name": name, "kind": type(layer).__name__, "score": score, "baseline": base,
+                   "drop": base - score, "weight_sqnr_db": w_sqnr}
             if ref_out is not None:
                 row["output_sqnr_db"] = sqnr(ref_out, _outputs(base_model, data))
         finally:
@@ -577,7 +578,7 @@ def _auto_keep(model, targets, metric, max_drop, progress, qkw) -> tuple[list[di
                           mode="simulated", act_bits=qkw["act_bits"], callbacks=progress)
     order = sorted(ranking, key=lambda r: (-r["drop"], r.get("output_sqnr_db", 0.0), r["weight_sqnr_db"]))
     names = [r["name"] for r in order]
-    base = float(score_fn(copy.deepcopy(model).eval()))
+    base = ranking[0]["baseline"]  # sensitivity scored the unquantized model already
 
     def drop_with(k: int) -> float:
         keep = names[:k]
