@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifact import register_module
+from .errors import check_choice
 
 FORMATS = ("csr", "bitmask", "2:4")
 EXECUTIONS = ("dense", "csr", "2:4")
@@ -80,6 +81,7 @@ def holds_2_4(w2d: torch.Tensor) -> bool:
 def encode(w2d: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     """The buffers that store ``w2d`` in ``fmt``. For "2:4" the 2 largest-magnitude entries
     of each group are kept (exact when the pattern already holds)."""
+    check_choice("format", fmt, FORMATS)
     rows, cols = w2d.shape
     if fmt == "csr":
         mask = w2d != 0
@@ -94,18 +96,18 @@ def encode(w2d: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
         bits = F.pad(mask, (0, -mask.numel() % 8)).view(-1, 8).to(torch.uint8)
         weights = (2 ** torch.arange(8, device=w2d.device)).to(torch.uint8)
         return {"mask": (bits * weights).sum(1, dtype=torch.uint8), "values": w2d.reshape(-1)[mask]}
-    if fmt == "2:4":
-        groups = w2d.view(rows, cols // 4, 4)
-        idx = groups.abs().topk(2, dim=-1).indices.sort(-1).values  # (rows, G, 2), ascending
-        values = groups.gather(-1, idx).reshape(rows, cols // 2)
-        code = (idx[..., 0] | (idx[..., 1] << 2)).to(torch.uint8)  # 4 bits per group
-        code = F.pad(code, (0, code.shape[1] % 2))
-        return {"values": values, "meta": code[:, 0::2] | (code[:, 1::2] << 4)}
-    raise ValueError(fmt)
+    # "2:4"
+    groups = w2d.view(rows, cols // 4, 4)
+    idx = groups.abs().topk(2, dim=-1).indices.sort(-1).values  # (rows, G, 2), ascending
+    values = groups.gather(-1, idx).reshape(rows, cols // 2)
+    code = (idx[..., 0] | (idx[..., 1] << 2)).to(torch.uint8)  # 4 bits per group
+    code = F.pad(code, (0, code.shape[1] % 2))
+    return {"values": values, "meta": code[:, 0::2] | (code[:, 1::2] << 4)}
 
 
 def decode(buffers: dict[str, torch.Tensor], fmt: str, rows: int, cols: int) -> torch.Tensor:
     """The dense (rows, cols) weight from its buffers."""
+    check_choice("format", fmt, FORMATS)
     values = buffers["values"]
     if fmt == "csr":
         crow = buffers["crow"].long()
@@ -119,14 +121,13 @@ def decode(buffers: dict[str, torch.Tensor], fmt: str, rows: int, cols: int) -> 
         dense = values.new_zeros(rows * cols)
         dense[mask] = values
         return dense.view(rows, cols)
-    if fmt == "2:4":
-        meta = buffers["meta"]
-        code = torch.stack([meta & 0xF, meta >> 4], -1).reshape(rows, -1)[:, : cols // 4].long()
-        idx = torch.stack([code & 3, code >> 2], -1)
-        dense = values.new_zeros(rows, cols // 4, 4)
-        dense.scatter_(-1, idx, values.view(rows, cols // 4, 2))
-        return dense.view(rows, cols)
-    raise ValueError(fmt)
+    # "2:4"
+    meta = buffers["meta"]
+    code = torch.stack([meta & 0xF, meta >> 4], -1).reshape(rows, -1)[:, : cols // 4].long()
+    idx = torch.stack([code & 3, code >> 2], -1)
+    dense = values.new_zeros(rows, cols // 4, 4)
+    dense.scatter_(-1, idx, values.view(rows, cols // 4, 2))
+    return dense.view(rows, cols)
 
 
 def _to_torch_csr(w2d: torch.Tensor) -> torch.Tensor:
@@ -147,8 +148,8 @@ class SparseWeight(nn.Module):
     def __init__(self, fmt: str, shape: tuple[int, ...], buffers: dict[str, torch.Tensor],
                  bias: torch.Tensor | None, execution: str = "dense"):
         super().__init__()
-        if fmt not in FORMATS or execution not in EXECUTIONS:
-            raise ValueError(f"format {fmt!r} / execution {execution!r}")
+        check_choice("format", fmt, FORMATS)
+        check_choice("execution", execution, EXECUTIONS)
         self.fmt, self.shape, self.execution = fmt, tuple(int(s) for s in shape), execution
         self.runs = ""  # what the last forward actually ran (set on first use)
         self.runs_reason = ""  # why a kernel was not used, when it was asked for
