@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.devices import resolve_device, synchronize
-from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError, SlimkitError
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError, SlimkitError, check_module
 
 from . import inputs as _inputs
 
@@ -179,8 +179,7 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
     Raises :class:`~slimkit.errors.DeviceUnavailableError` when the device or backend is not
     usable here, :class:`BackendError` when the backend cannot handle the model.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     example_inputs = _inputs.check_inputs(example_inputs)
     b = get_backend(backend)
     unknown = sorted(set(options) - set(b.options))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import ArtifactError, InvalidTypeError
+from .errors import ArtifactError, check_module
 from .layers import set_module
 
 FORMAT = "slimkit-artifact"
@@ -120,8 +120,7 @@ def to_bytes(model: nn.Module, info: dict[str, Any] | None = None) -> bytes:
     """The artifact as bytes: what :func:`save` writes and :func:`size` counts."""
     from safetensors.torch import save
 
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     tensors, aliases = _tensors(model)
     meta = {
         "format": FORMAT, "version": VERSION,
@@ -192,8 +191,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise ArtifactError(f"{path} is corrupt: its tensor data does not match the recorded checksum")
 
     if model is not None:
-        if not isinstance(model, nn.Module):
-            raise InvalidTypeError("model", model, "a torch.nn.Module (an instance of the saved architecture)")
+        check_module("model", model, "a torch.nn.Module (an instance of the saved architecture)")
         skeleton = copy.deepcopy(model)
     elif meta.get("builder") and meta["builder"]["name"] in BUILDERS:
         skeleton = build(meta["builder"]["name"], **meta["builder"]["kwargs"])

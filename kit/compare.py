@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .artifact import size
 from .devices import resolve_device, synchronize
-from .errors import InvalidParameterError, InvalidTypeError, check_int
+from .errors import InvalidParameterError, InvalidTypeError, check_int, check_module
 from .layers import param_count
 from .metrics import evaluate
 
@@ -107,16 +107,14 @@ def compare(original: nn.Module, candidates: Mapping[str, nn.Module], data, *,
     bytes (``slimkit.size``), size ratio (original / model, higher is smaller), parameters, and
     with ``latency_input`` the median CPU latency and speed-up (original / model, > 1 is faster),
     measured side by side with :func:`latency` on ``device`` (accuracy is always CPU)."""
-    if not isinstance(original, nn.Module):
-        raise InvalidTypeError("original", original, "a torch.nn.Module")
+    check_module("original", original)
     if not isinstance(candidates, Mapping):
         raise InvalidTypeError("candidates", candidates, "a dict of name -> torch.nn.Module")
     if original_name in candidates:
         raise InvalidParameterError("candidates", list(candidates), f"names other than {original_name!r}")
     models = {original_name: original, **candidates}
     for name, m in models.items():
-        if not isinstance(m, nn.Module):
-            raise InvalidTypeError(f"candidates[{name!r}]", m, "a torch.nn.Module")
+        check_module(f"candidates[{name!r}]", m)
     rows = []
     for name, m in models.items():
         metrics = evaluate(m, data)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import surgery
 from .data import batches, first_inputs
-from .errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, check_fraction, check_int,
+from .errors import (IncompatibleModelsError, InvalidParameterError, check_fraction, check_int, check_module,
                      check_nonnegative, check_positive)
 from .events import as_progress
 from .layers import WEIGHTED, param_count
@@ -39,8 +39,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     per epoch (loss, and val_accuracy given ``val_data``); setting ``stop`` interrupts.
     """
     for name, m in (("teacher", teacher), ("student", student)):
-        if not isinstance(m, nn.Module):
-            raise InvalidTypeError(name, m, "a torch.nn.Module")
+        check_module(name, m)
     check_positive("temperature", temperature)
     if math.isinf(temperature):
         raise InvalidParameterError("temperature", temperature, "a finite positive number")
@@ -145,8 +144,7 @@ def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torc
     ``ceil(width * units)`` of them; layers feeding the model output keep theirs. ``example``
     (an input batch) is needed only for models whose forward branches on input shapes.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     width = check_fraction("width", width, allow_one=True)
     if width == 0:
         raise InvalidParameterError("width", width, "a float in (0, 1]")

@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import torch.nn as nn
+
 
 class SlimkitError(Exception):
     """Base class of every error slimkit raises on purpose."""
@@ -55,6 +57,12 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     allowed = tuple(allowed)
     if isinstance(value, bool) or value not in allowed:
         raise InvalidParameterError(name, value, "one of " + ", ".join(repr(a) for a in allowed))
+    return value
+
+
+def check_module(name: str, value: Any, allowed: str = "a torch.nn.Module") -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise InvalidTypeError(name, value, allowed)
     return value
 
 

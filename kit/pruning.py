@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from . import importance, surgery
 from .data import batches, first_inputs
-from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int,
+from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int, check_module,
                      check_positive)
 from .events import Progress, as_progress
 from .layers import WEIGHTED, named_targets, param_count, tensor_bytes, unselected_reason
@@ -58,8 +58,7 @@ def prune(model: nn.Module, sparsity: float, score: str = "magnitude", structure
     finetune: ``dict(data=..., epochs=1, lr=1e-3, batch_size=64, weight_decay=0, val_data=None)``;
         ``epochs`` per step. Pruned weights are held at zero while fine-tuning.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     sparsity = check_fraction("sparsity", sparsity)
     check_choice("score", score, importance.SCORES)
     check_choice("scope", scope, SCOPES)

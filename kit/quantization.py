@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from .data import batches
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_int,
-                     check_positive)
+                     check_module, check_positive)
 from .events import as_progress
 from .layers import get_module, matches, named_targets, set_module, tensor_bytes, unselected_reason
 from .metrics import evaluate, sqnr
@@ -388,8 +388,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
     model -> score, higher is better, or (X, y) data scored by accuracy in points) drops by at
     most ``max_drop``. act_bits: bits of simulated activation quantization (real ones are int8).
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     group_size = _check_args(bits, granularity, scheme, mode, group_size, act_bits)
     auto_keep = isinstance(keep, str) and keep == "auto"
     if auto_keep:
@@ -529,8 +528,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
     (default; fast, same weight numerics) or "auto"/"real" (the layers quantize() would build).
     The input model is not changed.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     group_size = _check_args(bits, granularity, scheme, mode, group_size, act_bits)
     score_fn, data = _metric_fn(data_or_metric_fn)
     progress = as_progress(callbacks, stop)

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
-                     check_fraction, check_nonnegative)
+from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_fraction,
+                     check_module, check_nonnegative)
 from .events import as_progress
 from .layers import WEIGHTED, named_targets, set_module, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
@@ -108,8 +108,7 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
     dense once), "dense" (always decompress), "sparse" (a kernel wherever one exists).
     Biases stay dense. The input model is not modified.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError("model", model, "a torch.nn.Module")
+    check_module("model", model)
     if threshold is not None and sparsity is not None:
         raise InvalidParameterError("threshold/sparsity", (threshold, sparsity),
                                     "at most one of threshold or sparsity (neither keeps existing zeros)")

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import slimkit
 from slimkit.data import Split, first_inputs
-from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError
+from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_module
 from slimkit.events import Event
 from slimkit.layers import WEIGHTED, named_targets, param_count
 
@@ -160,8 +160,7 @@ class Panel:
 
     def __init__(self, model: nn.Module, data, *, live: bool | None = None, interval: float = 0.25,
                  latency_batch: int = 64):
-        if not isinstance(model, nn.Module):
-            raise InvalidTypeError("model", model, "a torch.nn.Module")
+        check_module("model", model)
         self._layers = [n for n, _ in named_targets(model, WEIGHTED, method="the panel")]  # fails early
         self.base = model
         self.model = model  # the latest finished result (or the original)
