@@ -18,6 +18,7 @@ from .distillation import distill, shrink
 from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
                      InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
 from .events import Event, Progress
+from .inputs import Inputs
 from . import compare  # noqa: F401  slimkit.compare.compare/latency: side-by-side tables
 from . import minilm  # noqa: F401  registers the "minilm" builder (transformers stays lazy)
 from .metrics import evaluate, sqnr
@@ -33,7 +34,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "Result", "Report", "LayerReport", "Event", "Progress",
+    "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
 ]

@@ -13,6 +13,48 @@ from .errors import NothingToCompressError
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
+def is_hf_conv1d(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's attention and MLP): a Linear whose weight is stored
+    transposed, (in_features, out_features). Recognised by shape, without importing transformers."""
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int)
+            and isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] == m.nf)
+
+
+def is_linear_like(m: nn.Module) -> bool:
+    """nn.Linear or transformers' Conv1D: y = x W^T + b with a 2-d weight."""
+    return isinstance(m, nn.Linear) or is_hf_conv1d(m)
+
+
+def linear_weight(m: nn.Module) -> torch.Tensor:
+    """The (out_features, in_features) weight of a Linear-like layer (a view for Conv1D)."""
+    return m.weight.t() if is_hf_conv1d(m) else m.weight
+
+
+def is_parametrized(m: nn.Module) -> bool:
+    """True when the layer's weight is computed by a parametrization (weight_norm, spectral_norm...):
+    its stored tensors are not the weight a method would change."""
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(m)
+
+
+def param_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module that holds parameters of its own (recurse=False), once each, in order: what a
+    complete report has one row for."""
+    seen: set[int] = set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            continue
+        if any(True for _ in m.parameters(recurse=False)):
+            seen.add(id(m))
+            yield name, m
+
+
+def own_param_count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters(recurse=False))
+
+
 def matches(name: str, patterns: Iterable[str] | None) -> bool:
     """True if ``name`` matches any glob pattern ("encoder.*.query", "fc?")."""
     return bool(patterns) and any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import torch.nn as nn
 
-from .layers import param_count, tensor_bytes
+from .layers import own_param_count, param_count, param_modules, tensor_bytes
 
 
 @dataclass
@@ -53,6 +53,28 @@ class Report:
     @property
     def skipped(self) -> list[LayerReport]:
         return [l for l in self.layers if l.action == "skipped"]
+
+    def cover(self, model: nn.Module, result: nn.Module | None = None, reason: str | None = None) -> "Report":
+        """Complete the report: one "skipped" row for every module of ``model`` that holds
+        parameters of its own and has no row yet (a LayerNorm, a bias-only module, an RNN a method
+        does not act on), so no parameter goes unmentioned; and whole-model totals in ``summary``
+        (``model_params_*``, ``model_bytes_*``), counted over all parameters and buffers of
+        ``model`` and ``result`` rather than only over the layers a method touched."""
+        named = {l.name for l in self.layers}
+        covered = tuple(n + "." for n in named if n)
+        for name, m in param_modules(model):
+            if name in named or (name and name.startswith(covered)) or ("" in named):
+                continue
+            n = own_param_count(m)
+            why = reason or f"{type(m).__name__} is not a layer type {self.method} acts on"
+            b = sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+            self.layers.append(LayerReport(name, type(m).__name__, "skipped", n, n, b, b, reason=why))
+        self.summary["model_params_before"] = param_count(model)
+        self.summary["model_bytes_before"] = tensor_bytes(model)
+        if result is not None:
+            self.summary["model_params_after"] = param_count(result)
+            self.summary["model_bytes_after"] = tensor_bytes(result)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=_jsonable))
