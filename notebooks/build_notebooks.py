@@ -70,19 +70,17 @@ def params(text: str):
 
 
 def header(name: str, title: str, body: str, example: str):
-    return md(f"""
-    # {title}
+    # Built line by line: the body is dedented on its own, so nothing ends up indented by four
+    # spaces (Markdown would render it as a code block, in JupyterLab and in the HTML reports).
+    run = dedent(f"""
+        Run it headless (papermill underneath; one directory per run with the output notebook,
+        `params.yaml`, `metrics.json`, `status.json`, an HTML report and a row in the run records):
 
-    {dedent(body).strip()}
-
-    Run it headless (papermill underneath; one directory per run with the output notebook,
-    `params.yaml`, `metrics.json`, `status.json`, an HTML report and a row in the run records):
-
-    ```bash
-    slimkit params notebooks/{name}.ipynb            # the parameters below, with their types and help
-    slimkit run notebooks/{name}.ipynb {example}
-    ```
-    """)
+        ```bash
+        slimkit params notebooks/{name}.ipynb            # the parameters below, with their types and help
+        slimkit run notebooks/{name}.ipynb {example}
+        ```""").strip()
+    return ("markdown", f"# {title}\n\n{dedent(body).strip()}\n\n{run}", ())
 
 
 # --- pieces several notebooks share (written once here, so the notebooks stay alike) ------------
