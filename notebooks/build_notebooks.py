@@ -345,8 +345,12 @@ bits_sweep: list = [8, 6, 4, 3, 2]  # bit widths compared per granularity at the
     after = model.get_submodule(name).dequantized_weight().detach().flatten()
     fig = make_subplots(rows=1, cols=2, subplot_titles=("weight SQNR per layer (dB)", f"{name}: weights before/after"))
     fig.add_bar(x=[l.name for l in measured], y=[l.sqnr_db for l in measured], name="SQNR", row=1, col=1)
-    fig.add_histogram(x=before.tolist(), nbinsx=200, name="fp32", opacity=0.6, row=1, col=2)
-    fig.add_histogram(x=after.tolist(), nbinsx=200, name=f"int{bits}", opacity=0.6, row=1, col=2)
+    # binned here, not in the browser: raw values would store every weight twice in the notebook
+    lo, hi = min(before.min(), after.min()).item(), max(before.max(), after.max()).item()
+    for label, w in (("fp32", before), (f"int{bits}", after)):
+        counts, edges = torch.histogram(w.float(), bins=200, range=(lo, hi))
+        fig.add_bar(x=((edges[:-1] + edges[1:]) / 2).tolist(), y=counts.tolist(), name=label, opacity=0.6,
+                    row=1, col=2)
     fig.update_layout(barmode="overlay", template="plotly_white", height=400, title=f"int{bits} {granularity} {scheme}")
     show_static(fig)
     ''', tags=[IGNORE]),
