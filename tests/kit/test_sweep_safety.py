@@ -165,7 +165,8 @@ def test_a_dask_cluster_without_workers_times_out(tiny, tmp_path):
     from slimkit.sweep import dask_workers_alive
 
     specs = plan(tiny, [{"x": 0.1}], out=tmp_path, sweep="s")
-    with LocalCluster(n_workers=1, processes=False, host="127.0.0.1", dashboard_address=None) as cluster, \
+    # in-process (inproc:// transport, no dashboard): nothing listens on the network
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         alive = dask_workers_alive(client)
         assert alive()
