@@ -117,6 +117,7 @@ def cmd_runs(args) -> int:
     from .records import table
 
     with _store(args) as store:
+        store.reap()  # a killed sweep's runs show as interrupted, not running forever
         records = store.query(status=args.status, notebook=args.notebook, sweep=args.sweep,
                               where=_where(args.where), limit=args.limit)
     if args.json:

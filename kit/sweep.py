@@ -43,7 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_nonnegative
+from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_positive
 from .hardware import usable_cores
 from .records import Record, RunStore, default_path, pid_alive, varying_keys
 from .runner import RunSpec, execute, new_record, prepare, slug
@@ -360,7 +360,7 @@ def run_sweep(specs: list[RunSpec], store: RunStore, *, executor: Executor | Non
     :func:`dask_workers_alive`), runs left when it has said "no worker" for ``worker_timeout``
     seconds are recorded ``failed`` instead of being waited on forever.
     """
-    check_nonnegative("worker_timeout", worker_timeout)
+    check_positive("worker_timeout", worker_timeout)
     with _exclusive(specs, store, wait_lock):
         return _run(specs, store, executor, workers, gpu_executor, resume, on_done, workers_alive, worker_timeout)
 

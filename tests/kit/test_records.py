@@ -1,4 +1,5 @@
 """The run-record database: one row per run, filters, and concurrent writers losing nothing."""
+import json
 import math
 import multiprocessing
 import os
@@ -200,3 +201,13 @@ def test_reap_marks_running_rows_of_dead_owners_interrupted(tmp_path):
             ["interrupted", "running", "running", "ok"]
         assert f"pid {dead} on {host}" in store.get("r0001").error
     assert not pid_alive(dead) and pid_alive(os.getpid())
+
+
+def test_slimkit_runs_shows_a_dead_sweeps_runs_as_interrupted(tmp_path, capsys):
+    from slimkit.cli import main
+
+    db = tmp_path / "r.sqlite"
+    with RunStore(db) as store:
+        store.put(_record(1, status="running", owner_pid=_dead_pid(), owner_host=socket.gethostname()))
+    assert main(["runs", "--records", str(db), "--json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["interrupted"]

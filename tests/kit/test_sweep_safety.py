@@ -271,3 +271,16 @@ def test_after_sigkill_workers_die_and_a_resume_reruns_the_stale_rows(tmp_path):
     with RunStore(db) as store:
         rows = store.query()
     assert sorted((r.status, r.error and "is gone" in r.error) for r in rows) == [("interrupted", True), ("ok", None)]
+
+
+def test_the_worker_timeout_must_be_positive(tiny, tmp_path, capsys):
+    from slimkit.cli import main
+    from slimkit.errors import InvalidParameterError
+
+    specs = plan(tiny, [{"x": 0.1}], out=tmp_path, sweep="s")
+    with RunStore(tmp_path / "r.sqlite") as store, pytest.raises(InvalidParameterError, match="worker_timeout"):
+        run_sweep(specs, store, executor=_Sent(), worker_timeout=0)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"x": [0.1]}}))
+    assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(tmp_path), "--worker-timeout", "-1"]) == 2
+    assert "worker_timeout" in capsys.readouterr().err
