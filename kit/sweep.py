@@ -62,7 +62,7 @@ except ImportError:  # TODO: drop once params.check_plain (being added by the ru
             for k, v in value.items():
                 if not isinstance(k, str):
                     raise InvalidTypeError(f"{name} key", k, "a string")
-                check_plain(f"{name}.{k}", v)
+                check_plain(f"{name}[{k!r}]", v)
         elif value is not None and not isinstance(value, (bool, int, float, str)):
             raise InvalidTypeError(name, value, "plain data: a number, string, bool, null, list or mapping")
         return value

@@ -127,7 +127,7 @@ def test_grid_values_must_be_plain_data(tmp_path):
 
     with pytest.raises(InvalidTypeError, match=r"grid.day\[0\]"):
         load_grid({"grid": {"day": [datetime.date(2026, 1, 1)]}})  # YAML's dates are not JSON
-    with pytest.raises(InvalidTypeError, match="params.when"):
+    with pytest.raises(InvalidTypeError, match=r"params\['when'\]"):
         load_grid({"params": {"when": datetime.date(2026, 1, 1)}, "grid": {"x": [1]}})
 
 
