@@ -127,7 +127,9 @@ def _worker_init(parent: int) -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        PR_SET_PDEATHSIG = 1  # SIGTERM when the parent goes, even by SIGKILL
+        # SIGTERM when the parent goes, even by SIGKILL (strictly: when the thread that started this
+        # worker ends; the pool starts workers from the thread that submits, which waits for them)
+        PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     else:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -362,7 +364,13 @@ def run_sweep(specs: list[RunSpec], store: RunStore, *, executor: Executor | Non
     """
     check_positive("worker_timeout", worker_timeout)
     with _exclusive(specs, store, wait_lock):
-        return _run(specs, store, executor, workers, gpu_executor, resume, on_done, workers_alive, worker_timeout)
+        results, todo = _skip_finished(specs, store, resume)
+        own = executor is None and bool(todo)
+        if own:
+            executor, todo = _local_pool(workers, todo)
+        _execute_all(todo, store, results, executor=executor, gpu_executor=gpu_executor, own=own, on_done=on_done,
+                     workers_alive=workers_alive, worker_timeout=worker_timeout)
+    return [results[s.run_id] for s in specs]
 
 
 @contextmanager
@@ -378,8 +386,8 @@ def _exclusive(specs: list[RunSpec], store: RunStore, wait_lock: bool) -> Iterat
         yield
 
 
-def _run(specs, store, executor, workers, gpu_executor, resume, on_done, workers_alive,
-         worker_timeout) -> list[Record]:
+def _skip_finished(specs: list[RunSpec], store: RunStore, resume: bool) -> tuple[dict[str, Record], list[RunSpec]]:
+    """(the earlier records of runs that already finished, by run id; the specs left to run)."""
     results: dict[str, Record] = {}
     todo = []
     for spec in specs:
@@ -388,13 +396,20 @@ def _run(specs, store, executor, workers, gpu_executor, resume, on_done, workers
             results[spec.run_id] = done
         else:
             todo.append(spec)
-    own = executor is None and bool(todo)
-    if own:
-        executor = local_executor(workers)
-        if workers is None:
-            workers = default_workers()
-        share = max(1, usable_cores() // workers)  # the runs share the cores: threads per kernel
-        todo = [s if s.threads else replace(s, threads=share) for s in todo]
+    return results, todo
+
+
+def _local_pool(workers: int | None, todo: list[RunSpec]) -> tuple[ProcessPoolExecutor, list[RunSpec]]:
+    executor = local_executor(workers)
+    share = max(1, usable_cores() // (workers or default_workers()))  # the runs share the cores: threads per kernel
+    return executor, [s if s.threads else replace(s, threads=share) for s in todo]
+
+
+def _execute_all(todo: list[RunSpec], store: RunStore, results: dict[str, Record], *, executor: Executor,
+                 gpu_executor: Executor | None, own: bool, on_done: Callable[[Record], None] | None,
+                 workers_alive: Callable[[], bool] | None, worker_timeout: float) -> None:
+    """Submit ``todo``, record each run as it ends (into ``results`` too); on an interrupt or
+    when no worker is left, record the rest and stop the pool if it is ours."""
     futures: dict[Future, RunSpec] = {}
     stopped = ("interrupted", "the sweep stopped before this run finished")
     try:
@@ -432,7 +447,6 @@ def _run(specs, store, executor, workers, gpu_executor, resume, on_done, workers
         results[run_id] = store.get(run_id)
         if on_done:
             on_done(results[run_id])
-    return [results[s.run_id] for s in specs]
 
 
 def sweep(notebook: str | Path, grid: str | Path | dict[str, Any], *, out: str | Path = "runs",
