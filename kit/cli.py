@@ -7,7 +7,8 @@
     slimkit params NOTEBOOK        # the notebook's parameters, types, defaults and help
     slimkit demo                   # compress the digits CNN with each method; print a table
 
-Exit status: 0 success, 1 a run failed, 2 bad input (the message says which parameter and why).
+Exit status: 0 success, 1 a run failed, 2 bad input (the message says which parameter and why)
+or a sweep already running, 130 interrupted (Ctrl-C or SIGTERM; rerun the same command to resume).
 """
 from __future__ import annotations
 
@@ -67,17 +68,18 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .records import table
-    from .sweep import dask_executors, default_name, load_grid, plan, run_sweep
+    from .sweep import dask_executors, dask_workers_alive, default_name, load_grid, plan, run_sweep
 
     name = args.name or default_name(args.notebook, args.grid)
     specs = plan(args.notebook, load_grid(args.grid), out=args.out, sweep=name, device=args.device,
                  cell_timeout=args.cell_timeout, html=args.html, kernel_name=args.kernel)
-    executor = gpu_executor = client = None
+    executor = gpu_executor = client = alive = None
     if args.engine == "dask":
         if not args.scheduler:
             raise InvalidParameterError("--scheduler", None, "the address of a running Dask scheduler "
                                         "(e.g. tcp://host:8786) with --engine dask")
         client, executor, gpu_executor = dask_executors(args.scheduler)
+        alive = dask_workers_alive(client)
     elif args.scheduler:
         raise InvalidParameterError("--scheduler", args.scheduler, "only with --engine dask")
     elif args.device:
@@ -90,7 +92,8 @@ def cmd_sweep(args) -> int:
     try:
         with _store(args) as store:  # every combination was validated above, before this
             records = run_sweep(specs, store, executor=executor, gpu_executor=gpu_executor, workers=args.workers,
-                                resume=not args.no_resume, on_done=done)
+                                resume=not args.no_resume, on_done=done, wait_lock=args.wait,
+                                workers_alive=alive, worker_timeout=args.worker_timeout)
     finally:
         if client is not None:
             client.close()
@@ -114,6 +117,7 @@ def cmd_runs(args) -> int:
     from .records import table
 
     with _store(args) as store:
+        store.reap()  # a killed sweep's runs show as interrupted, not running forever
         records = store.query(status=args.status, notebook=args.notebook, sweep=args.sweep,
                               where=_where(args.where), limit=args.limit)
     if args.json:
@@ -201,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", help="Dask scheduler address, with --engine dask")
     s.add_argument("--html", action="store_true", help="also write an HTML report per run")
     s.add_argument("--no-resume", action="store_true", help="rerun runs that already finished")
+    s.add_argument("--wait", action="store_true", help="if the same sweep is running, wait for it instead of refusing")
+    s.add_argument("--worker-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="with --engine dask: fail the runs left when no worker was available this long (default 300)")
     s.set_defaults(func=cmd_sweep)
 
     def filters(sp):

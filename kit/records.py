@@ -3,14 +3,20 @@
 The database is an embedded file (``$SLIMKIT_RECORDS``, else ``runs/records.sqlite``). It runs
 in WAL mode with a busy timeout and every write is a short ``BEGIN IMMEDIATE`` transaction, so
 several sweeps (separate processes) can write one database at once without losing rows.
-A run is inserted as ``running`` when it is submitted and updated when it ends; a sweep that
-dies leaves ``running`` rows behind, which resuming treats as unfinished.
+A run is inserted as ``running`` when it is submitted and updated when it ends. Every row names
+its owner (the pid and host of the process that wrote it), so a ``running`` row whose owner died
+(a killed sweep) can be told apart from a live one: :meth:`RunStore.reap` marks it ``interrupted``.
+
+The schema version is stored in ``PRAGMA user_version``: older databases are migrated when
+opened, a newer one (from a later slimkit) or a file that is not SQLite is refused with an
+:class:`~slimkit.errors.ArtifactError` naming the file.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import check_choice
+from .errors import ArtifactError, check_choice
 
 STATUSES = ("running", "ok", "failed", "interrupted")
 DEFAULT_PATH = Path("runs") / "records.sqlite"
@@ -44,12 +50,17 @@ CREATE TABLE IF NOT EXISTS runs (
     git_commit TEXT,
     versions TEXT,                -- JSON: package versions
     hardware TEXT,                -- JSON: slimkit.hardware.fingerprint() of the machine that ran it
-    host TEXT
+    host TEXT,                    -- the machine that ran it
+    owner_pid INTEGER,            -- the process that recorded it (a sweep, `slimkit run`)
+    owner_host TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs (key, status);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
 """
 _JSON = ("params", "metrics", "versions", "hardware")
+SCHEMA_VERSION = 2
+# what turns version N-1 into N; version 1 is the schema before owners (user_version was left 0)
+_MIGRATIONS = {2: ("ALTER TABLE runs ADD COLUMN owner_pid INTEGER", "ALTER TABLE runs ADD COLUMN owner_host TEXT")}
 
 
 def default_path(out: str | Path = DEFAULT_PATH.parent) -> Path:
@@ -78,6 +89,8 @@ class Record:
     versions: dict[str, str] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
     host: str | None = None
+    owner_pid: int | None = None
+    owner_host: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -105,6 +118,21 @@ def varying_keys(dicts: Iterable[dict[str, Any]]) -> list[str]:
     return [n for n in names if len({json.dumps(d.get(n), sort_keys=True, default=str) for d in dicts}) > 1]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:  # no /proc (not Linux): kill(0) is all there is
+        return True
+
+
 class RunStore:
     """The run-record database. Cheap to open; one per process (connections are not shared)."""
 
@@ -112,14 +140,38 @@ class RunStore:
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        self._con.row_factory = sqlite3.Row
-        self._con.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._con.execute("PRAGMA journal_mode = WAL")
-        self._con.execute("PRAGMA synchronous = NORMAL")
-        with self._write() as con:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
+        try:
+            self._con.row_factory = sqlite3.Row
+            self._con.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._con.execute("PRAGMA journal_mode = WAL")
+            self._con.execute("PRAGMA synchronous = NORMAL")
+            with self._write() as con:
+                self._upgrade(con)
+        except sqlite3.DatabaseError as e:  # "file is not a database", "malformed", unreadable
+            self._con.close()
+            raise ArtifactError(f"run-record database {self.path} cannot be used: {e} "
+                                f"(not a slimkit run-record database, or damaged)") from None
+        except ArtifactError:
+            self._con.close()
+            raise
+        self.owner = (os.getpid(), socket.gethostname())
+
+    def _upgrade(self, con: sqlite3.Connection) -> None:
+        """Create the schema, or migrate an older one to :data:`SCHEMA_VERSION`; refuse a newer one."""
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ArtifactError(f"run-record database {self.path} has schema version {version}, newer than "
+                                f"this slimkit reads ({SCHEMA_VERSION}): upgrade slimkit, or use another "
+                                f"database (--records / $SLIMKIT_RECORDS)")
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+            for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
                     con.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                con.execute(statement)
+        if version != SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._con.close()
@@ -143,8 +195,11 @@ class RunStore:
         self._con.execute("COMMIT")
 
     def put(self, record: Record) -> None:
-        """Insert or replace the row for ``record.id``."""
+        """Insert or replace the row for ``record.id``; a record without an owner is owned by
+        this process (the one that submitted the run and waits for it)."""
         row = record.to_dict()
+        if row["owner_pid"] is None:
+            row["owner_pid"], row["owner_host"] = self.owner
         for k in _JSON:
             row[k] = json.dumps(jsonable(row[k]), sort_keys=True, default=str)
         cols = ", ".join(row)
@@ -168,6 +223,26 @@ class RunStore:
             for run_id in ids:
                 con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? "
                             "WHERE id = ? AND status = 'running'", (status, error, time.time(), run_id))
+
+    def reap(self, sweep: str | None = None) -> int:
+        """Mark ``running`` rows whose owner is gone as ``interrupted``; returns how many.
+
+        A row's owner is gone when it ran on this host and its pid no longer exists (a sweep
+        killed with SIGKILL, a crashed machine). Rows of other hosts are left alone: nothing
+        here can tell whether their owner lives. With ``sweep``, that sweep's rows without an
+        owner (written before owners were recorded) count as gone too: the caller holds the
+        sweep's lock, so nothing else can be running them.
+        """
+        rows = self._con.execute("SELECT id, owner_pid, owner_host FROM runs WHERE status = 'running'"
+                                 + (" AND sweep IS ?" if sweep is not None else ""),
+                                 (sweep,) if sweep is not None else ()).fetchall()
+        host = socket.gethostname()
+        gone = [r for r in rows if (r["owner_pid"] is None and sweep is not None)
+                or (r["owner_host"] == host and r["owner_pid"] is not None and not pid_alive(r["owner_pid"]))]
+        for r in gone:
+            who = f"pid {r['owner_pid']} on {r['owner_host']}" if r["owner_pid"] else "an earlier slimkit"
+            self.mark_unfinished([r["id"]], "interrupted", f"the process that ran it ({who}) is gone")
+        return len(gone)
 
     def query(self, *, status: str | None = None, notebook: str | None = None, sweep: str | None = None,
               where: dict[str, Any] | None = None, limit: int | None = None) -> list[Record]:

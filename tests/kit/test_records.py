@@ -1,12 +1,17 @@
 """The run-record database: one row per run, filters, and concurrent writers losing nothing."""
+import json
 import math
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from slimkit.errors import InvalidParameterError
-from slimkit.records import Record, RunStore, jsonable, table
+from slimkit.errors import ArtifactError, InvalidParameterError
+from slimkit.records import SCHEMA_VERSION, Record, RunStore, jsonable, pid_alive, table
 
 
 def _record(i: int, **kw) -> Record:
@@ -105,3 +110,104 @@ def test_two_writers_in_separate_processes_lose_no_rows(tmp_path):
     with RunStore(path) as store:
         assert store.count() == 300
         assert len(store.query(status="ok")) == 300
+
+
+# --- schema versions, bad files, owners ---------------------------------------------------
+
+_V1_SCHEMA = """CREATE TABLE runs (id TEXT PRIMARY KEY, key TEXT NOT NULL, sweep TEXT, notebook TEXT NOT NULL,
+    notebook_sha256 TEXT, params TEXT NOT NULL, seed INTEGER, device TEXT, status TEXT NOT NULL, error TEXT,
+    metrics TEXT, started_at REAL, finished_at REAL, duration_s REAL, output_dir TEXT, git_commit TEXT,
+    versions TEXT, hardware TEXT, host TEXT)"""
+
+
+def _runs_cli(db, capsys):
+    from slimkit.cli import main
+
+    rc = main(["runs", "--records", str(db)])
+    return rc, capsys.readouterr().err
+
+
+def test_a_database_from_before_schema_versions_is_migrated(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as con:  # what slimkit wrote before it stored a schema version
+        con.execute(_V1_SCHEMA)
+        con.execute("INSERT INTO runs (id, key, notebook, params, status, metrics, versions, hardware) "
+                    "VALUES ('old1', 'k', '/nb/a.ipynb', '{\"x\": 1}', 'ok', '{}', '{}', '{}')")
+    con.close()
+    with RunStore(db) as store:
+        assert store.get("old1").params == {"x": 1} and store.get("old1").owner_pid is None
+        store.put(_record(2))
+        assert store.get("r0002").owner_pid == os.getpid()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
+
+
+def test_a_database_from_a_newer_slimkit_is_refused_clearly(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "new.sqlite"
+    with RunStore(db) as store:
+        store.put(_record(1))
+    with sqlite3.connect(db) as con:  # a later schema: one more column, a higher version
+        con.execute("ALTER TABLE runs ADD COLUMN gpu_hours REAL")
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(ArtifactError, match=f"{db}.*schema version {SCHEMA_VERSION + 1}, newer"):
+        RunStore(db)
+    rc, err = _runs_cli(db, capsys)
+    assert rc == 2 and "newer than this slimkit reads" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n" * 200, b"SQLite format 3\x00" + b"\xff" * 4000])
+def test_a_corrupt_or_foreign_file_is_refused_clearly(tmp_path, capsys, content):
+    db = tmp_path / "bad.sqlite"
+    db.write_bytes(content)
+    with pytest.raises(ArtifactError, match=f"{db}.*not a slimkit run-record database"):
+        RunStore(db)
+    rc, err = _runs_cli(db, capsys)
+    assert rc == 2 and str(db) in err and "Traceback" not in err
+
+
+def test_someone_elses_runs_table_is_refused(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, mileage REAL)")
+    con.close()
+    with pytest.raises(ArtifactError, match="not a slimkit run-record database"):
+        RunStore(db)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_reap_marks_running_rows_of_dead_owners_interrupted(tmp_path):
+    host = socket.gethostname()
+    dead = _dead_pid()
+    with RunStore(tmp_path / "r.sqlite") as store:
+        store.put(_record(1, status="running", owner_pid=dead, owner_host=host, sweep="s"))
+        store.put(_record(2, status="running", sweep="s"))  # owned by this (live) process
+        store.put(_record(3, status="running", owner_pid=dead, owner_host="elsewhere", sweep="s"))
+        store.put(_record(4, status="ok", owner_pid=dead, owner_host=host, sweep="s"))
+        assert store.reap() == 1
+        assert [store.get(i).status for i in ("r0001", "r0002", "r0003", "r0004")] == \
+            ["interrupted", "running", "running", "ok"]
+        assert f"pid {dead} on {host}" in store.get("r0001").error
+    assert not pid_alive(dead) and pid_alive(os.getpid())
+
+
+def test_slimkit_runs_shows_a_dead_sweeps_runs_as_interrupted(tmp_path, capsys):
+    from slimkit.cli import main
+
+    db = tmp_path / "r.sqlite"
+    with RunStore(db) as store:
+        store.put(_record(1, status="running", owner_pid=_dead_pid(), owner_host=socket.gethostname()))
+    assert main(["runs", "--records", str(db), "--json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["interrupted"]
