@@ -459,13 +459,16 @@ def _build_real(layer, qt, act, act_range):
 def _float_copy(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A float copy of ``layer`` holding ``weight`` ((out, in) for Linear-likes) as a plain
     Parameter: a weight parametrization (weight_norm) is folded, so the new values are the ones used."""
-    from torch.nn.utils import parametrize
     from torch.nn.utils.weight_norm import WeightNorm
 
     new = copy.deepcopy(layer)
-    if is_parametrized(new):
-        for tensor_name in list(new.parametrizations):
-            parametrize.remove_parametrizations(new, tensor_name, leave_parametrized=True)
+    if is_parametrized(layer):  # the copy holds the computed tensors as plain Parameters
+        values = {t: getattr(layer, t).detach().clone() for t in layer.parametrizations}
+        # not parametrize.remove_parametrizations: it edits the class the original layer shares
+        new.__class__ = type(layer).__bases__[0]
+        del new._modules["parametrizations"]
+        for t, v in values.items():
+            setattr(new, t, nn.Parameter(v))
     for key, hook in list(new._forward_pre_hooks.items()):
         if isinstance(hook, WeightNorm):  # the legacy torch.nn.utils.weight_norm
             nn.utils.remove_weight_norm(new, hook.name)
