@@ -456,12 +456,26 @@ def _build_real(layer, qt, act, act_range):
                bias=layer.bias is not None, bias_value=layer.bias, **q)
 
 
+def _weight_norm_hooks(layer: nn.Module) -> list:
+    """The legacy ``torch.nn.utils.weight_norm`` hooks that recompute the layer's weight per call."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return [h for h in layer._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    """copy.deepcopy that also copies modules using the legacy weight_norm: the weight it computed
+    in the last grad-enabled call is a non-leaf tensor, which deepcopy refuses (it is recomputed
+    at the next call anyway)."""
+    memo = {id(t): t.detach().clone() for m in module.modules() for t in vars(m).values()
+            if isinstance(t, torch.Tensor) and not t.is_leaf}
+    return copy.deepcopy(module, memo)
+
+
 def _float_copy(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A float copy of ``layer`` holding ``weight`` ((out, in) for Linear-likes) as a plain
     Parameter: a weight parametrization (weight_norm) is folded, so the new values are the ones used."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    new = copy.deepcopy(layer)
+    new = _copy(layer)
     if is_parametrized(layer):  # the copy holds the computed tensors as plain Parameters
         values = {t: getattr(layer, t).detach().clone() for t in layer.parametrizations}
         # not parametrize.remove_parametrizations: it edits the class the original layer shares
@@ -469,9 +483,8 @@ def _float_copy(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
         del new._modules["parametrizations"]
         for t, v in values.items():
             setattr(new, t, nn.Parameter(v))
-    for key, hook in list(new._forward_pre_hooks.items()):
-        if isinstance(hook, WeightNorm):  # the legacy torch.nn.utils.weight_norm
-            nn.utils.remove_weight_norm(new, hook.name)
+    for hook in _weight_norm_hooks(new):
+        nn.utils.remove_weight_norm(new, hook.name)
     with torch.no_grad():
         new.weight.copy_((weight.t() if is_hf_conv1d(new) else weight).to(new.weight.dtype))
     return new
@@ -488,7 +501,7 @@ def _quantize_layer(name, layer, plan, bits, scheme, layout, act_stats, act_bits
     if layout.group_size:
         info["group_size"] = layout.group_size
     notes = [layout.note] if layout.note else []
-    if is_parametrized(layer) or any(k.endswith("_g") for k in layer._parameters):
+    if is_parametrized(layer) or _weight_norm_hooks(layer):
         notes.append("its weight parametrization (e.g. weight_norm) is folded: the computed weight is quantized")
     if plan == "real":
         kernel_ok = _has_int8_kernel(layer, bits, scheme, layout.granularity)
@@ -614,7 +627,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
                                      f"skipped ({why})")
     plans = {n: _plan_layer(n, m, mode, bits, scheme, layouts[n], activations is not None) for n, m in work}
 
-    q = copy.deepcopy(model)
+    q = _copy(model)
     act_stats = _calibrate(q, activations, [n for n, _ in work], progress) if activations is not None else {}
     report = Report("quantize", dict(bits=bits, granularity=granularity, scheme=scheme, mode=mode,
                                      group_size=group_size, activations="calibrated" if activations is not None
@@ -732,7 +745,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
     group_size = _check_args(bits, granularity, scheme, mode, group_size, act_bits)
     score_fn, data = _metric_fn(data_or_metric_fn)
     progress = as_progress(callbacks, stop)
-    base_model = copy.deepcopy(model).eval()
+    base_model = _copy(model).eval()
     targets = list(named_targets(base_model, _target_types(base_model), include=include, exclude=exclude,
                                  method="quantize"))
     layouts = {name: _layout(name, layer, granularity, group_size) for name, layer in targets}

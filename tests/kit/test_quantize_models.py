@@ -255,8 +255,11 @@ def test_conv_transpose_output_size_is_honoured():
 
 def _weight_normed():
     torch.manual_seed(0)
-    wn = nn.utils.parametrizations.weight_norm
-    return nn.Sequential(wn(nn.Conv1d(4, 8, 3)), nn.ReLU(), wn(nn.Conv1d(8, 8, 1))).eval()
+    with pytest.warns(FutureWarning):  # the legacy hook version, still in many audio models
+        legacy = nn.utils.weight_norm(nn.Conv1d(8, 8, 1))
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 8, 3)), nn.ReLU(), legacy).eval()
+    model(torch.randn(1, 4, 6))  # with grad: the legacy weight is now a non-leaf tensor deepcopy refuses
+    return model
 
 
 @pytest.mark.parametrize("mode", ["auto", "simulated"])
