@@ -51,7 +51,7 @@ MODES = ("auto", "real", "simulated")
 DEFAULT_GROUP_SIZE = 32
 # every one has an integer-storage implementation (qlayers); transformers' Conv1D is added per model
 TARGET_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                nn.ConvTranspose3d, nn.Embedding)
+                nn.ConvTranspose3d, nn.Embedding, nn.LSTM, nn.GRU, nn.RNN)
 
 
 # --------------------------------------------------------------------------- the math
@@ -212,8 +212,6 @@ _QUANT_CLASS = {nn.Linear: qlayers.QuantLinear, nn.Embedding: qlayers.QuantEmbed
 
 # parameter-holding modules quantize leaves in float, and why (the report says so)
 _NOT_QUANTIZED = {
-    nn.RNNBase: "kept in float: slimkit has no quantized RNN/LSTM/GRU layer (the fused RNN kernel reads its "
-                "weights directly)",
     nn.MultiheadAttention: "kept in float: in_proj_weight is a raw Parameter read by "
                            "F.multi_head_attention_forward; no quantized implementation",
 }
@@ -224,10 +222,25 @@ def _target_types(model: nn.Module) -> tuple[type, ...]:
     return TARGET_TYPES + tuple({type(m) for m in model.modules() if is_hf_conv1d(m)})
 
 
-def _weight(layer: nn.Module) -> torch.Tensor:
-    """The weight quantize acts on: (out, in) for Linear-likes (Conv1D's is stored transposed),
-    the computed weight of a parametrized layer."""
-    return linear_weight(layer) if is_linear_like(layer) else layer.weight
+def _matrices(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights quantize acts on, by attribute name: (out, in) for Linear-likes (Conv1D's is
+    stored transposed), the computed weight of a parametrized layer, each weight matrix of an RNN."""
+    if isinstance(layer, nn.RNNBase):
+        return {n: p for n, p in layer.named_parameters(recurse=False) if n.startswith("weight")}
+    return {"weight": linear_weight(layer) if is_linear_like(layer) else layer.weight}
+
+
+def _weight_count(layer: nn.Module) -> int:
+    return sum(w.numel() for w in _matrices(layer).values())
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _first(out):
+    """A layer's main output (an RNN returns (output, state))."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _weight_param(layer: nn.Module) -> nn.Parameter | None:
@@ -264,13 +277,14 @@ def _layout(name, layer, granularity, group_size) -> _Layout:
     the largest divisor in [8, 32] is used, else one scale per channel (said in the layer's row)."""
     if granularity != "per_group":
         return _Layout(granularity)
-    w = _weight(layer)
-    n = w.numel() // w.shape[0]
+    mats = _matrices(layer).values()
+    n = math.gcd(*(w.numel() // w.shape[0] for w in mats))  # every matrix of an RNN shares the layout
     if group_size is not None:
         if n % group_size:
+            shapes = ", ".join(str(tuple(w.shape)) for w in mats)
             raise InvalidParameterError(
                 "group_size", group_size, f"a divisor of {n}, the values per output channel of layer {name!r} "
-                f"({type(layer).__name__} weight {tuple(w.shape)}); pick one that divides every layer, "
+                f"({type(layer).__name__} weight {shapes}); pick one that divides every layer, "
                 "or exclude that layer")
         return _Layout("per_group", group_size)
     size = next((d for d in range(DEFAULT_GROUP_SIZE, 7, -1) if n % d == 0), None)
@@ -441,9 +455,13 @@ def _has_int8_kernel(layer, bits, scheme, granularity) -> bool:
     return is_linear_like(layer) and qlayers.int8_kernel_format(bits, scheme, granularity)
 
 
-def _build_real(layer, qt, act, act_range):
-    q = dict(bits=qt.bits, scheme=qt.scheme, granularity=qt.granularity, group_size=qt.group_size, qweight=qt,
-             dtype=qlayers.dtype_name(layer.weight.dtype))
+def _build_real(layer, qts: dict[str, QTensor], dtype: torch.dtype, act, act_range):
+    qt = next(iter(qts.values()))
+    q = dict(bits=qt.bits, scheme=qt.scheme, granularity=qt.granularity, group_size=qt.group_size,
+             dtype=qlayers.dtype_name(dtype))
+    if isinstance(layer, nn.RNNBase):
+        return qlayers.QuantRNN.from_float(layer, qts, **q)
+    q["qweight"] = qt
     if is_linear_like(layer):
         out_f, in_f = qt.q.shape
         return qlayers.QuantLinear(in_f, out_f, act=act, bias=layer.bias is not None, bias_value=layer.bias,
@@ -472,9 +490,9 @@ def _copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _float_copy(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
-    """A float copy of ``layer`` holding ``weight`` ((out, in) for Linear-likes) as a plain
-    Parameter: a weight parametrization (weight_norm) is folded, so the new values are the ones used."""
+def _float_copy(layer: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A float copy of ``layer`` holding ``weights`` (as :func:`_matrices` names them) as plain
+    Parameters: a weight parametrization (weight_norm) is folded, so the new values are the ones used."""
     new = _copy(layer)
     if is_parametrized(layer):  # the copy holds the computed tensors as plain Parameters
         values = {t: getattr(layer, t).detach().clone() for t in layer.parametrizations}
@@ -486,15 +504,19 @@ def _float_copy(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     for hook in _weight_norm_hooks(new):
         nn.utils.remove_weight_norm(new, hook.name)
     with torch.no_grad():
-        new.weight.copy_((weight.t() if is_hf_conv1d(new) else weight).to(new.weight.dtype))
+        for name, w in weights.items():
+            target = getattr(new, name)
+            target.copy_((w.t() if is_hf_conv1d(new) else w).to(target.dtype))
     return new
 
 
 def _quantize_layer(name, layer, plan, bits, scheme, layout, act_stats, act_bits):
     """The replacement module for one layer and what to say about it."""
-    w = _weight(layer).detach()
-    qt = quantize_tensor(w, bits, scheme, layout.granularity, 0, layout.group_size)
-    w_sqnr = sqnr(w, dequantize_tensor(qt))
+    mats = {n: w.detach() for n, w in _matrices(layer).items()}
+    qts = {n: quantize_tensor(w, bits, scheme, layout.granularity, 0, layout.group_size) for n, w in mats.items()}
+    deq = {n: dequantize_tensor(qt) for n, qt in qts.items()}
+    w_sqnr = sqnr(_flat(mats.values()), _flat(deq.values()))
+    dtype = next(iter(mats.values())).dtype
     takes_acts = not isinstance(layer, nn.Embedding)
     act_range = (act_stats["lo"], act_stats["hi"]) if act_stats and takes_acts else None
     info = {"mode": plan, "bits": bits, "scheme": scheme, "granularity": layout.granularity}
@@ -506,7 +528,7 @@ def _quantize_layer(name, layer, plan, bits, scheme, layout, act_stats, act_bits
     if plan == "real":
         kernel_ok = _has_int8_kernel(layer, bits, scheme, layout.granularity)
         act = ("static" if act_range else "dynamic") if kernel_ok else "none"
-        new = _build_real(layer, qt, act, act_range)
+        new = _build_real(layer, qts, dtype, act, act_range)
         info["storage"], info["execution"] = new.storage, new.execution
         info["activations"] = {"dynamic": "int8 per token, at run time", "static": "int8 calibrated (static)",
                                "none": "float"}[act]
@@ -518,10 +540,10 @@ def _quantize_layer(name, layer, plan, bits, scheme, layout, act_stats, act_bits
         if bits < 8 and storage_bits(bits) == 8:
             notes.append(f"int{bits} values are stored one per int8 byte (only 2-4 bits are packed)")
     else:
-        new = _float_copy(layer, dequantize_tensor(qt))
+        new = _float_copy(layer, deq)
         if act_range is not None:
             new = qlayers.FakeQuantInput(act_bits, new, act_range)
-        info["storage"] = f"{qlayers.dtype_name(layer.weight.dtype)} (simulated)"
+        info["storage"] = f"{qlayers.dtype_name(dtype)} (simulated)"
         info["execution"] = "SIMULATED: float with fake-quantized weights" + (
             f" and int{act_bits} fake-quantized inputs" if act_range is not None else "")
         info["activations"] = f"int{act_bits} calibrated (simulated)" if act_range is not None else "float"
@@ -531,7 +553,7 @@ def _quantize_layer(name, layer, plan, bits, scheme, layout, act_stats, act_bits
 
 
 def _skip_row(name: str, layer: nn.Module, reason: str, details=None) -> LayerReport:
-    n, b = layer.weight.numel(), tensor_bytes(layer)
+    n, b = _weight_count(layer), tensor_bytes(layer)
     return LayerReport(name, type(layer).__name__, "skipped", n, n, b, b, reason=reason, details=details or {})
 
 
@@ -551,13 +573,14 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
              include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
              keep: str | Iterable[str] | None = None, metric=None, max_drop: float = 0.5, act_bits: int = 8,
              callbacks=None, stop=None) -> Result:
-    """Quantize the weights of every Linear (and transformers' Conv1D), Conv, ConvTranspose and
-    Embedding layer (and, with calibration data, their inputs) to ``bits`` bits. Returns
-    ``Result(model, report)``; ``model`` is a copy in the input model's dtype (bf16 stays bf16
-    outside the integer buffers). The report has a row for every module holding parameters:
-    RNNs, MultiheadAttention's in_proj and out_proj (read directly by its parent), and tied
-    weights that cannot share one quantized copy stay float, each with the reason. Tied layers
-    (an embedding shared with the LM head) are quantized once and share the integer copy.
+    """Quantize the weights of every Linear (and transformers' Conv1D), Conv, ConvTranspose,
+    Embedding and LSTM/GRU/RNN layer (and, with calibration data, their inputs) to ``bits`` bits.
+    Returns ``Result(model, report)``; ``model`` is a copy in the input model's dtype (bf16 stays
+    bf16 outside the integer buffers). The report has a row for every module holding parameters:
+    MultiheadAttention's in_proj and out_proj (read directly by its parent) and tied weights that
+    cannot share one quantized copy stay float, each with the reason. Tied layers (an embedding
+    shared with the LM head) are quantized once and share the integer copy. Weight-normed
+    (parametrized) layers are quantized from their computed weight.
 
     bits: 2..8. granularity: "per_channel" (one scale per output channel / embedding row),
     "per_tensor", or "per_group" (``group_size`` values per scale). An explicit ``group_size``
@@ -602,7 +625,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
     # Validate every layer before any work: errors leave nothing half done.
     layouts = {name: _layout(name, layer, granularity, group_size) for name, layer in targets}
     for name, layer in targets:
-        if not torch.isfinite(_weight(layer)).all():
+        if not all(torch.isfinite(w).all() for w in _matrices(layer).values()):
             raise InvalidParameterError("model", f"layer {name!r}", "finite weights (found NaN or inf)")
     skip = _structural_skips(model, targets)
     candidates = [(n, m) for n, m in targets if n not in skip]
@@ -655,7 +678,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
         if st and st["sample"]:
             x = st["sample"][0]
             with torch.no_grad():
-                info["output_sqnr_db"] = sqnr(layer(x), new(x))
+                info["output_sqnr_db"] = sqnr(_first(layer(x)), _first(new(x)))
         info.update(_rank_details(ranking, name))
         for path in paths[id(layer)]:  # a layer used at several places is replaced at each
             set_module(q, path, new)
@@ -667,7 +690,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
             reason += f" (no real {type(layer).__name__} implementation for this format)"
         if "tied_to" in info:
             reason += f"; shares the integer weight of tied layer {info['tied_to']!r}"
-        n = _weight(layer).numel()
+        n = _weight_count(layer)
         report.layers.append(LayerReport(
             name, type(layer).__name__, "simulated" if info["mode"] == "simulated" else "quantized", n, n,
             tensor_bytes(layer), tensor_bytes(new), sqnr_db=w_sqnr, reason=reason, details=info))

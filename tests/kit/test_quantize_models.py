@@ -192,28 +192,42 @@ class RNNClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.emb = nn.Embedding(50, 16)
-        self.lstm = nn.LSTM(16, 32, batch_first=True)
-        self.gru = nn.GRU(32, 32, batch_first=True)
-        self.fc = nn.Linear(32, 4)
+        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=True, bidirectional=True, proj_size=8)
+        self.gru = nn.GRU(16, 32, batch_first=True)
+        self.rnn = nn.RNN(32, 16)
+        self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
         h, _ = self.lstm(self.emb(x))
         h, _ = self.gru(h)
-        return self.fc(h[:, -1])
+        h, _ = self.rnn(h.transpose(0, 1))
+        return self.fc(h[-1])
 
 
-def test_rnns_are_listed_as_kept_float_with_a_reason():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rnn_weights_are_stored_int8(dtype, tmp_path):
     torch.manual_seed(0)
-    model = RNNClassifier().eval()
+    model = RNNClassifier().to(dtype).eval()
     x = torch.randint(0, 50, (2, 9))
     for kw in (dict(bits=8), dict(bits=8, activations=[x]), dict(bits=4, granularity="per_group")):
         q, report = _quantize(model, **kw)
         rows = _rows(report)
-        for n in ("lstm", "gru"):
-            assert rows[n].action == "skipped" and "RNN" in rows[n].reason
-            assert rows[n].params_before == sum(p.numel() for p in model.get_submodule(n).parameters())
+        for n in ("lstm", "gru", "rnn"):
+            layer = q.get_submodule(n)
+            layer = getattr(layer, "inner", layer)
+            assert isinstance(layer, qlayers.QuantRNN) and rows[n].action == "quantized", rows[n]
+            assert "float" in rows[n].reason  # weights-only: the RNN arithmetic is float, and it says so
+            assert all(m.qweight.dtype in (torch.int8, torch.uint8) for m in layer.weights.values())
         with torch.no_grad():
-            assert _cos(model(x), q(x)) > 0.99
+            out = q(x)
+        assert out.dtype == dtype and _cos(model(x), out) > 0.99
+        back = slimkit.load(slimkit.save(q, tmp_path / "r.slim"), model=model)
+        assert torch.equal(back(x), out)
+    assert report.summary["model_params_after"] == report.summary["model_params_before"]
+    q, report = _quantize(model, 8)
+    before, after = report.summary["model_bytes_before"], report.summary["model_bytes_after"]
+    assert before / after > (2.5 if dtype == torch.float32 else 1.4)  # one fp32 scale per row of 16-32 values
+    assert slimkit.size(q) < slimkit.size(model)
 
 
 def test_grouped_transposed_and_1d_3d_convs_have_real_storage(tmp_path):
