@@ -558,7 +558,7 @@ def _skip_row(name: str, layer: nn.Module, reason: str, details=None) -> LayerRe
 
 
 def _unsupported_rows(model: nn.Module, report: Report) -> None:
-    """Rows saying why RNNs and MultiheadAttention's own weights stay float (before Report.cover)."""
+    """Rows saying why MultiheadAttention's own weights stay float (before Report.cover)."""
     named = {l.name for l in report.layers}
     for name, m in param_modules(model):
         why = next((w for t, w in _NOT_QUANTIZED.items() if isinstance(m, t)), None)

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _cos(a, b):
-    return float(F.cosine_similarity(a.float().flatten(), b.float().flatten(), 0))
+    return float(F.cosine_similarity(a.detach().float().flatten(), b.detach().float().flatten(), 0))
 
 
 def _quantize(model, *args, **kw):
