@@ -204,7 +204,8 @@ class RNNClassifier(nn.Module):
         return self.fc(h[-1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)],
+                         ids=["fp32", "bf16"])
 def test_rnn_weights_are_stored_int8(dtype, tmp_path):
     torch.manual_seed(0)
     model = RNNClassifier().to(dtype).eval()
