@@ -109,6 +109,9 @@ def test_prepared_cache_follows_the_buffers():
     (qlayers.QuantConv2d, dict(in_channels=2, out_channels=4, kernel_size=3, padding=1, bits=2)),
     (qlayers.QuantEmbedding, dict(num_embeddings=9, embedding_dim=8, bits=8, granularity="per_group",
                                   group_size=4)),
+    (qlayers.QuantConv1d, dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, bits=4, dtype="bfloat16")),
+    (qlayers.QuantConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=2, stride=2, bits=8)),
+    (qlayers.QuantMatrix, dict(shape=(12, 5), bias=True, bits=8, scheme="asymmetric")),
 ])
 def test_spec_rebuilds_buffers_of_the_same_shape_and_dtype(cls, kw):
     torch.manual_seed(0)
@@ -120,3 +123,29 @@ def test_spec_rebuilds_buffers_of_the_same_shape_and_dtype(cls, kw):
     empty = cls.from_spec(full.spec())
     for (k, a), (k2, b) in zip(full.state_dict().items(), empty.state_dict().items()):
         assert k == k2 and a.shape == b.shape and a.dtype == b.dtype
+
+
+def test_weight_and_outputs_follow_the_float_layers_dtype():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8).to(torch.bfloat16)
+    qt = quantize_tensor(lin.weight.detach(), 8, "symmetric", "per_channel")
+    for act in ("dynamic", "none"):
+        q = qlayers.QuantLinear(16, 8, act=act, qweight=qt, bias_value=lin.bias, dtype="bfloat16")
+        assert q.bias.dtype == q.weight.dtype == torch.bfloat16 and q.scale.dtype == torch.float32
+        x = torch.randn(3, 16).bfloat16()
+        out = q(x)
+        assert out.dtype == torch.bfloat16 and slimkit.sqnr(lin(x).float(), out.float()) > 25
+    # the weight property is read-only and dequantizes in the layer's dtype
+    torch.testing.assert_close(q.weight, q.dequantized_weight().bfloat16())
+    with pytest.raises(AttributeError):
+        q.weight = torch.zeros(8, 16)
+
+
+def test_kernel_cache_from_an_inference_mode_call_serves_autograd_calls():
+    lin, q = _linear()
+    x = torch.randn(4, 40)
+    with torch.inference_mode():
+        q(x)  # fills the cache
+    y = x.clone().requires_grad_()
+    out = q(y * 1.0)  # autograd records the call: the cached tensors must be normal tensors
+    assert out.requires_grad and not q._cache["colsum"].is_inference()
