@@ -19,11 +19,13 @@ from .data import batches, first_inputs
 from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int, check_module,
                      check_positive)
 from .events import Progress, as_progress
-from .layers import WEIGHTED, named_targets, param_count, tensor_bytes, unselected_reason
+from .layers import WEIGHTED, is_hf_conv1d, is_parametrized, named_targets, param_count, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
 from .training import cross_entropy, fit
 
 SCOPES = ("layer", "global")
+# Weights pruned element-wise besides WEIGHTED: a transposed conv's weight is as prunable as a conv's.
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _FINETUNE_KEYS = ("data", "epochs", "lr", "batch_size", "weight_decay", "val_data")
 
 
@@ -91,8 +93,40 @@ def schedule(sparsity: float, step: int, steps: int) -> float:
 def keep_sparsity(model: nn.Module):
     """An ``after_step`` hook for ``slimkit.training.fit`` that keeps today's zero weights
     at zero, so a pruned model can be fine-tuned further without losing its sparsity."""
-    masks = {n: m.weight.detach() != 0 for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
+    masks = {n: m.weight.detach() != 0 for n, m in model.named_modules() if is_prunable(m)}
     return _mask_hook(masks)
+
+
+def is_prunable(m: nn.Module) -> bool:
+    """A layer whose ``weight`` unstructured pruning zeroes element-wise: Linear, Conv,
+    ConvTranspose, Embedding and transformers' Conv1D (GPT-2), which is a Linear stored transposed."""
+    return isinstance(m, (*WEIGHTED, *_TRANSPOSED)) or is_hf_conv1d(m)
+
+
+def weighted_layers(model: nn.Module, types: tuple[type, ...], *, include=None, exclude=None,
+                    method: str) -> list[tuple[str, nn.Module]]:
+    """``layers.named_targets`` over ``types`` plus transformers' Conv1D wherever the model has one
+    (its class is found in the model: slimkit does not import transformers)."""
+    conv1d = tuple({type(m) for m in model.modules() if is_hf_conv1d(m)})
+    return list(named_targets(model, (*types, *conv1d), include=include, exclude=exclude, method=method))
+
+
+def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A deep copy of ``model`` whose parametrized layers (weight_norm, spectral_norm...) hold
+    their effective weight as a plain parameter, and the names of those layers. Compressing the
+    stored ``original0/original1`` tensors would leave the computed weight unchanged."""
+    from torch.nn.utils import parametrize
+
+    work = copy.deepcopy(model)
+    names = [n for n, m in work.named_modules() if is_parametrized(m)]
+    for n in names:
+        m = work.get_submodule(n)
+        for pname in list(m.parametrizations):
+            parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
+    return work, names
+
+
+PARAMETRIZATION_NOTE = "its parametrization (e.g. weight_norm) was removed: the computed weight is stored as is"
 
 
 def _mask_hook(masks: dict[str, torch.Tensor]):
@@ -133,8 +167,9 @@ def _run_finetune(model, tune: _Finetune, loss_fn, seed, step, progress, after_s
 
 def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
                   progress: Progress, params) -> Result:
-    names = [n for n, _ in named_targets(model, WEIGHTED, include=include, exclude=exclude, method="prune")]
-    work = copy.deepcopy(model)
+    work, unparametrized = plain_copy(model)
+    chosen = weighted_layers(work, (*WEIGHTED, *_TRANSPOSED), include=include, exclude=exclude, method="prune")
+    names, tied = _owners(chosen)
     masks = {n: torch.ones_like(work.get_submodule(n).weight, dtype=torch.bool) for n in names}
     hook = _mask_hook(masks)
     history: list[dict] = []
@@ -164,22 +199,49 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
     progress.emit("end", "prune", steps, steps)
     work.eval()
 
-    layers = []
+    report = Report("prune", params, _unstructured_rows(work, names, tied, unparametrized, include, exclude))
+    zeros = sum(int((work.get_submodule(n).weight == 0).sum()) for n in names)
+    total = sum(work.get_submodule(n).weight.numel() for n in names)
+    all_params = list(work.parameters())  # each shared tensor once
+    report.summary = {
+        "params": param_count(work), "pruned_weights": zeros, "prunable_weights": total,
+        "sparsity": zeros / total,
+        "sparsity_all_params": sum(int((p == 0).sum()) for p in all_params) / max(sum(p.numel() for p in all_params), 1),
+        "note": "sparsity is over the pruned layers' weights, sparsity_all_params over every parameter; "
+                "dense with zeros: slimkit.sparsify stores it sparse"}
+    _add_history(report.summary, history)
+    report.cover(model, work)
+    return Result(work, report)
+
+
+def _owners(chosen: list[tuple[str, nn.Module]]) -> tuple[list[str], dict[str, str]]:
+    """The layers whose weights get a mask, one per distinct weight tensor, and for every other
+    chosen layer the owner whose weight it shares (a tied embedding/LM head is pruned once)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for n, m in chosen:
+        owner = first.setdefault(id(m.weight), n)
+        if owner != n:
+            tied[n] = owner
+    return list(first.values()), tied
+
+
+def _unstructured_rows(work, names, tied, unparametrized, include, exclude) -> list[LayerReport]:
+    rows = []
     for n, m in work.named_modules():
-        if not isinstance(m, WEIGHTED):
+        if not is_prunable(m):
             continue
-        if n not in masks:
-            layers.append(LayerReport.same_size(n, m, "skipped", reason=unselected_reason(n, include, exclude)))
+        note = PARAMETRIZATION_NOTE if n in unparametrized else ""
+        if n not in names and n not in tied:
+            rows.append(LayerReport.same_size(n, m, "skipped", reason=unselected_reason(n, include, exclude)))
             continue
-        layers.append(LayerReport.same_size(
-            n, m, "pruned", sparsity=float((m.weight == 0).float().mean()),
-            details={"zeros": int((m.weight == 0).sum()), "weights": m.weight.numel()}))
-    zeros = sum(l.details["zeros"] for l in layers if l.action == "pruned")
-    total = sum(l.details["weights"] for l in layers if l.action == "pruned")
-    summary = {"params": param_count(work), "pruned_weights": zeros, "sparsity": zeros / total,
-               "note": "dense with zeros; slimkit.sparsify stores it sparse"}
-    _add_history(summary, history)
-    return Result(work, Report("prune", params, layers, summary=summary))
+        zeros = int((m.weight == 0).sum())
+        if n in tied:
+            note = f"shares its weight with {tied[n]!r} (tied): pruned once, with it"
+        rows.append(LayerReport.same_size(
+            n, m, "pruned", sparsity=zeros / m.weight.numel(), reason=note,
+            details={"zeros": zeros, "weights": m.weight.numel(), **({"tied_to": tied[n]} if n in tied else {})}))
+    return rows
 
 
 def _drop_lowest(mask: torch.Tensor, scores: torch.Tensor, count: int) -> None:

@@ -1,0 +1,441 @@
+"""prune / structured prune / shrink / sparsify on the architectures users bring: GPT-2 (Conv1D),
+BERT, LSTM/GRU, MHA, grouped convs, a UNet with skip concatenations and ConvTranspose2d, ResNet
+blocks (a reused stateless ReLU, residual adds), channel shuffle, tied weights, weight norm,
+bf16 and dict inputs. Each verb works and reports exactly what it did, or refuses clearly."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import slimkit
+from conftest import assert_unchanged, state_snapshot
+from slimkit.errors import InvalidParameterError, NothingToCompressError, SlimkitError
+from slimkit.layers import param_count, param_modules
+
+
+# ---- models -----------------------------------------------------------------------------
+
+def gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=100)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def token_ids(n=2, length=8):
+    return torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+class RNNClassifier(nn.Module):
+    def __init__(self, cell=nn.LSTM):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.rnn = cell(16, 24, batch_first=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.emb(ids))
+        return self.head(out[:, -1])
+
+
+class MHABlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y, _ = self.attn(x, x, x)
+        return self.head(self.norm(x + y).mean(1))
+
+
+class GroupedCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.gc = nn.Conv2d(16, 32, 1, groups=4)
+        self.pw = nn.Conv2d(32, 24, 1)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.gc(F.relu(self.dw(x))))
+        x = F.relu(self.pw(x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class UNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.enc2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Conv2d(16, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a = F.relu(self.enc1(x))
+        b = F.relu(self.enc2(F.max_pool2d(a, 2)))
+        u = self.up(b)
+        return self.out(F.relu(self.dec(torch.cat([a, u], 1))))
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: one ReLU module called twice, identity or 1x1 conv+BN shortcut."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8))
+        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet():
+    torch.manual_seed(0)
+    model = ResNet()
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong slice shows in the outputs
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+class ShuffleBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
+        x = F.relu(self.conv3(F.relu(self.conv2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class TiedMLP(nn.Module):
+    """One Linear called twice in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 16)
+        self.shared = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = torch.relu(self.shared(h))
+        h = torch.relu(self.shared(h))
+        return self.out(h)
+
+
+class TiedLM(nn.Module):
+    """An embedding tied to the LM head, with a hidden MLP in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(40, 16)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 40, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(self.fc2(torch.relu(self.fc1(self.emb(ids)))))
+
+
+class WeightNormCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        wn = nn.utils.parametrizations.weight_norm
+        self.c1 = wn(nn.Conv2d(3, 8, 3, padding=1))
+        self.c2 = wn(nn.Conv2d(8, 8, 3, padding=1))
+        self.fc = wn(nn.Linear(8, 4))
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 16)
+        self.b = nn.Linear(4, 16)
+        self.hidden = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, image, meta):
+        return self.out(torch.relu(self.hidden(torch.relu(self.a(image) + self.b(meta)))))
+
+
+def mlp_bf16():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3)).to(torch.bfloat16)
+
+
+def images(n=2, c=3, hw=8):
+    return torch.randn(n, c, hw, hw, generator=torch.Generator().manual_seed(2))
+
+
+# name -> (builder, example inputs)
+ZOO = {
+    "gpt2": (gpt2, lambda: token_ids()),
+    "bert": (bert, lambda: token_ids()),
+    "lstm": (lambda: RNNClassifier(nn.LSTM), lambda: token_ids(length=5) % 50),
+    "gru": (lambda: RNNClassifier(nn.GRU), lambda: token_ids(length=5) % 50),
+    "mha": (MHABlock, lambda: torch.randn(2, 5, 16)),
+    "grouped_cnn": (GroupedCNN, images),
+    "unet": (UNet, images),
+    "resnet": (resnet, images),
+    "shuffle": (ShuffleBlock, images),
+    "tied_mlp": (TiedMLP, lambda: torch.randn(2, 12)),
+    "tied_lm": (TiedLM, lambda: token_ids(length=5) % 40),
+    "weight_norm": (WeightNormCNN, images),
+    "bf16": (mlp_bf16, lambda: torch.randn(2, 12).to(torch.bfloat16)),
+    "dict": (DictModel, lambda: {"image": torch.randn(2, 6), "meta": torch.randn(2, 4)}),
+}
+
+
+def _rows(report):
+    return {l.name: l for l in report.layers}
+
+
+def _assert_reports_every_param_module(model, report):
+    rows = _rows(report)  # a row for a layer covers its children (weight_norm's parametrizations)
+    missing = [n for n, _ in param_modules(model) if n not in rows and not any(n.startswith(r + ".") for r in rows)]
+    assert not missing, f"not in the report: {missing}"
+
+
+def _unique_weights(model, names):
+    seen = {}
+    for n in names:
+        w = model.get_submodule(n).weight
+        seen.setdefault(id(w), w)
+    return list(seen.values())
+
+
+# ---- 1. GPT-2's Conv1D ----------------------------------------------------------------------
+
+def _conv1d_names(model):
+    return [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_gpt2_conv1d_is_pruned_like_a_linear(scope):
+    model = gpt2()
+    snap = state_snapshot(model)
+    pruned, report = slimkit.prune(model, 0.5, scope=scope)
+    assert_unchanged(model, snap)
+    rows = _rows(report)
+    conv1d = _conv1d_names(model)
+    assert len(conv1d) == 8 and all(rows[n].action == "pruned" for n in conv1d)
+    pruned_names = [n for n, l in rows.items() if l.action == "pruned"]
+    weights = _unique_weights(pruned, pruned_names)  # wte and lm_head share one tensor
+    zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+    assert zeros / total == pytest.approx(0.5, abs=1e-4)
+    assert report.summary["sparsity"] == pytest.approx(zeros / total) and report.summary["prunable_weights"] == total
+    if scope == "layer":
+        assert all(rows[n].sparsity == pytest.approx(0.5, abs=1e-3) for n in conv1d)
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
+    assert rows["lm_head"].details["tied_to"] == "transformer.wte"
+    _assert_reports_every_param_module(model, report)  # LayerNorms and position embeddings too
+    assert pruned(token_ids()).logits.shape == (2, 8, 100)
+
+
+@pytest.mark.parametrize("score", ["random", "obd"])
+def test_gpt2_conv1d_with_other_scores(score):
+    model = gpt2()
+    ids = token_ids(4)
+    lm_loss = lambda m, x, y: F.cross_entropy(m(x).logits[:, -1], y)  # noqa: E731
+    pruned, report = slimkit.prune(model, 0.5, score=score, data=(ids, ids[:, 0]), loss_fn=lm_loss,
+                                   include=["*.c_fc", "*.c_proj"])
+    for n in _conv1d_names(model):
+        if n.endswith(("c_fc", "c_proj")):
+            w = pruned.get_submodule(n).weight
+            assert int((w == 0).sum()) == round(0.5 * w.numel()), n
+
+
+def test_gpt2_sparsify_stores_conv1d_transposed_and_matches():
+    model = gpt2()
+    snap = state_snapshot(model)
+    out, report = slimkit.sparsify(model, sparsity=0.9, execution="sparse")
+    assert_unchanged(model, snap)
+    rows = _rows(report)
+    reference = gpt2()
+    with torch.no_grad():
+        for n in _conv1d_names(model):
+            sparse = out.get_submodule(n)
+            assert rows[n].action == "sparsified" and type(sparse).__name__ == "SparseLinear"
+            m = model.get_submodule(n)
+            assert sparse.shape == (m.nf, m.weight.shape[0])  # (out, in)
+            kept = sparse.dense_weight() != 0
+            assert torch.equal(sparse.dense_weight()[kept], m.weight.t()[kept])
+            reference.get_submodule(n).weight.copy_(sparse.dense_weight().t())
+            assert int(kept.sum()) == round(0.1 * kept.numel())
+        for n in ("transformer.wte", "transformer.wpe"):
+            if isinstance(out.get_submodule(n), nn.Embedding):
+                continue
+            reference.get_submodule(n).weight.copy_(out.get_submodule(n).dense_weight())
+    _assert_reports_every_param_module(model, report)
+    ids = token_ids()
+    torch.testing.assert_close(out(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+# ---- 2. every parameter-holding module is in the report ---------------------------------------
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "mha", "unet", "bert"])
+def test_reports_list_every_module_holding_parameters(name):
+    build, example = ZOO[name]
+    model = build()
+    snap = state_snapshot(model)
+    for verb in (lambda m: slimkit.prune(m, 0.5), lambda m: slimkit.sparsify(m, sparsity=0.9)):
+        result, report = verb(model)
+        assert_unchanged(model, snap)
+        _assert_reports_every_param_module(model, report)
+        s = report.summary
+        assert s["model_params_before"] == param_count(model) and s["model_params_after"] == param_count(result)
+        assert 0 < s["sparsity_all_params"] < 1 and s["sparsity_all_params"] != s["sparsity"]
+        with torch.no_grad():
+            slimkit.inputs.call(result.eval(), example())
+    pruned, report = slimkit.prune(model, 0.5)
+    params = list(pruned.parameters())  # over all parameters, each once (BERT's biases start at zero)
+    zeros = sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
+    assert report.summary["sparsity_all_params"] == pytest.approx(zeros)
+    rows = _rows(report)
+    if name in ("lstm", "gru"):
+        assert rows["rnn"].action == "skipped" and "not a layer type prune acts on" in rows["rnn"].reason
+    if name == "unet":
+        assert rows["up"].action == "pruned" and rows["up"].sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+# ---- 3. weight norm: what the report says happened did happen -------------------------------
+
+def test_weight_norm_layers_prune_and_sparsify_their_effective_weight():
+    torch.manual_seed(0)
+    model = WeightNormCNN()
+    snap = state_snapshot(model)
+    x = images()
+    pruned, report = slimkit.prune(model, 0.5)
+    assert_unchanged(model, snap)
+    for name in ("c1", "c2", "fc"):
+        row, w = _rows(report)[name], pruned.get_submodule(name).weight  # the weight forward uses
+        assert row.action == "pruned" and "parametrization" in row.reason
+        assert int((w == 0).sum()) == row.details["zeros"] == round(0.5 * w.numel())
+    _assert_reports_every_param_module(model, report)
+    pruned(x)
+
+    out, report = slimkit.sparsify(model, sparsity=0.9)
+    assert_unchanged(model, snap)
+    for name in ("c1", "c2", "fc"):
+        row, layer = _rows(report)[name], out.get_submodule(name)
+        assert row.action == "sparsified" and "parametrization" in row.reason
+        w = layer.dense_weight()
+        assert 1 - int((w != 0).sum()) / w.numel() == pytest.approx(row.sparsity) == pytest.approx(0.9, abs=0.02)
+    with torch.no_grad():  # the kept weights are the effective (g * v / |v|) ones
+        ref = WeightNormCNN()
+        ref.load_state_dict(model.state_dict())
+        nn.utils.parametrize.remove_parametrizations(ref.c1, "weight")
+        kept = out.c1.dense_weight() != 0
+        torch.testing.assert_close(out.c1.dense_weight()[kept], ref.c1.weight[kept])
+    out(x)
+
+
+# ---- 5. tied weights: pruned once, the tie holds ---------------------------------------------
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_tied_embedding_and_head_are_pruned_once(scope):
+    torch.manual_seed(0)
+    model = TiedLM()
+    pruned, report = slimkit.prune(model, 0.5, scope=scope)
+    assert pruned.head.weight is pruned.emb.weight
+    rows = _rows(report)
+    assert rows["head"].details["tied_to"] == "emb" and "tied" in rows["head"].reason
+    weights = _unique_weights(pruned, ["emb", "fc1", "fc2"])
+    total = sum(w.numel() for w in weights)
+    assert report.summary["prunable_weights"] == total
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.5 * total) if scope == "global" else True
+    assert report.summary["model_params_after"] == param_count(pruned)
+
+
+def test_tied_layer_called_twice_is_pruned_with_one_mask():
+    torch.manual_seed(0)
+    model = TiedMLP()
+    pruned, report = slimkit.prune(model, 0.5)
+    assert [l.name for l in report.layers if l.action == "pruned"] == ["inp", "shared", "out"]
+    assert int((pruned.shared.weight == 0).sum()) == 128
+
+
+# ---- 6. bf16 / fp16 ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("execution", ["sparse", "auto", "dense"])
+def test_half_precision_models_sparsify_and_keep_their_dtype(dtype, execution):
+    model = mlp_bf16().to(dtype)
+    x = torch.randn(4, 12).to(dtype)
+    out, report = slimkit.sparsify(model, sparsity=0.9, execution=execution)
+    y = out(x)
+    assert y.dtype == dtype
+    reference = mlp_bf16().to(dtype)
+    with torch.no_grad():
+        for i in (0, 2, 4):
+            reference[i].weight.copy_(out[i].dense_weight())
+            assert out[i].values.dtype == dtype
+    torch.testing.assert_close(y, reference(x), atol=2e-2, rtol=2e-2)
+
+
+def test_bf16_model_prunes_and_keeps_its_dtype():
+    model = mlp_bf16()
+    pruned, report = slimkit.prune(model, 0.5, scope="global")
+    assert all(p.dtype == torch.bfloat16 for p in pruned.parameters())
+    assert report.summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert pruned(torch.randn(2, 12).to(torch.bfloat16)).dtype == torch.bfloat16
