@@ -115,14 +115,18 @@ def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A deep copy of ``model`` whose parametrized layers (weight_norm, spectral_norm...) hold
     their effective weight as a plain parameter, and the names of those layers. Compressing the
     stored ``original0/original1`` tensors would leave the computed weight unchanged."""
-    from torch.nn.utils import parametrize
-
     work = copy.deepcopy(model)
     names = [n for n, m in work.named_modules() if is_parametrized(m)]
     for n in names:
         m = work.get_submodule(n)
-        for pname in list(m.parametrizations):
-            parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
+        values = {p: (getattr(m, p).detach().clone(), next(plist.parameters()).requires_grad)
+                  for p, plist in m.parametrizations.items()}
+        # Not parametrize.remove_parametrizations: it deletes the properties from the generated
+        # Parametrized* class, which the deep copy shares with the caller's model.
+        del m._modules["parametrizations"]
+        m.__class__ = type(m).__bases__[0]
+        for p, (value, grad) in values.items():
+            m.register_parameter(p, nn.Parameter(value, requires_grad=grad))
     return work, names
 
 

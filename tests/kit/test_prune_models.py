@@ -365,8 +365,10 @@ def test_weight_norm_layers_prune_and_sparsify_their_effective_weight():
     model = WeightNormCNN()
     snap = state_snapshot(model)
     x = images()
+    before = model(x)
     pruned, report = slimkit.prune(model, 0.5)
     assert_unchanged(model, snap)
+    assert model.c1.weight.shape == (8, 3, 3, 3) and torch.equal(model(x), before)  # still weight-normed
     for name in ("c1", "c2", "fc"):
         row, w = _rows(report)[name], pruned.get_submodule(name).weight  # the weight forward uses
         assert row.action == "pruned" and "parametrization" in row.reason
@@ -388,6 +390,7 @@ def test_weight_norm_layers_prune_and_sparsify_their_effective_weight():
         kept = out.c1.dense_weight() != 0
         torch.testing.assert_close(out.c1.dense_weight()[kept], ref.c1.weight[kept])
     out(x)
+    assert torch.equal(model(x), before) and nn.utils.parametrize.is_parametrized(model.c1)
 
 
 # ---- 5. tied weights: pruned once, the tie holds ---------------------------------------------
