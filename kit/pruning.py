@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from . import importance, surgery
-from .data import batches, first_inputs
+from .data import batches
 from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int, check_module,
                      check_positive)
 from .events import Progress, as_progress
+from .inputs import apply
 from .layers import WEIGHTED, is_hf_conv1d, is_parametrized, named_targets, param_count, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
 from .training import cross_entropy, fit
@@ -265,54 +266,70 @@ def _add_history(summary: dict, history: list[dict]) -> None:
 
 def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
                 progress: Progress, params) -> Result:
-    example = first_inputs(data, 2) if data is not None else (
-        first_inputs(tune.data, 2) if tune is not None else None)
-    analysis = surgery.analyse_for("structured pruning", model, include=include, exclude=exclude, example=example)
+    source = data if data is not None else (tune.data if tune is not None else None)
+    example = None if source is None else apply(next(iter(batches(source)))[0], lambda t: t[:2])
+    plain, unparametrized = plain_copy(model)
+    analysis = surgery.analyse_for("structured pruning", plain, include=include, exclude=exclude, example=example,
+                                   instead=STRUCTURED_INSTEAD)
     original = {g.producer: g.units for g in analysis.groups}
+    kept = {g.producer: torch.arange(g.units) for g in analysis.groups}  # original indices still there
     touched = {n for g in analysis.groups for n in g.modules}
-    before = {n: copy.deepcopy(model.get_submodule(n)) for n in touched}
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(plain)
     history: list[dict] = []
     progress.emit("start", "prune", 0, steps)
     for step in range(1, steps + 1):
         target = schedule(sparsity, step, steps)
         groups = [g for g in surgery.analyse(work, example=example).groups if g.producer in original]
-        targets = [(g.producer, work.get_submodule(g.producer)) for g in groups]
+        targets = [(p, work.get_submodule(p)) for g in groups for p in g.producers]
         ctx = importance.ScoreContext(work, targets, data, loss_fn, seed + step - 1, progress)
         scores = importance.compute(score, ctx)
-        units = {g.producer: surgery.unit_scores(scores[g.producer]) for g in groups}
+        units = {g.producer: sum(surgery.unit_scores(scores[p], work.get_submodule(p)) for p in g.producers)
+                 for g in groups}
         keep = _choose_units(groups, units, original, target, scope)
         for g in groups:
             if len(keep[g.producer]) < g.units:
                 surgery.remove_units(work, g, keep[g.producer])
+                kept[g.producer] = kept[g.producer][keep[g.producer]]
         progress.emit("metrics", "prune", step, steps, params=param_count(work))
         if tune is not None:
             history += _run_finetune(work, tune, loss_fn, seed, step, progress)
     progress.emit("end", "prune", steps, steps)
     work.eval()
 
+    producers = {p: g for g in analysis.groups for p in g.producers}
     layers = []
-    for name, m in model.named_modules():
+    for name, m in plain.named_modules():
+        note = PARAMETRIZATION_NOTE if name in unparametrized else ""
         if name in analysis.skipped and name not in touched:
             layers.append(LayerReport.same_size(name, m, "skipped", reason=analysis.skipped[name]))
         elif name in touched:
-            old, new = before[name], work.get_submodule(name)
-            details = {"shape_before": list(old.weight.shape) if hasattr(old, "weight") else None,
+            new = work.get_submodule(name)
+            details = {"shape_before": list(m.weight.shape) if hasattr(m, "weight") else None,
                        "shape_after": list(new.weight.shape) if hasattr(new, "weight") else None}
-            if name in original:
-                after = new.out_channels if hasattr(new, "out_channels") else new.out_features
-                details.update(units_before=original[name], units_after=after, units_removed=original[name] - after)
-            kept = analysis.skipped.get(name, "")  # inputs resized, but its own units kept
+            if name in producers:
+                g = producers[name]
+                removed = sorted(set(range(g.units)) - set(kept[g.producer].tolist()))
+                details.update(units_before=g.units, units_after=g.units - len(removed),
+                               units_removed=len(removed), removed_units=removed)
+                if len(g.producers) > 1:
+                    details["tied_across_add"] = [p for p in g.producers if p != name]
+            kept_reason = analysis.skipped.get(name, "")  # inputs resized, but its own units kept
+            reason = "; ".join(r for r in (note, f"inputs resized; units kept: {kept_reason}" if kept_reason else "") if r)
             layers.append(LayerReport(
-                name, type(m).__name__, "pruned" if name in original else "resized",
-                param_count(old), param_count(new), tensor_bytes(old), tensor_bytes(new),
-                sparsity=1 - param_count(new) / max(param_count(old), 1),
-                reason=f"inputs resized; units kept: {kept}" if kept else "", details=details))
+                name, type(m).__name__, "pruned" if name in producers else "resized",
+                param_count(m), param_count(new), tensor_bytes(m), tensor_bytes(new),
+                sparsity=1 - param_count(new) / max(param_count(m), 1), reason=reason, details=details))
     p0, p1 = param_count(model), param_count(work)
     summary = {"params_before": p0, "params_after": p1, "params_ratio": p1 / p0,
                "bytes_before": tensor_bytes(model), "bytes_after": tensor_bytes(work)}
     _add_history(summary, history)
-    return Result(work, Report("prune", params, layers, summary=summary))
+    report = Report("prune", params, layers, summary=summary)
+    report.cover(model, work, reason="not a Linear/Conv layer whose output units structured pruning removes")
+    return Result(work, report)
+
+
+STRUCTURED_INSTEAD = ("Unstructured pruning (prune(..., structured=False)) or slimkit.sparsify work on any model; "
+                      "for a smaller dense model, distill into a smaller architecture")
 
 
 def _choose_units(groups, units, original, target, scope) -> dict[str, torch.Tensor]:
