@@ -442,3 +442,133 @@ def test_bf16_model_prunes_and_keeps_its_dtype():
     assert all(p.dtype == torch.bfloat16 for p in pruned.parameters())
     assert report.summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert pruned(torch.randn(2, 12).to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+# ---- 4. structured pruning and shrink: ResNet, channel shuffle, UNet, grouped convs ----------
+
+def _labels(n, classes):
+    return torch.arange(n) % classes
+
+
+def _masked_equivalent(model, report, example):
+    """``model`` with the removed units silenced instead: every consumer ignores them. Physically
+    removing exactly those units must give the same outputs."""
+    import copy
+
+    ref, rows = copy.deepcopy(model), _rows(report)
+    for g in slimkit.surgery.analyse(model, example=example).groups:
+        removed = torch.tensor(rows[g.producer].details["removed_units"], dtype=torch.long)
+        assert all(rows[p].details["removed_units"] == removed.tolist() for p in g.producers)
+        with torch.no_grad():
+            for name, per_unit in g.consumers:
+                c = ref.get_submodule(name)
+                idx = (removed[:, None] * per_unit + torch.arange(per_unit)).flatten()
+                c.weight.index_fill_(slimkit.surgery.unit_dim(c, out=False), idx, 0.0)
+    return ref
+
+
+def test_resnet_structured_prune_ties_channels_across_residual_adds():
+    model = resnet()
+    snap = state_snapshot(model)
+    x = images(4)
+    pruned, report = slimkit.prune(model, 0.3, structured=True, data=(x, _labels(4, 10)))
+    assert_unchanged(model, snap)
+    groups = {g.producer: g.producers for g in slimkit.surgery.analyse(model).groups}
+    assert groups["conv1"] == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]  # the identity shortcuts
+    assert groups["layer2.0.conv2"] == ["layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"]
+    assert len(groups) == 6  # and every block's conv1
+    assert pruned.conv1.out_channels == pruned.layer1[1].conv2.out_channels == 6 == pruned.layer1[0].bn2.num_features
+    assert pruned.layer2[0].downsample[0].out_channels == pruned.fc.in_features == 11
+    assert pruned(x).shape == (4, 10)
+    assert report.summary["params_after"] == param_count(pruned) < 0.7 * param_count(model)
+    _assert_reports_every_param_module(model, report)
+    torch.testing.assert_close(pruned(x), _masked_equivalent(model, report, x)(x), atol=1e-5, rtol=1e-4)
+
+
+def test_resnet_shrinks_to_a_working_student():
+    model = resnet()
+    snap = state_snapshot(model)
+    student = slimkit.shrink(model, 0.5)
+    assert_unchanged(model, snap)
+    assert student.conv1.out_channels == student.layer1[0].conv2.out_channels == 4
+    assert student.layer1[0].conv1.out_channels == 4 and student.layer2[1].conv2.out_channels == 8
+    assert student.layer2[0].downsample[0].out_channels == student.fc.in_features == 8
+    assert student(images(4)).shape == (4, 10)
+    assert param_count(student) < 0.3 * param_count(model)
+
+
+def test_channel_shuffle_is_skipped_with_its_reason():
+    torch.manual_seed(0)
+    model = ShuffleBlock().eval()
+    x = images()
+    pruned, report = slimkit.prune(model, 0.5, structured=True)
+    rows = _rows(report)
+    assert rows["conv1"].action == "skipped" and "view" in rows["conv1"].reason
+    assert rows["conv2"].action == "skipped" and "grouped" in rows["conv2"].reason
+    assert rows["conv3"].action == "pruned" and pruned.fc.in_features == 4
+    torch.testing.assert_close(pruned(x), _masked_equivalent(model, report, x)(x))
+
+
+@pytest.mark.parametrize("name", ["unet", "grouped_cnn", "weight_norm", "tied_lm"])
+def test_structured_prune_removes_what_it_planned(name):
+    build, example = ZOO[name]
+    torch.manual_seed(0)
+    model = build()
+    snap = state_snapshot(model)
+    x = example()
+    pruned, report = slimkit.prune(model, 0.3, structured=True)
+    assert_unchanged(model, snap)
+    assert report.summary["params_after"] == param_count(pruned) < param_count(model)
+    _assert_reports_every_param_module(model, report)
+    plain = slimkit.pruning.plain_copy(model)[0]
+    torch.testing.assert_close(pruned(x), _masked_equivalent(plain, report, x)(x), atol=1e-5, rtol=1e-4)
+    student = slimkit.shrink(model, 0.5)
+    assert student(x).shape == model(x).shape
+
+
+def test_unet_concatenation_and_transposed_conv():
+    torch.manual_seed(0)
+    _, report = slimkit.prune(UNet(), 0.5, structured=True)
+    rows = _rows(report)
+    assert rows["enc1"].action == "skipped" and "concatenation" in rows["enc1"].reason
+    assert rows["enc2"].action == "pruned" and rows["up"].action == "resized"
+
+
+# ---- 5. tied weights in structured pruning ---------------------------------------------------
+
+def test_structured_prune_keeps_an_embedding_tied_to_the_head():
+    torch.manual_seed(0)
+    model = TiedLM()
+    pruned, report = slimkit.prune(model, 0.5, structured=True)
+    assert pruned.head.weight is pruned.emb.weight
+    rows = _rows(report)
+    assert rows["fc2"].action == "resized" and "'head'" in rows["fc2"].reason and "tied" in rows["fc2"].reason
+    assert report.summary["params_after"] == param_count(pruned) < param_count(model)
+    assert report.summary["params_ratio"] == pytest.approx(param_count(pruned) / param_count(model))
+    student = slimkit.shrink(model, 0.5)
+    assert student.head.weight is student.emb.weight and param_count(student) < param_count(model)
+
+
+def test_a_layer_called_twice_is_refused_by_name():
+    with pytest.raises(NothingToCompressError, match="'shared'.*called more than once"):
+        slimkit.prune(TiedMLP(), 0.3, structured=True)
+
+
+# ---- 8. the rest: refusals say what to do instead; dict inputs ---------------------------------
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "mha", "lstm"])
+def test_structured_refusals_suggest_unstructured(name):
+    model = ZOO[name][0]()
+    with pytest.raises(NothingToCompressError, match=r"structured=False"):
+        slimkit.prune(model, 0.3, structured=True)
+    with pytest.raises(NothingToCompressError, match="shrink"):
+        slimkit.shrink(model, 0.5)
+
+
+def test_dict_input_model_structured_and_shrink():
+    torch.manual_seed(0)
+    model = DictModel()
+    x = ZOO["dict"][1]()
+    pruned, report = slimkit.prune(model, 0.5, structured=True, data=[(x, _labels(2, 3))])
+    assert pruned.hidden.out_features == 8 and pruned(**x).shape == (2, 3)
+    assert slimkit.shrink(model, 0.5, example=x)(**x).shape == (2, 3)
