@@ -16,13 +16,13 @@ import torch.nn as nn
 
 from . import importance, surgery
 from .data import batches
-from .errors import (InvalidParameterError, InvalidTypeError, check_choice, check_fraction, check_int, check_module,
+from .errors import (InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_fraction, check_int, check_module,
                      check_positive)
 from .events import Progress, as_progress
 from .inputs import apply
 from .layers import WEIGHTED, is_hf_conv1d, is_parametrized, named_targets, param_count, tensor_bytes, unselected_reason
 from .report import LayerReport, Report, Result
-from .training import cross_entropy, fit
+from .training import fit
 
 SCOPES = ("layer", "global")
 # Weights pruned element-wise besides WEIGHTED: a transposed conv's weight is as prunable as a conv's.
@@ -75,10 +75,14 @@ def prune(model: nn.Module, sparsity: float, score: str = "magnitude", structure
         raise InvalidParameterError(
             "data", None, f"training batches (a DataLoader or (X, y)) for score={score!r}, "
             "which averages squared gradients over data")
-    if data is not None:
+    loss_fn = loss_fn or importance.cross_entropy
+    if data is not None and importance.needs_data(score):  # bad data: a clear error now, not a traceback later
+        importance.check_batch("data", model, data, loss_fn)
+    elif data is not None:
         batches(data)  # type check now, not halfway through
     tune = _finetune_args(finetune)
-    loss_fn = loss_fn or cross_entropy
+    if tune is not None:
+        importance.check_batch("finetune", model, tune.data, loss_fn)
     progress = as_progress(callbacks, stop)
     params = dict(sparsity=sparsity, score=score, structured=structured, scope=scope, steps=steps,
                   finetune=None if tune is None else {"epochs": tune.epochs, "lr": tune.lr}, seed=seed)
@@ -163,9 +167,15 @@ def _finetune_args(finetune) -> _Finetune | None:
 
 
 def _run_finetune(model, tune: _Finetune, loss_fn, seed, step, progress, after_step=None) -> list[dict]:
-    return fit(model, tune.data, epochs=tune.epochs, lr=tune.lr, batch_size=tune.batch_size,
-               weight_decay=tune.weight_decay, seed=seed + step, loss_fn=loss_fn, val_data=tune.val_data,
-               after_step=after_step, stage="finetune", callbacks=progress)
+    try:
+        return fit(model, tune.data, epochs=tune.epochs, lr=tune.lr, batch_size=tune.batch_size,
+                   weight_decay=tune.weight_decay, seed=seed + step, loss_fn=loss_fn, val_data=tune.val_data,
+                   after_step=after_step, stage="finetune", callbacks=progress)
+    except SlimkitError:
+        raise
+    except Exception as e:  # a later batch the model cannot take (the first one was checked)
+        raise InvalidParameterError("finetune", "<a batch of finetune['data']>",
+                                    f"batches the model and loss_fn accept; fine-tuning raised {type(e).__name__}: {e}") from e
 
 
 # ---- unstructured ---------------------------------------------------------------------
@@ -267,7 +277,7 @@ def _add_history(summary: dict, history: list[dict]) -> None:
 def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
                 progress: Progress, params) -> Result:
     source = data if data is not None else (tune.data if tune is not None else None)
-    example = None if source is None else apply(next(iter(batches(source)))[0], lambda t: t[:2])
+    example = None if source is None else apply(importance.first_batch("data", source)[0], lambda t: t[:2])
     plain, unparametrized = plain_copy(model)
     analysis = surgery.analyse_for("structured pruning", plain, include=include, exclude=exclude, example=example,
                                    instead=STRUCTURED_INSTEAD)

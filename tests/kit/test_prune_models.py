@@ -572,3 +572,33 @@ def test_dict_input_model_structured_and_shrink():
     pruned, report = slimkit.prune(model, 0.5, structured=True, data=[(x, _labels(2, 3))])
     assert pruned.hidden.out_features == 8 and pruned(**x).shape == (2, 3)
     assert slimkit.shrink(model, 0.5, example=x)(**x).shape == (2, 3)
+
+
+# ---- 7. wrong data is a slimkit error naming the parameter and the batch -------------------
+
+@pytest.mark.parametrize("kw, name, match", [
+    (dict(score="fisher", data=(images(4)[:, :2], torch.arange(4))), "data", "batch 1.*weight of size"),
+    (dict(score="obd", data=(images(4), torch.arange(4) + 20)), "data", "batch 1.*out of bounds"),
+    (dict(score="fisher", data=[(images(4), torch.arange(4)), (images(4, c=1), torch.arange(4))]), "data",
+     "batch 2"),
+    (dict(finetune=dict(data=(images(4, c=1), torch.arange(4)))), "finetune", "batch 1"),
+    (dict(structured=True, finetune=dict(data=(images(4, c=1), torch.arange(4)))), "finetune", "batch 1"),
+    (dict(score="fisher", data=({"x": images(4)}, torch.arange(4))), "data", r"\(inputs, labels\) batches"),
+])
+def test_wrong_data_raises_a_slimkit_error_naming_it(kw, name, match):
+    model = resnet()
+    snap = state_snapshot(model)
+    with pytest.raises(InvalidParameterError, match=match) as e:
+        slimkit.prune(model, 0.3, **kw)
+    assert e.value.name == name and isinstance(e.value, SlimkitError)
+    assert_unchanged(model, snap)
+
+
+def test_fisher_data_follows_the_inputs_rule():
+    torch.manual_seed(0)
+    model = DictModel()
+    x = {"image": torch.randn(8, 6), "meta": torch.zeros(8, 4)}  # meta is always 0: b's weights get no gradient
+    for inputs in (x, slimkit.Inputs(kwargs=x), (x["image"], x["meta"])):
+        pruned, _ = slimkit.prune(model, 0.3, score="fisher", scope="global", data=[(inputs, _labels(8, 3))])
+        assert bool((pruned.b.weight == 0).all())
+        assert int((pruned.a.weight == 0).sum()) < pruned.a.weight.numel()
