@@ -166,7 +166,7 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
     wrapper = _LossModule(model, loss_fn)
     was_training = model.training
     model.eval()  # scores describe the deployed model: no dropout, BatchNorm running stats
-    keys = {f"model.{n}.weight": n for n, _ in targets}
+    keys = {f"model.{weight_path(model, n)}": n for n, _ in targets}
     params = {k: get_weight(model, n).detach() for k, n in keys.items()}
     sums = {n: torch.zeros_like(p) for n, p in zip(keys.values(), params.values())}
 
@@ -224,8 +224,18 @@ def _loop_grads(wrapper: _LossModule, keys: dict[str, str], x, y) -> dict[str, t
     return {k: torch.stack(v) for k, v in out.items()}
 
 
+def weight_path(model: nn.Module, name: str) -> str:
+    """The parameter a target name stands for: a layer's ``weight``, or the parameter itself
+    (an LSTM's ``rnn.weight_ih_l0``, MultiheadAttention's ``attn.in_proj_weight``)."""
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return name
+    return f"{name}.weight"
+
+
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:
-    return model.get_submodule(name).weight
+    return model.get_parameter(weight_path(model, name))
 
 
 def _magnitude(ctx: ScoreContext) -> dict[str, torch.Tensor]:

@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from . import importance, surgery
 from .data import batches
-from .errors import (InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_fraction, check_int, check_module,
-                     check_positive)
+from .errors import (InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_fraction, check_int,
+                     check_module, check_positive)
 from .events import Progress, as_progress
 from .inputs import apply
 from .layers import WEIGHTED, is_hf_conv1d, is_parametrized, named_targets, param_count, tensor_bytes, unselected_reason
@@ -49,13 +49,19 @@ def prune(model: nn.Module, sparsity: float, score: str = "magnitude", structure
         prunable layer (structured), in [0, 1).
     score: "magnitude", "fisher" (``E[(dL/dw)^2]`` over ``data``), "obd" (fisher * w^2),
         "random", or a name added with ``slimkit.importance.register_score``.
-    structured: remove whole neurons/channels and resize the layers that read them. Layers
-        whose outputs reach a residual add, an unknown op or the model output are skipped
-        (the report says why).
+    structured: remove whole neurons/channels and resize the layers that read them. Layers whose
+        outputs meet in a residual add lose the same channels; layers whose outputs reach a
+        concatenation, a reshape, an unknown op or the model output are skipped (the report says
+        why). Models torch.fx cannot trace (most transformers) are refused: use unstructured pruning.
+    Every Linear, Conv, ConvTranspose, Embedding and transformers Conv1D (GPT-2) layer is pruned
+    (weight-normed ones on their effective weight, a weight shared by two layers once); the report
+    has a row for every module holding parameters, skipped ones with the reason.
     scope: "layer" prunes each layer to ``sparsity``; "global" ranks all weights (or units,
         scores normalised per layer) together.
+    data: ``(inputs, labels)`` batches or a pair of tensors ``(X, y)``; inputs follow
+        :mod:`slimkit.inputs` (a tuple is positional, a dict keyword inputs, or ``slimkit.Inputs``).
     loss_fn: ``loss_fn(model, x, y) -> loss`` for fisher/obd and fine-tuning (default
-        cross-entropy).
+        cross-entropy of the model called on ``x`` by that rule).
     steps: prune in this many steps on a cubic schedule (Zhu & Gupta), re-scoring each time
         and fine-tuning in between when ``finetune`` is given.
     finetune: ``dict(data=..., epochs=1, lr=1e-3, batch_size=64, weight_decay=0, val_data=None)``;
@@ -142,7 +148,7 @@ def _mask_hook(masks: dict[str, torch.Tensor]):
     @torch.no_grad()
     def hook(model: nn.Module) -> None:
         for n, mask in masks.items():
-            model.get_submodule(n).weight.mul_(mask)
+            importance.get_weight(model, n).mul_(mask)
 
     return hook
 
@@ -174,8 +180,8 @@ def _run_finetune(model, tune: _Finetune, loss_fn, seed, step, progress, after_s
     except SlimkitError:
         raise
     except Exception as e:  # a later batch the model cannot take (the first one was checked)
-        raise InvalidParameterError("finetune", "<a batch of finetune['data']>",
-                                    f"batches the model and loss_fn accept; fine-tuning raised {type(e).__name__}: {e}") from e
+        raise InvalidParameterError("finetune", "<a batch of finetune['data']>", "batches the model and loss_fn "
+                                    f"accept; fine-tuning raised {type(e).__name__}: {e}") from e
 
 
 # ---- unstructured ---------------------------------------------------------------------
@@ -184,14 +190,15 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
                   progress: Progress, params) -> Result:
     work, unparametrized = plain_copy(model)
     chosen = weighted_layers(work, (*WEIGHTED, *_TRANSPOSED), include=include, exclude=exclude, method="prune")
+    chosen += _matrix_params(work, include, exclude)
     names, tied = _owners(chosen)
-    masks = {n: torch.ones_like(work.get_submodule(n).weight, dtype=torch.bool) for n in names}
+    masks = {n: torch.ones_like(importance.get_weight(work, n), dtype=torch.bool) for n in names}
     hook = _mask_hook(masks)
     history: list[dict] = []
     progress.emit("start", "prune", 0, steps)
     for step in range(1, steps + 1):
         target = schedule(sparsity, step, steps)
-        targets = [(n, work.get_submodule(n)) for n in names]
+        targets = [(n, _Target(importance.get_weight(work, n))) for n in names]
         ctx = importance.ScoreContext(work, targets, data, loss_fn, seed + step - 1, progress)
         scores = importance.compute(score, ctx)
         for n in names:  # a weight once pruned stays pruned
@@ -215,18 +222,39 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
     work.eval()
 
     report = Report("prune", params, _unstructured_rows(work, names, tied, unparametrized, include, exclude))
-    zeros = sum(int((work.get_submodule(n).weight == 0).sum()) for n in names)
-    total = sum(work.get_submodule(n).weight.numel() for n in names)
+    zeros = sum(int((importance.get_weight(work, n) == 0).sum()) for n in names)
+    total = sum(importance.get_weight(work, n).numel() for n in names)
     all_params = list(work.parameters())  # each shared tensor once
+    all_zeros = sum(int((p == 0).sum()) for p in all_params)
     report.summary = {
         "params": param_count(work), "pruned_weights": zeros, "prunable_weights": total,
         "sparsity": zeros / total,
-        "sparsity_all_params": sum(int((p == 0).sum()) for p in all_params) / max(sum(p.numel() for p in all_params), 1),
+        "sparsity_all_params": all_zeros / max(sum(p.numel() for p in all_params), 1),
         "note": "sparsity is over the pruned layers' weights, sparsity_all_params over every parameter; "
                 "dense with zeros: slimkit.sparsify stores it sparse"}
     _add_history(report.summary, history)
     report.cover(model, work)
     return Result(work, report)
+
+
+class _Target:
+    """What a score function sees of a target: its ``weight`` (a layer's, or one weight matrix of
+    an LSTM/GRU/MultiheadAttention)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+
+# Layers whose weight matrices are plain parameters (no ``weight``): each matrix is pruned on its own.
+_MATRIX_OWNERS = (nn.RNNBase, nn.MultiheadAttention)
+
+
+def _matrix_params(model: nn.Module, include, exclude) -> list[tuple[str, _Target]]:
+    """(``layer.param``, target) for the weight matrices of LSTM/GRU/RNN and MultiheadAttention's
+    input projections; their biases stay."""
+    return [(f"{n}.{p}", _Target(w)) for n, m in model.named_modules() if isinstance(m, _MATRIX_OWNERS)
+            and unselected_reason(n, include, exclude) == "not selected"
+            for p, w in m.named_parameters(recurse=False) if w.dim() >= 2]
 
 
 def _owners(chosen: list[tuple[str, nn.Module]]) -> tuple[list[str], dict[str, str]]:
@@ -244,6 +272,8 @@ def _owners(chosen: list[tuple[str, nn.Module]]) -> tuple[list[str], dict[str, s
 def _unstructured_rows(work, names, tied, unparametrized, include, exclude) -> list[LayerReport]:
     rows = []
     for n, m in work.named_modules():
+        if isinstance(m, _MATRIX_OWNERS):
+            rows.append(_matrices_row(n, m, names, include, exclude))
         if not is_prunable(m):
             continue
         note = PARAMETRIZATION_NOTE if n in unparametrized else ""
@@ -257,6 +287,17 @@ def _unstructured_rows(work, names, tied, unparametrized, include, exclude) -> l
             n, m, "pruned", sparsity=zeros / m.weight.numel(), reason=note,
             details={"zeros": zeros, "weights": m.weight.numel(), **({"tied_to": tied[n]} if n in tied else {})}))
     return rows
+
+
+def _matrices_row(name: str, m: nn.Module, names: list[str], include, exclude) -> LayerReport:
+    """One row for an LSTM/GRU/MultiheadAttention: its weight matrices together."""
+    pruned = [p for p, _ in m.named_parameters(recurse=False) if f"{name}.{p}" in names]
+    if not pruned:
+        return LayerReport.same_size(name, m, "skipped", reason=unselected_reason(name, include, exclude))
+    weights = [getattr(m, p) for p in pruned]
+    zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+    return LayerReport.same_size(name, m, "pruned", sparsity=zeros / total, reason=f"weight matrices pruned "
+                                 f"({', '.join(pruned)}); biases kept", details={"zeros": zeros, "weights": total})
 
 
 def _drop_lowest(mask: torch.Tensor, scores: torch.Tensor, count: int) -> None:
@@ -312,6 +353,8 @@ def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, 
         note = PARAMETRIZATION_NOTE if name in unparametrized else ""
         if name in analysis.skipped and name not in touched:
             layers.append(LayerReport.same_size(name, m, "skipped", reason=analysis.skipped[name]))
+        elif isinstance(m, surgery.PRODUCERS) and name not in touched:
+            layers.append(LayerReport.same_size(name, m, "skipped", reason=unselected_reason(name, include, exclude)))
         elif name in touched:
             new = work.get_submodule(name)
             details = {"shape_before": list(m.weight.shape) if hasattr(m, "weight") else None,
@@ -324,7 +367,8 @@ def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, 
                 if len(g.producers) > 1:
                     details["tied_across_add"] = [p for p in g.producers if p != name]
             kept_reason = analysis.skipped.get(name, "")  # inputs resized, but its own units kept
-            reason = "; ".join(r for r in (note, f"inputs resized; units kept: {kept_reason}" if kept_reason else "") if r)
+            kept_reason = f"inputs resized; units kept: {kept_reason}" if kept_reason else ""
+            reason = "; ".join(r for r in (note, kept_reason) if r)
             layers.append(LayerReport(
                 name, type(m).__name__, "pruned" if name in producers else "resized",
                 param_count(m), param_count(new), tensor_bytes(m), tensor_bytes(new),

@@ -95,7 +95,9 @@ def _unsupported(module: nn.Module) -> str:
 def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float | None = None,
              format: str = "csr", *, execution: str = "auto", include=None, exclude=None,
              callbacks=None, stop=None) -> Result:
-    """Zero small weights and store every Linear/Conv/Embedding weight really sparse.
+    """Zero small weights and store every Linear/Conv/Embedding weight really sparse (transformers'
+    Conv1D as the Linear it is; weight-normed layers from their effective weight; other layers
+    holding parameters, e.g. LSTM, stay dense and are listed in the report as skipped).
 
     Zeroing rule, at most one of:
       ``threshold``: weights with ``|w| < threshold`` become 0 (the article's rule);

@@ -352,8 +352,19 @@ def test_reports_list_every_module_holding_parameters(name):
     zeros = sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
     assert report.summary["sparsity_all_params"] == pytest.approx(zeros)
     rows = _rows(report)
-    if name in ("lstm", "gru"):
-        assert rows["rnn"].action == "skipped" and "not a layer type prune acts on" in rows["rnn"].reason
+    if name in ("lstm", "gru"):  # the weight matrices, each to the target; forward runs on the pruned ones
+        assert rows["rnn"].action == "pruned" and "weight_hh_l0" in rows["rnn"].reason
+        assert all(float((w == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+                   for w in (pruned.rnn.weight_ih_l0, pruned.rnn.weight_hh_l0))
+        assert torch.equal(pruned.rnn.bias_hh_l0, model.rnn.bias_hh_l0)
+        reference = build()
+        reference.load_state_dict(pruned.state_dict())
+        x = example()
+        torch.testing.assert_close(pruned(x), reference(x))
+    if name == "mha":
+        assert rows["attn"].action == "pruned" and "in_proj_weight" in rows["attn"].reason
+        assert float((pruned.attn.in_proj_weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+        assert rows["attn.out_proj"].action == "pruned"
     if name == "unet":
         assert rows["up"].action == "pruned" and rows["up"].sparsity == pytest.approx(0.5, abs=1e-3)
 
