@@ -233,7 +233,7 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
         "note": "sparsity is over the pruned layers' weights, sparsity_all_params over every parameter; "
                 "dense with zeros: slimkit.sparsify stores it sparse"}
     _add_history(report.summary, history)
-    report.cover(model, work)
+    in_model_order(report.cover(model, work), model)
     return Result(work, report)
 
 
@@ -255,6 +255,13 @@ def _matrix_params(model: nn.Module, include, exclude) -> list[tuple[str, _Targe
     return [(f"{n}.{p}", _Target(w)) for n, m in model.named_modules() if isinstance(m, _MATRIX_OWNERS)
             and unselected_reason(n, include, exclude) == "not selected"
             for p, w in m.named_parameters(recurse=False) if w.dim() >= 2]
+
+
+def in_model_order(report: Report, model: nn.Module) -> Report:
+    """Rows in the order of ``model.named_modules()`` (rows ``Report.cover`` added come last otherwise)."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    report.layers.sort(key=lambda l: order.get(l.name, len(order)))
+    return report
 
 
 def _owners(chosen: list[tuple[str, nn.Module]]) -> tuple[list[str], dict[str, str]]:
@@ -379,6 +386,7 @@ def _structured(model, sparsity, score, data, scope, loss_fn, include, exclude, 
     _add_history(summary, history)
     report = Report("prune", params, layers, summary=summary)
     report.cover(model, work, reason="not a Linear/Conv layer whose output units structured pruning removes")
+    in_model_order(report, model)
     return Result(work, report)
 
 

@@ -17,7 +17,7 @@ from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressE
                      check_module, check_nonnegative)
 from .events import as_progress
 from .layers import WEIGHTED, is_hf_conv1d, is_linear_like, linear_weight, set_module, tensor_bytes, unselected_reason
-from .pruning import PARAMETRIZATION_NOTE, plain_copy, weighted_layers
+from .pruning import PARAMETRIZATION_NOTE, in_model_order, plain_copy, weighted_layers
 from .report import LayerReport, Report, Result
 from .sparse_layers import SparseConv, SparseEmbedding, SparseLinear, format_bytes, holds_2_4
 
@@ -209,13 +209,11 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
         progress.emit("progress", "sparsify", i + 1, len(targets), sparsity=layer_sparsity)
 
     chosen = {n for n, _ in targets}
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     for name, m in model.named_modules():
         if (isinstance(m, WEIGHTED) or is_hf_conv1d(m)) and name not in chosen:
             n, b = m.weight.numel(), tensor_bytes(m)
             report.layers.append(LayerReport(name, type(m).__name__, "skipped", n, n, b, b,
                                              reason=unselected_reason(name, include, exclude)))
-    report.layers.sort(key=lambda l: order.get(l.name, len(order)))
     if not report.changed:
         raise NothingToCompressError(
             "sparsify found no layer it could act on: " + "; ".join(f"{l.name}: {l.reason}" for l in report.layers))
@@ -233,7 +231,7 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
         "execution": {e: executions.count(e) for e in sorted(set(executions))},
         "note": "layers that execute 'dense' decompress once on first use: storage shrinks, compute does not",
     }
-    report.cover(model, new)
+    in_model_order(report.cover(model, new), model)
     progress.emit("end", "sparsify", len(targets), len(targets), compression=report.summary["compression"])
     return Result(new, report)
 

@@ -69,6 +69,8 @@ class Group:
     # (consumer name, inputs per unit): 1 for a direct consumer, H*W behind a Flatten
     consumers: list[tuple[str, int]] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)
+    # depthwise convolutions the units pass through (one filter per channel): sliced like the norms
+    channelwise: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.producers:
@@ -76,7 +78,7 @@ class Group:
 
     @property
     def modules(self) -> list[str]:
-        return [*self.producers, *self.norms, *(c for c, _ in self.consumers)]
+        return [*self.producers, *self.norms, *self.channelwise, *(c for c, _ in self.consumers)]
 
 
 @dataclass
@@ -268,6 +270,9 @@ class _Flood:
             if isinstance(m, _NORMS) and m.num_features == self.group.units:
                 self._add_norm(node.target)
                 return self._join(node.args[0], mode, True)
+            if _depthwise(m, self.group.units) and mode == "conv":
+                self._add_channelwise(node.target)
+                return self._join(node.args[0], mode, True)
             if isinstance(m, _ELEMENTWISE_MODULES) or (isinstance(m, _POOL_MODULES) and mode == "conv"):
                 return self._join(node.args[0], mode, True)
         elif node.op in ("call_function", "call_method"):
@@ -301,6 +306,9 @@ class _Flood:
                     self._join(user, mode, False)
                 elif isinstance(m, nn.Flatten) and mode == "conv" and m.start_dim == 1 and m.end_dim == -1:
                     self._join(user, "flat", False)
+                elif _depthwise(m, group.units) and mode == "conv" and user.args[0] is node:
+                    self._add_channelwise(user.target)
+                    self._join(user, mode, False)
                 elif _consumes(m, mode, group.units, user, node):
                     shared = self.g.shares.get(user.target)
                     if shared:
@@ -329,6 +337,18 @@ class _Flood:
     def _add_norm(self, name: str) -> None:
         if name not in self.group.norms:
             self.group.norms.append(name)
+
+    def _add_channelwise(self, name: str) -> None:
+        if self.g.shares.get(name):
+            raise _Skip(f"feeds {name!r}, whose weight is tied to {', '.join(map(repr, self.g.shares[name]))}")
+        if name not in self.group.channelwise:
+            self.group.channelwise.append(name)
+
+
+def _depthwise(m: nn.Module, units: int) -> bool:
+    """A depthwise convolution with one filter per channel: channel c of its output reads only
+    channel c of its input, so a removed channel is removed from it as from a BatchNorm."""
+    return isinstance(m, _CONV) and m.groups == m.in_channels == m.out_channels == units
 
 
 def _producer_problem(g: _Graph, name: str, m: nn.Module) -> str:
@@ -408,6 +428,10 @@ def remove_units(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
         set_module(model, name, _slice(model.get_submodule(name), keep, out=True))
     for name in group.norms:
         set_module(model, name, _slice_norm(model.get_submodule(name), keep))
+    for name in group.channelwise:
+        m = _slice(model.get_submodule(name), keep, out=True)
+        m.in_channels = m.groups = len(keep)
+        set_module(model, name, m)
     for name, per_unit in group.consumers:
         idx = keep if per_unit == 1 else (keep[:, None] * per_unit + torch.arange(per_unit)).flatten()
         set_module(model, name, _slice(model.get_submodule(name), idx, out=False))

@@ -76,6 +76,21 @@ class GroupedCNN(nn.Module):
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class MobileBlock(nn.Module):
+    """MobileNet's depthwise-separable block: the stem's channels pass through the depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw, self.bn1 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = F.relu6(self.bn1(self.dw(F.relu6(self.bn0(self.stem(x))))))
+        return self.fc(F.adaptive_avg_pool2d(F.relu6(self.pw(x)), 1).flatten(1))
+
+
 class UNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -236,6 +251,7 @@ ZOO = {
     "mha": (MHABlock, lambda: torch.randn(2, 5, 16)),
     "grouped_cnn": (GroupedCNN, images),
     "unet": (UNet, images),
+    "mobile": (lambda: MobileBlock().eval(), images),
     "resnet": (resnet, images),
     "shuffle": (ShuffleBlock, images),
     "tied_mlp": (TiedMLP, lambda: torch.randn(2, 12)),
@@ -520,7 +536,7 @@ def test_channel_shuffle_is_skipped_with_its_reason():
     torch.testing.assert_close(pruned(x), _masked_equivalent(model, report, x)(x))
 
 
-@pytest.mark.parametrize("name", ["unet", "grouped_cnn", "weight_norm", "tied_lm"])
+@pytest.mark.parametrize("name", ["unet", "grouped_cnn", "mobile", "weight_norm", "tied_lm"])
 def test_structured_prune_removes_what_it_planned(name):
     build, example = ZOO[name]
     torch.manual_seed(0)
@@ -535,6 +551,14 @@ def test_structured_prune_removes_what_it_planned(name):
     torch.testing.assert_close(pruned(x), _masked_equivalent(plain, report, x)(x), atol=1e-5, rtol=1e-4)
     student = slimkit.shrink(model, 0.5)
     assert student(x).shape == model(x).shape
+
+
+def test_depthwise_conv_passes_the_stems_channels_through():
+    torch.manual_seed(0)
+    pruned, report = slimkit.prune(MobileBlock().eval(), 0.5, structured=True)
+    assert pruned.stem.out_channels == pruned.dw.in_channels == pruned.dw.groups == pruned.pw.in_channels == 8
+    rows = _rows(report)
+    assert rows["dw"].action == "resized" and rows["stem"].action == rows["pw"].action == "pruned"
 
 
 def test_unet_concatenation_and_transposed_conv():
