@@ -198,7 +198,7 @@ def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude
     progress.emit("start", "prune", 0, steps)
     for step in range(1, steps + 1):
         target = schedule(sparsity, step, steps)
-        targets = [(n, _Target(importance.get_weight(work, n))) for n in names]
+        targets = [(n, _scored(work, n)) for n in names]
         ctx = importance.ScoreContext(work, targets, data, loss_fn, seed + step - 1, progress)
         scores = importance.compute(score, ctx)
         for n in names:  # a weight once pruned stays pruned
@@ -243,6 +243,14 @@ class _Target:
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight
+
+
+def _scored(model: nn.Module, name: str) -> nn.Module | _Target:
+    """The target a score function gets: the layer itself, or a matrix parameter's stand-in."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return _Target(importance.get_weight(model, name))
 
 
 # Layers whose weight matrices are plain parameters (no ``weight``): each matrix is pruned on its own.
