@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,9 @@ from .errors import (IncompatibleModelsError, InvalidParameterError, check_fract
                      check_nonnegative, check_positive)
 from .events import as_progress
 from .layers import WEIGHTED, param_count
+from .inputs import Inputs
 from .metrics import evaluate
+from .pruning import plain_copy
 from .report import LayerReport, Report, Result
 from .training import fit
 
@@ -136,6 +139,9 @@ class _NoisyTeacher:
         return total / self.samples
 
 
+SHRINK_INSTEAD = "For a model torch.fx cannot resize, build the student yourself (e.g. from a smaller config)"
+
+
 def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torch.Tensor | None = None,
            include=None, exclude=None) -> nn.Module:
     """A fresh, re-initialised, narrower copy of ``model`` (a distillation student).
@@ -143,17 +149,18 @@ def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torc
     Every hidden Linear/Conv whose units can be removed (see ``slimkit.surgery``) keeps
     ``ceil(width * units)`` of them; layers feeding the model output keep theirs. ``example``
     (an input batch) is needed only for models whose forward branches on input shapes.
+    Parametrizations (weight_norm...) are not carried over: the student's layers are plain.
     """
     check_module("model", model)
     width = check_fraction("width", width, allow_one=True)
     if width == 0:
         raise InvalidParameterError("width", width, "a float in (0, 1]")
     check_int("seed", seed, 0, 2**63 - 1)
-    if example is not None and not isinstance(example, torch.Tensor):
+    if example is not None and not isinstance(example, (torch.Tensor, Mapping, Inputs)):
         example = first_inputs(example)
-    analysis = surgery.analyse_for("shrink", model, include=include, exclude=exclude, example=example,
-                                   hint=" (pass example= for shape-dependent forwards)")
-    student = copy.deepcopy(model)
+    student, _ = plain_copy(model)  # weight_norm & co. removed: the student's layers are plain
+    analysis = surgery.analyse_for("shrink", student, include=include, exclude=exclude, example=example,
+                                   hint=" (pass example= for shape-dependent forwards)", instead=SHRINK_INSTEAD)
     for g in analysis.groups:
         surgery.remove_units(student, g, torch.arange(max(1, math.ceil(width * g.units))))
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG

@@ -22,13 +22,71 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .data import batches
-from .errors import InvalidParameterError, InvalidTypeError, check_choice
+from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_choice
 from .events import Progress
-from .training import LossFn, cross_entropy
+from .inputs import Inputs, apply, call, tensors
+from .training import LossFn
 
 ScoreFn = Callable[["ScoreContext"], dict[str, torch.Tensor]]
+
+
+def cross_entropy(model: nn.Module, x, y: torch.Tensor) -> torch.Tensor:
+    """The default loss: the model called on ``x`` by the rule of :mod:`slimkit.inputs` (a tuple
+    is positional inputs, a dict keyword inputs), cross-entropy against labels ``y``."""
+    return F.cross_entropy(call(model, x), y)
+
+
+_BATCHES = ("(inputs, labels) batches: inputs a tensor, a tuple (positional), a dict (keyword) or "
+            "slimkit.Inputs, as the model takes them; labels what loss_fn expects (class indices "
+            "in [0, classes) for the default cross-entropy)")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor{tuple(x.shape)}"
+    if isinstance(x, (tuple, list, dict, Inputs)):
+        try:
+            return "(" + ", ".join(f"tensor{tuple(t.shape)}" for t in tensors(x)) + ")"
+        except Exception:
+            pass
+    return type(x).__name__
+
+
+def batch_error(name: str, step: int, x, y, error: Exception) -> InvalidParameterError:
+    """The slimkit error for a batch the model or loss cannot take, with torch's own message."""
+    return InvalidParameterError(
+        name, f"<batch {step}: inputs {_describe(x)}, labels {_describe(y)}>",
+        f"{_BATCHES}; on this batch the model/loss raised {type(error).__name__}: {error}")
+
+
+def first_batch(name: str, data):
+    """The first (inputs, labels) batch of ``data``, checked for its structure."""
+    batch = next(iter(batches(data)), None)
+    if batch is None:
+        raise InvalidParameterError(name, data, "at least one " + _BATCHES)
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
+        raise InvalidParameterError(name, f"<batch 1: {_describe(batch)}>", _BATCHES)
+    return batch
+
+
+def check_batch(name: str, model: nn.Module, data, loss_fn: LossFn) -> None:
+    """Run ``loss_fn`` on the first batch (eval mode, no grad), so bad data is a slimkit error
+    naming ``name`` before any work starts, not a torch traceback halfway through."""
+    x, y = first_batch(name, data)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            loss_fn(model, x, y)
+    except SlimkitError:
+        raise
+    except Exception as e:
+        raise batch_error(name, 1, x, y, e) from e
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -108,12 +166,12 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
     wrapper = _LossModule(model, loss_fn)
     was_training = model.training
     model.eval()  # scores describe the deployed model: no dropout, BatchNorm running stats
-    keys = {f"model.{n}.weight": n for n, _ in targets}
+    keys = {f"model.{weight_path(model, n)}": n for n, _ in targets}
     params = {k: get_weight(model, n).detach() for k, n in keys.items()}
     sums = {n: torch.zeros_like(p) for n, p in zip(keys.values(), params.values())}
 
     def sample_loss(p, x, y):
-        return functional_call(wrapper, p, (x.unsqueeze(0), y.unsqueeze(0)))
+        return functional_call(wrapper, p, (apply(x, lambda t: t.unsqueeze(0)), y.unsqueeze(0)))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     loader = batches(data, batch_size=chunk)
@@ -121,10 +179,14 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
     progress.emit("start", "fisher", 0, total)
     count, use_vmap = 0, True
     try:
-        for step, (x, y) in enumerate(loader, 1):
+        for step, batch in enumerate(loader, 1):
             progress.check()
-            for xs, ys in zip(x.split(chunk), y.split(chunk)):
-                if use_vmap:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise InvalidParameterError("data", f"<batch {step}: {_describe(batch)}>", _BATCHES)
+            x, y = batch
+            for start in range(0, len(y), chunk):
+                xs, ys = apply(x, lambda t: t[start:start + chunk]), y[start:start + chunk]
+                if use_vmap and not isinstance(xs, Inputs):  # vmap maps tensors, tuples and dicts
                     try:
                         # outer no_grad: the other parameters (biases, norms) still require grad,
                         # so without it every batch's gradients would keep an autograd graph alive
@@ -132,8 +194,13 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
                             grads = per_sample(params, xs, ys)
                     except Exception:  # e.g. data-dependent Python control flow or in-place ops
                         use_vmap = False
-                if not use_vmap:
-                    grads = _loop_grads(wrapper, keys, xs, ys)
+                if not use_vmap or isinstance(xs, Inputs):
+                    try:
+                        grads = _loop_grads(wrapper, keys, xs, ys)
+                    except SlimkitError:
+                        raise
+                    except Exception as e:  # the batch itself is wrong: say which, with torch's reason
+                        raise batch_error("data", step, x, y, e) from e
                 for k, n in keys.items():
                     sums[n] += grads[k].detach().pow(2).sum(0)
                 count += len(ys)
@@ -150,14 +217,25 @@ def _loop_grads(wrapper: _LossModule, keys: dict[str, str], x, y) -> dict[str, t
     weights = {k: get_weight(wrapper.model, n) for k, n in keys.items()}
     out = {k: [] for k in keys}
     for i in range(len(y)):
-        gs = torch.autograd.grad(wrapper(x[i:i + 1], y[i:i + 1]), list(weights.values()), allow_unused=True)
+        loss = wrapper(apply(x, lambda t: t[i:i + 1]), y[i:i + 1])
+        gs = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
         for k, g, w in zip(keys, gs, weights.values()):
             out[k].append(torch.zeros_like(w) if g is None else g)
     return {k: torch.stack(v) for k, v in out.items()}
 
 
+def weight_path(model: nn.Module, name: str) -> str:
+    """The parameter a target name stands for: a layer's ``weight``, or the parameter itself
+    (an LSTM's ``rnn.weight_ih_l0``, MultiheadAttention's ``attn.in_proj_weight``)."""
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return name
+    return f"{name}.weight"
+
+
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:
-    return model.get_submodule(name).weight
+    return model.get_parameter(weight_path(model, name))
 
 
 def _magnitude(ctx: ScoreContext) -> dict[str, torch.Tensor]:

@@ -194,7 +194,10 @@ class SparseWeight(nn.Module):
     def _torch_csr(self) -> torch.Tensor:
         c = self._cache.get("csr")
         if c is None:
-            c = _to_torch_csr(decode(self.stored(), self.fmt, self.rows, self.cols))
+            w = decode(self.stored(), self.fmt, self.rows, self.cols)
+            if w.device.type == "cpu" and w.dtype in (torch.float16, torch.bfloat16):
+                w = w.float()  # torch's CPU CSR matmul has no half kernel: multiply in fp32, cast back
+            c = _to_torch_csr(w)
             self._cache["csr"] = c
         return c
 
@@ -240,11 +243,12 @@ class SparseLinear(SparseWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.execution == "csr":
             self.runs = "csr kernel"
-            x2 = x.reshape(-1, self.cols)
-            out = torch.mm(self._torch_csr(), x2.t()).t()  # (out, in) @ (in, N)
+            csr = self._torch_csr()
+            x2 = x.reshape(-1, self.cols).to(csr.dtype)
+            out = torch.mm(csr, x2.t()).t()  # (out, in) @ (in, N)
             if self.bias is not None:
-                out = out + self.bias
-            return out.reshape(*x.shape[:-1], self.rows)
+                out = out + self.bias.to(csr.dtype)
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.rows)
         if self.execution == "2:4" and x.is_cuda:
             w = self._semi_structured()
             if w is not None:

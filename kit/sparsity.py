@@ -7,7 +7,6 @@ what runs at inference (a real sparse kernel, or the weight decompressed to dens
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 
@@ -17,7 +16,8 @@ import torch.nn as nn
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_fraction,
                      check_module, check_nonnegative)
 from .events import as_progress
-from .layers import WEIGHTED, named_targets, set_module, tensor_bytes, unselected_reason
+from .layers import WEIGHTED, is_hf_conv1d, is_linear_like, linear_weight, set_module, tensor_bytes, unselected_reason
+from .pruning import PARAMETRIZATION_NOTE, in_model_order, plain_copy, weighted_layers
 from .report import LayerReport, Report, Result
 from .sparse_layers import SparseConv, SparseEmbedding, SparseLinear, format_bytes, holds_2_4
 
@@ -43,7 +43,7 @@ def _patterns(name: str, value) -> list[str] | None:
 
 def _zero(weight: torch.Tensor, threshold: float | None, sparsity: float | None) -> torch.Tensor:
     """The weight after the zeroing rule (a new tensor)."""
-    w = weight.detach().clone()
+    w = weight.detach().clone(memory_format=torch.contiguous_format)  # a Conv1D's (out, in) is a transposed view
     if threshold is not None:
         w[w.abs() < threshold] = 0  # the article's rule
     elif sparsity is not None:
@@ -59,12 +59,12 @@ def _execution(module: nn.Module, fmt: str, sparsity: float, execution: str) -> 
     if execution == "dense":
         return "dense", "decompressed to dense on first use (execution='dense')"
     if fmt == "2:4":
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             return "2:4", "2:4 kernel on CUDA (to_sparse_semi_structured); dense on CPU, which has none"
         return "dense", "no 2:4 kernel for this layer type: decompressed to dense on first use"
     if isinstance(module, nn.Embedding) and fmt == "csr":
         return "csr", "rows gathered from CSR (no dense table)"
-    if isinstance(module, nn.Linear):
+    if is_linear_like(module):
         if execution == "sparse" or sparsity >= CSR_BREAKEVEN:
             return "csr", f"torch CSR matmul kernel ({sparsity:.1%} sparse)"
         return "dense", (f"decompressed to dense on first use: at {sparsity:.1%} sparsity dense matmul is "
@@ -74,7 +74,7 @@ def _execution(module: nn.Module, fmt: str, sparsity: float, execution: str) -> 
 
 def _convert(module: nn.Module, weight: torch.Tensor, fmt: str, execution: str) -> nn.Module:
     bias = getattr(module, "bias", None)
-    if isinstance(module, nn.Linear):
+    if is_linear_like(module):  # weight: the (out, in) matrix, transposed already for a Conv1D
         return SparseLinear.from_dense(weight, bias, fmt, execution)
     if isinstance(module, nn.Embedding):
         return SparseEmbedding.from_dense(weight, None, fmt, execution, padding_idx=module.padding_idx)
@@ -87,7 +87,7 @@ def _unsupported(module: nn.Module) -> str:
         return "Embedding with max_norm or sparse gradients is left as is"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.padding_mode != "zeros":
         return f"Conv with padding_mode={module.padding_mode!r} is left as is"
-    if type(module) not in WEIGHTED:
+    if type(module) not in WEIGHTED and not is_hf_conv1d(module):
         return f"{type(module).__name__} is a subclass whose forward may differ; left as is"
     return ""
 
@@ -95,7 +95,9 @@ def _unsupported(module: nn.Module) -> str:
 def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float | None = None,
              format: str = "csr", *, execution: str = "auto", include=None, exclude=None,
              callbacks=None, stop=None) -> Result:
-    """Zero small weights and store every Linear/Conv/Embedding weight really sparse.
+    """Zero small weights and store every Linear/Conv/Embedding weight really sparse (transformers'
+    Conv1D as the Linear it is; weight-normed layers from their effective weight; other layers
+    holding parameters, e.g. LSTM, stay dense and are listed in the report as skipped).
 
     Zeroing rule, at most one of:
       ``threshold``: weights with ``|w| < threshold`` become 0 (the article's rule);
@@ -123,15 +125,15 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
     progress = as_progress(callbacks, stop)
 
-    targets = list(named_targets(model, include=include, exclude=exclude, method="sparsify"))
+    new, unparametrized = plain_copy(model)
+    targets = weighted_layers(new, WEIGHTED, include=include, exclude=exclude, method="sparsify")
     if format == "2:4":
-        bad = [n for n, m in targets if not _unsupported(m) and math.prod(m.weight.shape[1:]) % 4]
+        bad = [n for n, m in targets if not _unsupported(m) and math.prod(_matrix(m).shape[1:]) % 4]
         if bad:
             raise InvalidParameterError(
                 "format", "2:4", f"layers whose input size is a multiple of 4; {', '.join(bad)} "
                 "is not (exclude=[...] it, or use format='auto')")
 
-    new = copy.deepcopy(model)
     owners: dict[int, list[str]] = {}  # tied weights: sparsifying one copy would untie them
     for name, m in new.named_modules():
         w = getattr(m, "weight", None)
@@ -141,11 +143,12 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
     params = {"threshold": threshold, "sparsity": sparsity, "format": format, "execution": execution}
     report = Report("sparsify", params)
     progress.emit("start", "sparsify", 0, len(targets))
+    dense_kept: set[int] = set()  # ids of target weights kept as dense parameters
     totals = {"dense": 0, "csr_int64": 0, "csr": 0, "bitmask": 0, "stored": 0, "zeros": 0, "weights": 0}
     for i, (name, _) in enumerate(targets):
         progress.check()
         module = new.get_submodule(name)
-        weight = module.weight
+        weight = _matrix(module)
         kind = type(module).__name__
         before = tensor_bytes(module)
         why_not = _unsupported(module)
@@ -182,10 +185,12 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
         if fmt == "dense":
             with torch.no_grad():
                 weight.copy_(w)
+            dense_kept.add(id(module.weight))
             totals["stored"] += sizes["dense"]
             report.layers.append(LayerReport(
                 name, kind, "zeroed" if zeroed else "kept dense", weight.numel(), weight.numel(), before, before,
-                sparsity=layer_sparsity, reason=f"dense is the smallest format at {layer_sparsity:.1%} sparsity",
+                sparsity=layer_sparsity, reason=_note(name, unparametrized,
+                                                      f"dense is the smallest format at {layer_sparsity:.1%} sparsity"),
                 details={**details, "format": "dense", "execution": "dense", "zeroed": zeroed}))
         else:
             run, why = _execution(module, fmt, layer_sparsity, execution)
@@ -198,25 +203,24 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
             values = sparse.values.numel() * sparse.values.element_size()
             report.layers.append(LayerReport(
                 name, kind, "sparsified", weight.numel(), nnz, before, tensor_bytes(sparse),
-                sparsity=layer_sparsity, reason=note,
+                sparsity=layer_sparsity, reason=_note(name, unparametrized, note),
                 details={**details, "format": fmt, "execution": run, "zeroed": zeroed,
                          "value_bytes": values, "index_bytes": sparse.nbytes() - values}))
         progress.emit("progress", "sparsify", i + 1, len(targets), sparsity=layer_sparsity)
 
     chosen = {n for n, _ in targets}
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     for name, m in model.named_modules():
-        if isinstance(m, WEIGHTED) and name not in chosen:
+        if (isinstance(m, WEIGHTED) or is_hf_conv1d(m)) and name not in chosen:
             n, b = m.weight.numel(), tensor_bytes(m)
             report.layers.append(LayerReport(name, type(m).__name__, "skipped", n, n, b, b,
                                              reason=unselected_reason(name, include, exclude)))
-    report.layers.sort(key=lambda l: order[l.name])
     if not report.changed:
         raise NothingToCompressError(
             "sparsify found no layer it could act on: " + "; ".join(f"{l.name}: {l.reason}" for l in report.layers))
     executions = [l.details.get("execution") for l in report.changed]
     report.summary = {
         "sparsity": totals["zeros"] / max(totals["weights"], 1),
+        "sparsity_all_params": _all_zeros(new, totals["zeros"], dense_kept) / max(_numel(model.parameters()), 1),
         "weight_bytes_dense": totals["dense"],
         "weight_bytes_stored": totals["stored"],
         "weight_bytes_torch_csr_int64": totals["csr_int64"],
@@ -227,5 +231,26 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
         "execution": {e: executions.count(e) for e in sorted(set(executions))},
         "note": "layers that execute 'dense' decompress once on first use: storage shrinks, compute does not",
     }
+    in_model_order(report.cover(model, new), model)
     progress.emit("end", "sparsify", len(targets), len(targets), compression=report.summary["compression"])
     return Result(new, report)
+
+
+def _matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as sparse storage views it: (out, in) for Linear-likes (a Conv1D's is
+    transposed), the stored weight otherwise."""
+    return linear_weight(module) if is_linear_like(module) else module.weight
+
+
+def _note(name: str, unparametrized: list[str], note: str) -> str:
+    return f"{PARAMETRIZATION_NOTE}; {note}" if name in unparametrized else note
+
+
+def _numel(tensors) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+def _all_zeros(new: nn.Module, target_zeros: int, dense_kept: set[int]) -> int:
+    """Zeros over every parameter: those of the sparsified weights plus any in the parameters
+    left as they were (the weights kept dense are counted in ``target_zeros`` already)."""
+    return target_zeros + sum(int((p == 0).sum()) for p in new.parameters() if id(p) not in dense_kept)
