@@ -136,7 +136,9 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
 
     owners: dict[int, list[str]] = {}  # tied weights: sparsifying one copy would untie them
     for name, m in new.named_modules():
-        w = getattr(m, "weight", None)
+        # stored weights only: a quantized layer's .weight property is a fresh tensor per read,
+        # whose freed memory could be reused by the next one and look like a tie
+        w = m._parameters.get("weight")
         if isinstance(w, torch.Tensor):
             owners.setdefault(w.data_ptr(), []).append(name)
 
