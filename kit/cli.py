@@ -28,17 +28,10 @@ def _store(args):
 
 def _params(args) -> dict[str, Any]:
     """-f file first, then -p NAME VALUE pairs (typed by the notebook's parameters cell)."""
-    from .params import read_signature
+    from .params import read_params_file, read_signature
 
     sig = read_signature(args.notebook)
-    params: dict[str, Any] = {}
-    if args.file:
-        import yaml
-
-        data = yaml.safe_load(Path(args.file).read_text()) or {}
-        if not isinstance(data, dict):
-            raise InvalidParameterError("-f", args.file, "a YAML mapping of parameter name to value")
-        params.update(data)
+    params: dict[str, Any] = read_params_file(args.file) if args.file else {}
     for name, text in args.param or []:
         params[name] = sig.coerce(name, text)
     return params
