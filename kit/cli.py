@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
 
     r = sub.add_parser("run", help="run a notebook headless with papermill and record it")
-    execution(r, "run directory name (default: NOTEBOOK-TIMESTAMP-ID)")
+    execution(r, "run directory name under OUT: letters, digits, '._-' (default: NOTEBOOK-TIMESTAMP-ID); "
+                 "an existing one is reused only by a rerun of the same notebook and parameters")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     r.add_argument("-f", "--file", help="YAML file of parameters (-p values win)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")
