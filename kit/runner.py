@@ -299,7 +299,9 @@ def _execute(spec: RunSpec) -> Record:
     if spec.threads:  # set in the kernel's environment (_kernel_options)
         record.hardware["torch_threads"] = spec.threads
     record.host = socket.gethostname()
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(spec.params, sort_keys=False))
+    # through JSON: a default that is an expression (params._Unevaluated, a str subclass) is its text
+    plain = json.loads(json.dumps(spec.params, default=str))
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     _write_json(run_dir / "status.json", {"status": "running", "run_id": spec.run_id, "key": spec.key,
                                           "started_at": record.started_at})
     t0 = time.perf_counter()

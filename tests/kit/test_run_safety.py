@@ -371,3 +371,13 @@ def test_kernels_use_ipc_with_a_private_connection_folder_on_linux(nb, tmp_path)
         assert manager["extra_env"] == {"SLIMKIT_RUN_ID": spec.run_id, "OMP_NUM_THREADS": "2",
                                         "MKL_NUM_THREADS": "2"}
     assert not os.path.exists(folder)  # removed with the kernel
+
+
+def test_a_default_that_is_an_expression_is_written_to_params_yaml_as_text(tmp_path, fake_papermill, store):
+    from slimkit.runner import run
+
+    nb = make_notebook(tmp_path / "expr.ipynb", "import os\nworkers: int = os.cpu_count()  # workers")
+    fake_papermill.behaviour = lambda cwd, kwargs: None
+    record = run(nb, out=tmp_path / "runs", name="r", store=store)
+    assert record.status == "ok", record.error
+    assert yaml.safe_load((tmp_path / "runs" / "r" / "params.yaml").read_text()) == {"workers": "os.cpu_count()"}
