@@ -164,13 +164,12 @@ def test_bad_params_files_are_parameter_errors(nb, tmp_path, kernel, capsys, con
 def fake_papermill(monkeypatch):
     """papermill stand-in for the runner: ``behaviour(kwargs)`` plays the kernel (default: the
     notebook writes metrics through save_metrics, as in the run's kernel environment)."""
-    import papermill
+    import shutil
 
-    calls = []
+    import papermill
 
     def execute_notebook(input_path, output_path, parameters=None, cwd=None, **kwargs):
         calls.append(kwargs)
-        import shutil
         shutil.copy(input_path, output_path)
         calls.behaviour(cwd, kwargs)
 
@@ -182,7 +181,7 @@ def fake_papermill(monkeypatch):
 
             save_metrics({"y": 1.0}, f"{cwd}/metrics.json")
 
-    calls = type("Calls", (list,), {})()
+    calls = type("Calls", (list,), {})()  # the kwargs of each call, and the behaviour to play
     calls.behaviour = write_metrics
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
     return calls
