@@ -188,9 +188,11 @@ def check_plain(name: str, value: Any, *, allow_inf: bool = False) -> Any:
         if count > MAX_ITEMS:
             raise InvalidParameterError(name, _Shown(value), PLAIN)
         if kind is dict:
-            bad = [k for k in v if type(k) is not str or len(k) > MAX_STR]
-            if bad:
-                raise InvalidTypeError(f"{where} key", _Shown(bad[0]), PLAIN)
+            for k in v:
+                if type(k) is not str:
+                    raise InvalidTypeError(f"{where} key", k, PLAIN)
+                if len(k) > MAX_STR:
+                    raise InvalidParameterError(f"{where} key", _Shown(k), PLAIN)
             return {k: plain(x, f"{where}[{k!r}]", depth + 1) for k, x in v.items()}
         return [plain(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
 

@@ -129,6 +129,8 @@ def test_plain_values_pass_and_tuples_become_lists():
     assert math.isinf(check_plain("p", float("inf"), allow_inf=True))  # papermill writes float('inf')
     with pytest.raises(InvalidParameterError, match="finite floats"):
         check_plain("p", [float("inf")], allow_inf=True)
+    with pytest.raises(InvalidTypeError, match=r"p\['k'\] key must be plain JSON data.*got int \(1\)"):
+        check_plain("p", {"k": {1: "an int key"}})
     with pytest.raises(InvalidTypeError, match=r"p\[0\] must be plain JSON data.*got int64"):
         import numpy as np
 
