@@ -29,17 +29,10 @@ def _store(args):
 
 def _params(args) -> dict[str, Any]:
     """-f file first, then -p NAME VALUE pairs (typed by the notebook's parameters cell)."""
-    from .params import read_signature
+    from .params import read_params_file, read_signature
 
     sig = read_signature(args.notebook)
-    params: dict[str, Any] = {}
-    if args.file:
-        import yaml
-
-        data = yaml.safe_load(Path(args.file).read_text()) or {}
-        if not isinstance(data, dict):
-            raise InvalidParameterError("-f", args.file, "a YAML mapping of parameter name to value")
-        params.update(data)
+    params: dict[str, Any] = read_params_file(args.file) if args.file else {}
     for name, text in args.param or []:
         params[name] = sig.coerce(name, text)
     return params
@@ -191,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
 
     r = sub.add_parser("run", help="run a notebook headless with papermill and record it")
-    execution(r, "run directory name (default: NOTEBOOK-TIMESTAMP-ID)")
+    execution(r, "run directory name under OUT: letters, digits, '._-' (default: NOTEBOOK-TIMESTAMP-ID); "
+                 "an existing one is reused only by a rerun of the same notebook and parameters")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     r.add_argument("-f", "--file", help="YAML file of parameters (-p values win)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML report")

@@ -31,6 +31,15 @@ _TYPES: dict[str, tuple[type, ...]] = {
 _RANGE = re.compile(r"\bin\s*([\[(])\s*([-+\w.]+)\s*,\s*([-+\w.]+)\s*([\])])")
 _CHOICES = re.compile(r"\bone of\s*:?\s*(.+)$")
 
+# What a parameter value may be. papermill writes each value into the notebook as Python source:
+# str, numbers, bool, None, lists and dicts are escaped, anything else (bytes from YAML's !!binary,
+# dates, sets, objects) as its str() *unescaped*, i.e. as code. The limits keep a value's source small.
+MAX_DEPTH, MAX_ITEMS, MAX_STR, MAX_TEXT = 8, 10_000, 10_000, 1_000_000
+INT_RANGE = (-2**63, 2**63 - 1)
+PLAIN = (f"plain JSON data (str, int, float, bool, None, and lists and dicts with str keys of those) "
+         f"within the limits: ints within 64 bits, finite floats, strings of at most {MAX_STR:,} characters, "
+         f"nesting at most {MAX_DEPTH} deep, at most {MAX_ITEMS:,} items in all")
+
 
 class NotebookParameterError(SlimkitError, ValueError):
     """The notebook's parameters cell is missing or unreadable."""
@@ -102,7 +111,8 @@ class Signature:
         unknown = [n for n in values if n not in self.parameters]
         if unknown:
             raise self._unknown(unknown[0], values[unknown[0]])
-        return {n: self.parameters[n].check(v) for n, v in values.items()}
+        return {n: self.parameters[n].check(check_plain(n, v, allow_inf=self.parameters[n].type == "float"))
+                for n, v in values.items()}
 
     def coerce(self, name: str, text: str) -> Any:
         """A command-line string (``-p sparsity 0.8``) parsed for parameter ``name``."""
@@ -112,6 +122,8 @@ class Signature:
         if text.strip() in ("None", "null", "~") and (param.optional or param.default is None):
             return None
         kind = param.type
+        if len(text) > MAX_TEXT:
+            raise InvalidParameterError(name, _Shown(text), f"a value of at most {MAX_TEXT:,} characters")
         if kind == "str":
             return text
         if kind == "bool":
@@ -121,7 +133,7 @@ class Signature:
             if low in ("false", "0", "no"):
                 return False
             raise InvalidTypeError(name, text, param.allowed())
-        return parse_value(text)
+        return parse_value(text, name)
 
     def _unknown(self, name: str, value: Any) -> InvalidParameterError:
         return InvalidParameterError(name, value, f"a parameter of {Path(self.notebook).name}: one of "
@@ -133,20 +145,117 @@ class Signature:
         return "\n".join(rows)
 
 
-def parse_value(text: str) -> Any:
-    """YAML-ish scalar parsing for ``-p NAME VALUE``: numbers, true/false, null, [lists], strings."""
+class _Shown:
+    """A value as an error message shows it: its repr, cut short (a refused value may be huge)."""
+
+    def __init__(self, value: Any, limit: int = 80):
+        text = repr(value)
+        self.text = text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def check_plain(name: str, value: Any, *, allow_inf: bool = False) -> Any:
+    """``value`` as plain JSON data (tuples become lists), or an error naming ``name`` (and where
+    inside the value) and :data:`PLAIN`. Every parameter value passes here before papermill writes
+    it into a notebook: -p, -f files, sweep grids and the Python API. ``allow_inf``: a top-level
+    float may be infinite (papermill writes ``float('inf')``; a float parameter's own check refuses NaN)."""
+    count = 0
+
+    def plain(v: Any, where: str, depth: int) -> Any:
+        nonlocal count
+        kind = type(v)  # exact types: a subclass may change how papermill formats it
+        if v is None or kind is bool:
+            return v
+        if kind is int:
+            if not INT_RANGE[0] <= v <= INT_RANGE[1]:
+                raise InvalidParameterError(where, _Shown(v), PLAIN)
+            return v
+        if kind is float:
+            if not math.isfinite(v) and not (allow_inf and depth == 0 and not math.isnan(v)):
+                raise InvalidParameterError(where, v, PLAIN)
+            return v
+        if kind is str:
+            if len(v) > MAX_STR:
+                raise InvalidParameterError(where, _Shown(v), PLAIN)
+            return v
+        if kind not in (list, tuple, dict):
+            raise InvalidTypeError(where, v, PLAIN)
+        if depth >= MAX_DEPTH:
+            raise InvalidParameterError(where, _Shown(v), PLAIN)
+        count += len(v)
+        if count > MAX_ITEMS:
+            raise InvalidParameterError(name, _Shown(value), PLAIN)
+        if kind is dict:
+            for k in v:
+                if type(k) is not str:
+                    raise InvalidTypeError(f"{where} key", k, PLAIN)
+                if len(k) > MAX_STR:
+                    raise InvalidParameterError(f"{where} key", _Shown(k), PLAIN)
+            return {k: plain(x, f"{where}[{k!r}]", depth + 1) for k, x in v.items()}
+        return [plain(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
+
+    return plain(value, name, 0)
+
+
+def parse_value(text: str, name: str = "value") -> Any:
+    """YAML-ish scalar parsing for ``-p NAME VALUE``: numbers, true/false, null, [lists], strings.
+    Text that is not YAML is taken as a string; YAML beyond Python's limits (a 5000-digit int,
+    nesting too deep to parse) is an error naming ``name``."""
     import yaml
 
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except (ValueError, RecursionError):
+        raise InvalidParameterError(name, _Shown(text), PLAIN) from None
     if isinstance(value, str):
         try:
             return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         except ValueError:
             pass
     return value
+
+
+def load_yaml_file(path: str | Path, what: str) -> Any:
+    """The data of a YAML file (``-f`` parameters, a sweep grid), or an error naming ``what`` and
+    the file: missing, unreadable, over :data:`MAX_TEXT` bytes, or not YAML."""
+    import yaml
+
+    shown = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT + 1)
+        if len(data) > MAX_TEXT:
+            raise InvalidParameterError(what, shown, f"a YAML file of at most {MAX_TEXT:,} bytes")
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise InvalidParameterError(what, shown, "an existing YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidParameterError(what, shown, f"a readable UTF-8 YAML file ({_first_line(e)})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidParameterError(what, shown, f"valid YAML ({_first_line(e)})") from None
+    except (ValueError, RecursionError):
+        raise InvalidParameterError(what, shown, f"YAML holding {PLAIN}") from None
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """A ``-f`` file's parameters: a YAML mapping of name to value (empty file: none)."""
+    data = load_yaml_file(path, "-f")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidParameterError("-f", str(path), "a YAML mapping of parameter name to value")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _literal(node: ast.AST) -> Any:

@@ -172,3 +172,15 @@ def test_save_metrics_writes_what_the_runner_reads(tmp_path):
     with pytest.raises(InvalidTypeError, match="JSON-serialisable"):
         save_metrics({"model": object()}, tmp_path / "m.json")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_real_kernel_uses_ipc_and_gets_the_run_id(tmp_path, store):
+    """The kernel starts race-free (ipc: no TCP port to lose between picking and binding it) and
+    its metrics carry the run id the runner gave it (metrics of another run are not credited)."""
+    nb = make_notebook(tmp_path / "ipc.ipynb", PARAMS, (
+        "import json, os\nfrom ipykernel import get_connection_info\n"
+        "transport = json.loads(get_connection_info())['transport']\n"
+        "json.dump({'transport': transport, '_run_id': os.environ['SLIMKIT_RUN_ID']}, open('metrics.json', 'w'))"))
+    record = run(nb, out=tmp_path, name="ipc", store=store)
+    assert record.status == "ok", record.error
+    assert record.metrics == {"transport": "ipc" if sys.platform.startswith("linux") else "tcp"}

@@ -80,6 +80,7 @@ def test_notebook_runs_headless_and_its_metrics_hold(notebook, kernel, tmp_path)
     assert (run_dir / notebook.name).exists() and (run_dir / "params.yaml").exists()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics.pop("_run_id") == record.id  # save_metrics names the run it belongs to
     assert metrics == record.metrics and metrics, "the notebook wrote no metrics"
     if "seed" in metrics:
         assert metrics["seed"] == record.params["seed"] == record.seed
