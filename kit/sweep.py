@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -46,26 +45,8 @@ from typing import Any
 from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_positive
 from .hardware import usable_cores
 from .records import Record, RunStore, default_path, pid_alive, varying_keys
-from .runner import RunSpec, execute, new_record, prepare, slug
-
-try:
-    from .params import check_plain
-except ImportError:  # TODO: drop once params.check_plain (being added by the runner's owner) is merged
-    def check_plain(name: str, value: Any) -> Any:
-        """``value`` if it is plain JSON data (what a run record stores and a notebook receives)."""
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidParameterError(name, value, "a finite number")
-        if isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                check_plain(f"{name}[{i}]", v)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise InvalidTypeError(f"{name} key", k, "a string")
-                check_plain(f"{name}[{k!r}]", v)
-        elif value is not None and not isinstance(value, (bool, int, float, str)):
-            raise InvalidTypeError(name, value, "plain data: a number, string, bool, null, list or mapping")
-        return value
+from .params import check_plain, load_yaml_file
+from .runner import RunSpec, check_name, execute, new_record, prepare, slug
 
 log = logging.getLogger("slimkit.sweep")
 LOCK_FILE = ".sweep.lock"
@@ -79,12 +60,7 @@ class SweepLockedError(SlimkitError, RuntimeError):
 def load_grid(grid: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
     """Parameter combinations of a grid file or mapping, in a stable order."""
     if isinstance(grid, (str, Path)):
-        import yaml
-
-        try:
-            grid = yaml.safe_load(Path(grid).read_text())
-        except FileNotFoundError:
-            raise InvalidParameterError("grid", str(grid), "an existing YAML file") from None
+        grid = load_yaml_file(grid, "grid")
     if not isinstance(grid, dict):
         raise InvalidTypeError("grid", grid, "a mapping with 'grid' (and optionally 'params')")
     unknown = set(grid) - {"grid", "params"}
@@ -94,7 +70,8 @@ def load_grid(grid: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
     axes = grid.get("grid", {})
     if not isinstance(fixed, dict):
         raise InvalidTypeError("params", fixed, "a mapping of parameter name to value")
-    check_plain("params", fixed)
+    # each value on its own (the notebook's types then decide, e.g. whether inf is allowed)
+    fixed = {k: check_plain(f"params.{k}", v, allow_inf=True) for k, v in fixed.items()}
     combos: list[dict[str, Any]] = []
     for part in axes if isinstance(axes, list) else [axes]:
         if not isinstance(part, dict):
@@ -102,7 +79,8 @@ def load_grid(grid: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
         for name, values in part.items():
             if not isinstance(values, list) or not values:
                 raise InvalidTypeError(f"grid.{name}", values, "a non-empty list of values")
-            check_plain(f"grid.{name}", values)
+        part = {name: [check_plain(f"grid.{name}[{i}]", v, allow_inf=True) for i, v in enumerate(values)]
+                for name, values in part.items()}
         names = list(part)
         for values in itertools.product(*(part[n] for n in names)):
             combos.append({**fixed, **dict(zip(names, values))})
@@ -208,15 +186,15 @@ def dask_workers_alive(client: Any) -> Callable[[], bool]:
 
 
 def default_name(notebook: str | Path, grid: str | Path) -> str:
-    """A sweep's name (and folder under OUT) when none is given: NOTEBOOK-GRID."""
-    return f"{Path(notebook).stem}-{Path(grid).stem}"
+    """A sweep's name (and folder under OUT) when none is given: NOTEBOOK-GRID, file-safe."""
+    return slug({Path(notebook).stem: Path(grid).stem if isinstance(grid, (str, Path)) else "grid"})
 
 
 def plan(notebook: str | Path, combos: list[dict[str, Any]], *, out: str | Path = "runs",
          sweep: str | None = None, device: str | None = None, **options: Any) -> list[RunSpec]:
     """One validated RunSpec per combination (all are checked before any runs)."""
     notebook = Path(notebook)
-    sweep = sweep or notebook.stem + "-sweep"
+    sweep = check_name("sweep name", sweep) if sweep is not None else slug({notebook.stem: "sweep"})
     # run folders are named after what varies between the runs (the grid's axes), not the fixed params
     varying = varying_keys(combos)
     specs = []

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from notebook_factory import make_notebook
 
-from slimkit.errors import InvalidTypeError
+from slimkit.errors import InvalidParameterError, InvalidTypeError
 from slimkit.records import Record, RunStore, pid_alive
 from slimkit.sweep import LOCK_FILE, SweepLockedError, load_grid, plan, run_sweep, sweep_lock
 
@@ -127,8 +127,24 @@ def test_grid_values_must_be_plain_data(tmp_path):
 
     with pytest.raises(InvalidTypeError, match=r"grid.day\[0\]"):
         load_grid({"grid": {"day": [datetime.date(2026, 1, 1)]}})  # YAML's dates are not JSON
-    with pytest.raises(InvalidTypeError, match=r"params\['when'\]"):
+    with pytest.raises(InvalidTypeError, match=r"params\.when"):
         load_grid({"params": {"when": datetime.date(2026, 1, 1)}, "grid": {"x": [1]}})
+
+
+def test_grid_files_and_sweep_names_are_checked_like_run_parameters(tiny, tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("grid:\n  x: [" + "9" * 5000 + "]\n")
+    with pytest.raises(InvalidParameterError, match="grid"):
+        load_grid(huge)  # a 5000-digit int: a parameter error, not a ValueError traceback
+    with pytest.raises(InvalidParameterError, match="grid"):
+        load_grid(tmp_path / "missing.yaml")
+    for bad in ("../../x", "/tmp/abs", ".hidden"):
+        with pytest.raises(InvalidParameterError, match="sweep name"):
+            plan(tiny, [{"x": 0.1}], out=tmp_path, sweep=bad)
+    assert not (tmp_path.parent / "x").exists()
+    grid = {"grid": {"x": [0.1, 0.2]}}
+    load_grid(grid)
+    assert grid == {"grid": {"x": [0.1, 0.2]}}  # the caller's mapping is not rewritten
 
 
 # --- lost workers ---------------------------------------------------------------------------
