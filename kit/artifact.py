@@ -247,7 +247,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "padding": (lambda v: v in ("same", "valid") or _int_list(0)(v), "'same', 'valid' or a list of ints >= 0"),
     "padding_mode": (lambda v: v in ("zeros", "reflect", "replicate", "circular"), "a torch padding mode"),
     "padding_idx": (lambda v: v is None or _is_int(v), "null or an int >= 0"),
-    "eps": (lambda v: isinstance(v, float) and 0 < v <= 1, "a float in (0, 1]"),
+    "eps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
     "momentum": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
                  "null or a number in [0, 1]"),
     "bits": (lambda v: _is_int(v, 1) and v <= 32, "an int in [1, 32]"),
@@ -255,7 +255,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{b: (lambda v: isinstance(v, bool), "true or false") for b in ("elementwise_affine", "affine")},
     # a flag, or (sparse layers) null or [shape, dtype] of a stored bias
     "bias": (lambda v: isinstance(v, bool) or v is None or (
-        isinstance(v, list) and len(v) == 2 and _int_list(0)(v[0] or [0]) and isinstance(v[1], str)),
+        isinstance(v, list) and len(v) == 2 and _int_list(0)(v[0]) and isinstance(v[1], str)),
              "true, false, null or [shape, dtype]"),
 }
 

@@ -128,6 +128,11 @@ def _edit_module(name, **spec):
     (lambda m: m.update(builder={"name": "digits_cnn", "kwargs": {"bogus": 1}}), "cannot be called"),
     (lambda m: m.update(builder={"name": "digits_cnn", "kwargs": {"hidden": 10**50}}), "out-of-range"),
     (lambda m: m.update(builder="digits_cnn"), "builder"),
+    (_edit_module("features.0", in_channels="1"), "in_channels='1'; allowed: an int"),
+    (_edit_module("features.0", in_channels=True), "in_channels=True"),
+    (_edit_module("features.0", stride=[0, 1]), "stride"),
+    (_edit_module("features.0", padding_mode="os.system"), "padding_mode"),
+    (_edit_module("features.0", kernel_size=[3] * 100), "kernel_size"),
 ])
 def test_tampered_metadata_is_an_artifact_error(cnn, tmp_path, change, match):
     path = slimkit.save(cnn, tmp_path / "c.slim")
@@ -150,6 +155,14 @@ def test_one_byte_metadata_edit_is_refused(tmp_path):
     assert data.count(b'\\"eps\\": 1e-05') == 1
     path.write_bytes(data.replace(b'\\"eps\\": 1e-05', b'\\"eps\\": 1e+05'))
     with pytest.raises(ArtifactError, match="checksum"):
+        slimkit.load(path, model=template)
+
+
+def test_forged_spec_values_out_of_range_are_refused(tmp_path):
+    """Even with a recomputed checksum, a LayerNorm eps of 1e+05 is not a value a spec may hold."""
+    m, path, template = _small(tmp_path / "s.slim")
+    _rewrite_meta(path, _edit_module("1", eps=1e5))
+    with pytest.raises(ArtifactError, match="eps=100000.0; allowed"):
         slimkit.load(path, model=template)
 
 
