@@ -6,7 +6,12 @@ An artifact is one safetensors file. Its header metadata holds, as JSON:
 - ``modules``: for every layer whose type or shape the compression changed, the registered
   kind and constructor spec to rebuild it (quantized, sparse and pruned layers);
 - ``aliases``: state-dict keys that share storage (tied weights) are stored once;
-- ``sha256`` of the tensor bytes, so a corrupt or truncated file is refused.
+- ``sha256`` over the tensors (names, dtypes, shapes, bytes) AND every other metadata field
+  (canonical JSON), so a corrupt, truncated or edited file is refused. It is a checksum, not a
+  signature: whoever can write the file can recompute it, so ``load`` also validates everything
+  the metadata claims against the stored tensors before it allocates anything.
+
+``model_class`` is informative only: no class named in a file is ever imported.
 
 Modules slimkit creates register here with :func:`register_module`: they expose
 ``spec() -> dict`` (JSON) and ``from_spec(spec) -> module`` (empty buffers of the right
@@ -17,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +30,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
-from .errors import ArtifactError, check_module
+from .errors import ArtifactError, InvalidParameterError, check_module
 from .layers import set_module
 
 FORMAT = "slimkit-artifact"
-VERSION = 1
+VERSION = 2  # v2: the checksum covers the metadata too (v1 files cannot be verified)
 
 # kind -> (class, spec_fn, build_fn)
 _KINDS: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {}
@@ -105,14 +112,23 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return tensors, aliases
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key]
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+# --- checksum ----------------------------------------------------------------------------------
+
+def _canonical(obj: Any) -> bytes:
+    """One byte string per JSON value: what the checksum covers (key order and spacing free)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """sha256 of the metadata (all but ``sha256``) and the tensors. The index (names, dtypes,
+    shapes) is hashed as JSON before the raw bytes, so every byte count is fixed by the index."""
+    keys = sorted(tensors)
+    index = [[k, str(tensors[k].dtype), list(tensors[k].shape)] for k in keys]
+    h = hashlib.sha256(_canonical({"meta": {k: v for k, v in meta.items() if k != "sha256"}, "tensors": index}))
+    for k in keys:
+        t = tensors[k]
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -128,10 +144,14 @@ def to_bytes(model: nn.Module, info: dict[str, Any] | None = None) -> bytes:
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "modules": _structure(model),
         "aliases": aliases,
-        "sha256": _digest(tensors),
         "info": info or {},
     }
-    return save(tensors, metadata={"slimkit": json.dumps(meta, default=str)})
+    try:  # the metadata as the reader will parse it (tuples -> lists, other objects -> str)
+        meta = json.loads(json.dumps(meta, default=str, allow_nan=False))
+    except ValueError as e:
+        raise InvalidParameterError(f"info must hold JSON values with finite numbers: {e}") from e
+    meta["sha256"] = _digest(tensors, meta)
+    return save(tensors, metadata={"slimkit": json.dumps(meta)})
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, info: dict[str, Any] | None = None) -> Path:
@@ -149,8 +169,25 @@ def size(model: nn.Module) -> int:
     return len(to_bytes(model))
 
 
+# --- reading and validating metadata -----------------------------------------------------------
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError(f"duplicate key among {sorted(k for k, _ in pairs)[:5]}")
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse(raw: str) -> Any:
+    return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The artifact's JSON metadata, without loading tensors."""
+    """The artifact's JSON metadata, without loading tensors (and so not yet checksum-verified)."""
     from safetensors import safe_open
 
     try:
@@ -163,66 +200,240 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if raw is None:
         raise ArtifactError(f"{path} is a safetensors file but not a slimkit artifact")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
+        meta = _parse(raw)
+    except (ValueError, RecursionError) as e:  # bad JSON, NaN, duplicate keys, absurd nesting or ints
         raise ArtifactError(f"{path} has corrupt slimkit metadata: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        got = meta if not isinstance(meta, dict) else f"format {meta.get('format')!r} v{meta.get('version')!r}"
-        raise ArtifactError(f"{path} has {got}; this slimkit reads {FORMAT!r} v{VERSION}")
-    for key, kind in (("sha256", str), ("modules", dict), ("aliases", dict), ("model_class", str)):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a {FORMAT!r} file")
+    if meta.get("version") == 1:
+        raise ArtifactError(f"{path} is a version-1 slimkit artifact, whose checksum does not cover its "
+                            f"metadata, so it cannot be verified; re-save the model with this slimkit (v{VERSION})")
+    if meta.get("version") != VERSION:
+        raise ArtifactError(f"{path} has {FORMAT!r} v{meta.get('version')!r}; this slimkit reads v{VERSION}")
+    for key, kind in (("sha256", str), ("modules", dict), ("aliases", dict), ("model_class", str), ("info", dict)):
         if not isinstance(meta.get(key), kind):
             raise ArtifactError(f"{path} has corrupt slimkit metadata: {key!r} missing or not a {kind.__name__}")
+    builder = meta.get("builder")
+    if builder is not None and not (isinstance(builder, dict) and isinstance(builder.get("name"), str)
+                                    and isinstance(builder.get("kwargs"), dict)):
+        raise ArtifactError(f"{path} has corrupt slimkit metadata: 'builder' is not null or "
+                            "{'name': str, 'kwargs': dict}")
     return meta
+
+
+# Spec fields shared by the built-in and slimkit layers, with the values they allow. A spec is
+# checked against this table before any constructor sees it; other fields still get _check_json.
+_BIG = 2**40  # no real dimension is larger; bounds every int a spec or builder may hold
+_DIMS = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
+         "num_features")
+
+
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= _BIG
+
+
+def _int_list(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(x, lo) for x in v)
+
+
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{d: (_is_int, "an int >= 0") for d in _DIMS},
+    "groups": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "kernel_size": (_int_list(1), "a list of ints >= 1"),
+    "stride": (_int_list(1), "a list of ints >= 1"),
+    "dilation": (_int_list(1), "a list of ints >= 1"),
+    "normalized_shape": (_int_list(1), "a list of ints >= 1"),
+    "shape": (_int_list(0), "a list of ints >= 0"),
+    "padding": (lambda v: v in ("same", "valid") or _int_list(0)(v), "'same', 'valid' or a list of ints >= 0"),
+    "padding_mode": (lambda v: v in ("zeros", "reflect", "replicate", "circular"), "a torch padding mode"),
+    "padding_idx": (lambda v: v is None or _is_int(v), "null or an int >= 0"),
+    "eps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
+    "momentum": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
+                 "null or a number in [0, 1]"),
+    "bits": (lambda v: _is_int(v, 1) and v <= 32, "an int in [1, 32]"),
+    "group_size": (lambda v: v is None or _is_int(v, 1), "null or an int >= 1"),
+    **{b: (lambda v: isinstance(v, bool), "true or false") for b in ("elementwise_affine", "affine")},
+    # a flag, or (sparse layers) null or [shape, dtype] of a stored bias
+    "bias": (lambda v: isinstance(v, bool) or v is None or (
+        isinstance(v, list) and len(v) == 2 and _int_list(0)(v[0]) and isinstance(v[1], str)),
+             "true, false, null or [shape, dtype]"),
+}
+
+
+def _check_json(where: str, v: Any, depth: int = 0) -> None:
+    """Bound a spec or builder value: finite numbers, ints within +-2**40, small containers."""
+    if depth > 8:
+        raise ArtifactError(f"{where} is nested too deeply")
+    if isinstance(v, bool) or v is None:
+        return
+    if isinstance(v, int):
+        if abs(v) > _BIG:
+            raise ArtifactError(f"{where} holds the out-of-range int {v}")
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise ArtifactError(f"{where} holds the non-finite number {v}")
+    elif isinstance(v, str):
+        if len(v) > 256:
+            raise ArtifactError(f"{where} holds a string of {len(v)} characters")
+    elif isinstance(v, (list, dict)):
+        if len(v) > 4096:
+            raise ArtifactError(f"{where} holds a container of {len(v)} items")
+        for k, x in (v.items() if isinstance(v, dict) else enumerate(v)):
+            _check_json(f"{where}[{k!r}]", x, depth + 1)
+
+
+def _check_spec(path, name: str, entry: Any) -> tuple[str, dict]:
+    if not (isinstance(entry, dict) and set(entry) == {"kind", "spec"} and isinstance(entry["spec"], dict)):
+        raise ArtifactError(f"{path}: layer {name!r} is not {{'kind': str, 'spec': dict}}")
+    kind, spec = entry["kind"], entry["spec"]
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ArtifactError(f"{path}: layer {name!r} has unknown kind {kind!r}; known: {sorted(_KINDS)}")
+    _check_json(f"{path}: layer {name!r} spec", spec)
+    for field, v in spec.items():
+        ok, allowed = _FIELDS.get(field, (None, ""))
+        if ok is not None and not ok(v):
+            raise ArtifactError(f"{path}: layer {name!r} ({kind}) has {field}={v!r}; allowed: {allowed}")
+    return kind, spec
+
+
+def _check_aliases(path, aliases: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """An alias names a state-dict key that is not stored and points at one that is: it can
+    neither shadow a stored tensor nor chain to another alias."""
+    for key, target in aliases.items():
+        if key in tensors:
+            raise ArtifactError(f"{path} is corrupt: alias {key!r} would replace the stored tensor of that name")
+        if not isinstance(target, str) or target not in tensors:
+            raise ArtifactError(f"{path} is corrupt: alias {key!r} points to missing tensor {target!r}")
+
+
+# --- rebuilding ------------------------------------------------------------------------------
+
+def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
+    """The architecture before compression: a copy of the template, or the named builder's."""
+    from .models import BUILDERS, build
+
+    if model is not None:
+        return copy.deepcopy(model)
+    builder = meta.get("builder")
+    if builder and builder["name"] in BUILDERS:
+        _check_json(f"{path}: builder kwargs", builder["kwargs"])
+        try:
+            return build(builder["name"], **builder["kwargs"])
+        except Exception as e:  # kwargs the builder does not take
+            raise ArtifactError(f"{path}: builder {builder['name']!r} cannot be called with its kwargs: {e}") from e
+    raise ArtifactError(
+        f"{path} holds a {meta['model_class']} with no registered builder"
+        f"{' (' + repr(builder.get('name')) + ')' if builder else ''}: pass model=<an instance of that class> "
+        "or register one with slimkit.models.register_builder")
+
+
+def _replace_layers(path, skeleton: nn.Module, meta: dict) -> None:
+    """Swap in each layer the compression changed. Only existing submodules are replaced: a
+    name cannot add attributes (or reach ``__class__`` and the like)."""
+    for name, entry in meta["modules"].items():
+        kind, spec = _check_spec(path, name, entry)
+        if not _has_module(skeleton, name):
+            raise ArtifactError(f"{path}: the model has no layer {name!r}; "
+                                "is it the architecture the artifact was saved from?")
+        try:
+            layer = _KINDS[kind][2](spec)
+        except Exception as e:  # a spec that does not build: corrupt or from another version
+            raise ArtifactError(f"{path}: layer {name!r} ({kind}) cannot be rebuilt from its spec: {e}") from e
+        set_module(skeleton, name, layer)
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        return bool(name) and isinstance(model.get_submodule(name), nn.Module)
+    except AttributeError:
+        return False
+
+
+def _meta_bytes(module: nn.Module) -> int:
+    """Bytes the file's metadata made ``module`` allocate (meta tensors; a template's are real)."""
+    ts = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in ts if t.is_meta)
+
+
+def _check_fits(path, skeleton: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The skeleton's state dict must be exactly the stored tensors: same keys, same shapes,
+    same dtypes (a float tensor may change precision: a template stays fp32 when saved as fp16)."""
+    expected = skeleton.state_dict(keep_vars=True)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                            f" ({len(missing)} and {len(unexpected)} keys)")
+    for key, want in expected.items():
+        got = state[key]
+        same_dtype = got.dtype == want.dtype or (got.dtype.is_floating_point and want.dtype.is_floating_point)
+        if got.shape != want.shape or not same_dtype:
+            raise ArtifactError(f"{path} does not fit the model: {key!r} is stored as {got.dtype} "
+                                f"{list(got.shape)}, the layer needs {want.dtype} {list(want.shape)}")
+
+
+_GROWTH = 64  # compression takes off less than this (int4 is 8x, 90% sparse ~10x)
+_SLACK = 256 * 2**20  # room for derived buffers (position ids, masks) of small models
+
+
+def _check_size(path, skeleton: nn.Module, what: str, stored: int) -> None:
+    need = _meta_bytes(skeleton)
+    if need > _GROWTH * stored + _SLACK:
+        raise ArtifactError(f"{path}: its metadata asks for {what} of {need:,} bytes from {stored:,} "
+                            "stored bytes; refused")
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Meta tensors hold no values: skip random initialisation on them. (torch runs it through
+    a Python reference that imports torch._dynamo, 5-25 s on the first load of a process.)"""
+
+    _FILLS = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
+              torch.Tensor.exponential_, torch.Tensor.cauchy_, torch.Tensor.log_normal_, torch.Tensor.geometric_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        t = args[0] if args else kwargs.get("tensor")  # nn.init functions re-dispatch by keyword
+        if (func in self._FILLS or getattr(func, "__module__", "") == "torch.nn.init") and getattr(t, "is_meta", False):
+            return t
+        return func(*args, **kwargs)
+
+
+def _validate(path, meta: dict, model: nn.Module | None, state: dict[str, torch.Tensor]) -> None:
+    """Build the whole model on the meta device (shapes, no memory) and check it against the
+    file before anything real is allocated: the final model must hold exactly the stored
+    tensors, and what is built on the way is bounded by the file's size."""
+    stored = sum(t.numel() * t.element_size() for t in state.values())
+    with torch.device("meta"), _SkipInitOnMeta():
+        skeleton = _base(path, meta, model)
+        _check_size(path, skeleton, "an original architecture", stored)
+        _replace_layers(path, skeleton, meta)
+        _check_fits(path, skeleton, state)
+        _check_size(path, skeleton, "a model", stored)  # stored tensors + buffers derived at build
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved model exactly. ``model`` is an (uncompressed) instance of the original
-    architecture, needed when the artifact names no registered builder; it is not modified."""
+    architecture, needed when the artifact names no registered builder; it is not modified.
+    Any inconsistency in the file raises :class:`~slimkit.errors.ArtifactError`."""
     from safetensors.torch import load_file
 
-    from .models import BUILDERS, build
-
     meta = read_metadata(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
-    if _digest(tensors) != meta["sha256"]:
-        raise ArtifactError(f"{path} is corrupt: its tensor data does not match the recorded checksum")
-
     if model is not None:
         check_module("model", model, "a torch.nn.Module (an instance of the saved architecture)")
-        skeleton = copy.deepcopy(model)
-    elif meta.get("builder") and meta["builder"]["name"] in BUILDERS:
-        skeleton = build(meta["builder"]["name"], **meta["builder"]["kwargs"])
-    else:
-        named = meta.get("builder") or {}
-        raise ArtifactError(
-            f"{path} holds a {meta['model_class']} with no registered builder"
-            f"{' (' + repr(named.get('name')) + ')' if named else ''}: pass model=<an instance of that class> "
-            "or register one with slimkit.models.register_builder")
-
-    for name, entry in meta["modules"].items():
-        kind = entry.get("kind") if isinstance(entry, dict) else None
-        if kind not in _KINDS:
-            raise ArtifactError(f"{path}: layer {name!r} has unknown kind {kind!r}")
-        try:
-            layer = _KINDS[kind][2](entry["spec"])
-        except Exception as e:  # a spec that does not build: corrupt or from another version
-            raise ArtifactError(f"{path}: layer {name!r} ({kind}) cannot be rebuilt from its spec: {e}") from e
-        try:
-            set_module(skeleton, name, layer)
-        except AttributeError as e:
-            raise ArtifactError(f"{path}: the given model has no layer {name!r}; "
-                                "is it the architecture the artifact was saved from?") from e
-    state = dict(tensors)
-    for key, target in meta["aliases"].items():
-        if target not in tensors:
-            raise ArtifactError(f"{path} is corrupt: alias {key!r} points to missing tensor {target!r}")
-        state[key] = tensors[target]
+    try:
+        tensors = load_file(str(path))  # memory bounded by the file size
+    except Exception as e:
+        raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
+    if _digest(tensors, meta) != meta["sha256"]:
+        raise ArtifactError(f"{path} is corrupt or was edited: its tensors and metadata do not match "
+                            "the recorded checksum")
+    _check_aliases(path, meta["aliases"], tensors)
+    state = {**tensors, **{key: tensors[target] for key, target in meta["aliases"].items()}}
+    _validate(path, meta, model, state)
+    skeleton = _base(path, meta, model)
+    _replace_layers(path, skeleton, meta)
     try:
         skeleton.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
+    except Exception as e:  # a layer's own loading hook disagreeing with the checks above
         raise ArtifactError(f"{path} does not fit the model: {e}") from e
     if meta.get("builder"):
         skeleton._slimkit_builder = meta["builder"]

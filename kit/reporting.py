@@ -9,6 +9,7 @@ themselves stay small. Notebook libraries are imported inside the functions.
 from __future__ import annotations
 
 import csv
+import html
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,34 @@ def compare(records: list[Record], out_dir: str | Path, *, x: str | None = None,
     return paths
 
 
+# After HTML escaping, what Markdown itself would still act on: a pipe splits a table cell,
+# a backtick opens a code span, brackets make links and images, a backslash escapes the next
+# character, a newline ends the row. (``*`` and ``_`` only format, and are common in names.)
+_MD_SPECIALS = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
+                              "\n": " ", "\r": " "})
+
+
+def md_text(v: Any) -> str:
+    """``v`` as literal Markdown table text: renders as the characters it holds, never as HTML
+    (Markdown passes raw HTML through: a ``<script>`` in a run name would run in the report)."""
+    if v is None:
+        return ""
+    return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v)).translate(_MD_SPECIALS)
+
+
+def plot_text(v: Any) -> str:
+    """``v`` for plotly titles, labels and hover text, which render a subset of HTML tags:
+    shown literally. (Quotes stay: plotly decodes only a few named entities.)"""
+    return html.escape(str(v), quote=False)
+
+
 def markdown_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
-    """A Markdown table of ``rows`` (columns: ``cols``, default every key in order of appearance)."""
+    """A Markdown table of ``rows`` (columns: ``cols``, default every key in order of appearance).
+    Every header and cell is escaped (:func:`md_text`)."""
     if cols is None:
         cols = list(dict.fromkeys(k for row in rows for k in row))
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return ""
-        return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/")
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(md_text(row.get(c)) for c in cols) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -127,9 +144,10 @@ def _scatter(rows: list[dict[str, Any]], x: str, y: str, path: Path, title: str)
 
     ok = [r for r in rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
     fig = go.Figure(go.Scatter(
-        x=[r[x] for r in ok], y=[r[y] for r in ok], mode="markers+text", text=[r["id"][-6:] for r in ok],
-        textposition="top center",
-        hovertext=["<br>".join(f"{k}={v}" for k, v in r.items() if k not in ("hardware",)) for r in ok]))
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
+        x=[r[x] for r in ok], y=[r[y] for r in ok], mode="markers+text",
+        text=[plot_text(r["id"][-6:]) for r in ok], textposition="top center",
+        hovertext=["<br>".join(plot_text(f"{k}={v}") for k, v in r.items() if k != "hardware") for r in ok]))
+    fig.update_layout(title=plot_text(title), xaxis_title=plot_text(x), yaxis_title=plot_text(y),
+                      template="plotly_white")
     fig.write_html(path, include_plotlyjs=True, full_html=True)  # offline: plotly.js inlined
     return path

@@ -264,7 +264,7 @@ class Panel:
                             W.HBox([p.pareto, self.detail])])
         else:
             plots = W.HTML("(plots are shown as cell outputs in this mode)")
-        title = W.HTML(f"<b>slimkit panel</b>: {type(self.base).__name__}, "
+        title = W.HTML(f"<b>slimkit panel</b>: {html.escape(type(self.base).__name__)}, "
                        f"{param_count(self.base):,} parameters")
         self.widget = W.VBox([title, settings, actions, self.messages, self.errors, self.table, plots])
         self.widget.add_class("slimkit-panel")
@@ -281,9 +281,9 @@ class Panel:
     def _static_summary(self) -> str:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in self.settings().items() if not k.endswith("_sweep"))
-        return (f"<p><b>slimkit panel</b> (static: no widget front end) - {type(self.base).__name__}, "
-                f"method <code>{self.method}</code></p><details><summary>settings</summary><table>{rows}</table>"
-                f"</details>" + _html_list(self.problems()))
+        return (f"<p><b>slimkit panel</b> (static: no widget front end) - "
+                f"{html.escape(type(self.base).__name__)}, method <code>{html.escape(self.method)}</code></p>"
+                f"<details><summary>settings</summary><table>{rows}</table></details>" + _html_list(self.problems()))
 
     # -- settings and validation ----------------------------------------------------------
 

@@ -11,7 +11,6 @@ kernel, never from a CDN).
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 import threading
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from slimkit.reporting import plot_text  # user strings in titles, ticks and hover: shown as text
 
 HEIGHT = 300
 WIDTHS = {"curves": 500, "sweep": 500, "sensitivity": 500, "histogram": 500, "pareto": 620}
@@ -152,31 +153,31 @@ class Plots:
     def _draw_curves(self, fig) -> None:
         for trace, key in zip(fig.data, ("loss", "val_accuracy")):
             trace.x, trace.y = list(self._curve[key][0]), list(self._curve[key][1])
-        fig.layout.title.text = getattr(self, "_curve_title", "Training curves")
+        fig.layout.title.text = plot_text(getattr(self, "_curve_title", "Training curves"))
 
     def _draw_sweep(self, fig) -> None:
         while len(fig.data) < len(self._sweeps):
             fig.add_scatter(x=[], y=[], mode="lines+markers")
         for trace, s in zip(fig.data, self._sweeps):
-            trace.x, trace.y, trace.name = list(s["x"]), list(s["y"]), s["name"]
+            trace.x, trace.y, trace.name = list(s["x"]), list(s["y"]), plot_text(s["name"])
         if self._sweeps:
-            fig.layout.xaxis.title.text = self._sweeps[-1]["name"].split(":")[-1].strip()
+            fig.layout.xaxis.title.text = plot_text(self._sweeps[-1]["name"].split(":")[-1].strip())
 
     def _draw_sensitivity(self, fig) -> None:
         layers, drops, what, hover = self._sens
-        fig.data[0].x, fig.data[0].y = layers, drops
-        fig.data[0].hovertext = hover or None
-        fig.layout.title.text = f"Per-layer sensitivity: {what}"
+        fig.data[0].x, fig.data[0].y = [plot_text(n) for n in layers], drops  # module names are the user's
+        fig.data[0].hovertext = [plot_text(h) for h in hover] or None
+        fig.layout.title.text = f"Per-layer sensitivity: {plot_text(what)}"
 
     def _draw_histogram(self, fig) -> None:
         layer, centers, before, after, width = self._hist
         fig.data[0].x, fig.data[0].y, fig.data[0].width = centers, before, width
         fig.data[1].x, fig.data[1].y, fig.data[1].width = (centers if after else []), after, width
-        fig.layout.title.text = f"Weights of {layer}: before / after"
+        fig.layout.title.text = f"Weights of {plot_text(layer)}: before / after"
 
     def _draw_pareto(self, fig) -> None:
         runs = self._runs
-        hover = [f"#{r['id']} {html.escape(r['label'])}<br>acc {r['accuracy']:.2%}<br>"
+        hover = [f"#{r['id']} {plot_text(r['label'])}<br>acc {r['accuracy']:.2%}<br>"
                  f"{r['size_kib']:.1f} KiB, {r['latency_ms']:.2f} ms" for r in runs]
         for trace, key in zip(fig.data, ("size_kib", "latency_ms")):
             x = [None if math.isnan(r[key]) else r[key] for r in runs]  # NaN is not JSON
