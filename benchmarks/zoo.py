@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", choices=NAMES, default=NAMES)
     p.add_argument("--ops", nargs="+", choices=OPS, default=OPS)
-    p.add_argument("--timeout", type=int, default=90, help="seconds per cell before it is cut off (TIMEOUT)")
+    p.add_argument("--timeout", type=int, default=60, help="seconds per cell before it is cut off (TIMEOUT)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
     p.add_argument("--out", type=Path, default=HERE / "ZOO.md")
     args = p.parse_args(argv)
