@@ -172,9 +172,12 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
             device: str | torch.device = "cpu", *, fallback: bool = False, **options: Any) -> Prepared:
     """Make ``model`` ready to run with ``backend`` on ``device``; ``model`` is not modified.
 
-    ``example_inputs``: a tensor, a tuple (positional) or a dict (keyword inputs) shaped like
-    real inputs; backends that trace or export use it, and every backend calls the result
-    once on it (so a lazy compile is paid here and shows in ``setup_seconds["first_call"]``).
+    ``example_inputs`` follow :mod:`slimkit.inputs`: a tensor (``model(x)``), a tuple (positional
+    arguments), a dict (keyword arguments, e.g. tokenized text) or ``slimkit.Inputs(args=...,
+    kwargs=...)`` (e.g. ``Inputs(args=(batch_dict,))`` for a forward taking one dict), shaped like
+    real inputs; call the result the same way (``prepared.run(inputs)``). Backends that trace or
+    export use them, and every backend calls the result once on them (so a lazy compile is paid
+    here and shows in ``setup_seconds["first_call"]``).
     ``options`` are backend specific (``get_backend(name).options`` lists them with defaults).
     Raises :class:`~slimkit.errors.DeviceUnavailableError` when the device or backend is not
     usable here, :class:`BackendError` when the backend cannot handle the model.

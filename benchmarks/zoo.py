@@ -25,8 +25,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the zoo lives with the tests
 TARGET_OK = 0.85
 
 
-class CellTimeout(Exception):
-    pass
+class CellTimeout(BaseException):
+    """A BaseException, so that no library's ``except Exception`` (torch.compile's fallbacks,
+    slimkit's own wrapping into BackendError) turns a cut-off cell into a refusal or swallows it."""
 
 
 @contextmanager
