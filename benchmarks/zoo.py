@@ -12,11 +12,13 @@ seconds). The target: no CRASH, no WRONG, at least 85% of cells ok.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,8 +34,10 @@ class CellTimeout(BaseException):
 
 @contextmanager
 def _time_limit(seconds: int):
-    """SIGALRM after ``seconds``: a cell stuck compiling is cut off at its next Python step."""
+    """SIGALRM after ``seconds``: a cell stuck compiling is cut off at its next Python step. The
+    alarm re-arms every second, since a raise inside a weakref callback or __del__ is ignored."""
     def stop(signum, frame):
+        signal.alarm(1)
         raise CellTimeout(f"over {seconds} s")
     old = signal.signal(signal.SIGALRM, stop)
     signal.alarm(seconds)
@@ -52,6 +56,9 @@ def _run(z, op: str, timeout: int):
         with _time_limit(timeout):
             return run_cell(z, op)
     except CellTimeout as e:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # a compile cut off midway leaves nothing behind for the next cell
         return Cell(z.name, op, "TIMEOUT", str(e), seconds=time.perf_counter() - t0)
 
 
@@ -107,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=60, help="seconds per cell before it is cut off (TIMEOUT)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
     p.add_argument("--out", type=Path, default=HERE / "ZOO.md")
+    p.add_argument("--cells", type=Path, help="also save the cells as JSON here (to merge split runs)")
+    p.add_argument("--merge", type=Path, nargs="+", help="render --out from saved cell files instead of running")
     args = p.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.out)
 
     from .common import log, quiet_libraries
 
@@ -132,10 +143,24 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name:12s} {op:12s} {cell.seconds:6.1f}s {_status(cell)}")
     versions = ", ".join(f"{k} {v}" for k, v in hw.package_versions(
         ("slimkit", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "torchao")).items())
-    text = render(cells, f"{hw.summary()}\n{versions}\nthreads {args.threads}, cell timeout {args.timeout} s",
-                  time.perf_counter() - t0)
+    header = f"{hw.summary()}\n{versions}\nthreads {args.threads}, cell timeout {args.timeout} s"
+    text = render(cells, header, time.perf_counter() - t0)
     args.out.write_text(text)
+    if args.cells:
+        args.cells.write_text(json.dumps({"fingerprint": header, "wall_s": time.perf_counter() - t0,
+                                          "cells": [asdict(c) for c in cells]}))
     print(text)
+    return 0
+
+
+def _merge(paths: list[Path], out: Path) -> int:
+    """One table from split runs (e.g. three processes over disjoint models on a busy machine)."""
+    from zoo.cells import Cell
+
+    runs = [json.loads(p.read_text()) for p in paths]
+    cells = [Cell(**c) for r in runs for c in r["cells"]]
+    header = runs[0]["fingerprint"] + f"\nmerged from {len(runs)} runs over disjoint models, run side by side"
+    out.write_text(render(cells, header, max(r["wall_s"] for r in runs)))
     return 0
 
 
