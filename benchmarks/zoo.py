@@ -70,7 +70,7 @@ def _head(text: str, n: int = 90) -> str:
 def _status(c) -> str:
     if c.status == "refused":
         return f"refused: {_head(c.detail.split(': ', 1)[-1], 70)}"
-    if c.status in ("CRASH", "WRONG", "TIMEOUT"):
+    if c.status in ("CRASH", "WRONG", "TIMEOUT", "n/a"):
         return f"{c.status}: {_head(c.detail, 90)}"
     return "ok"
 
@@ -80,6 +80,7 @@ def _num(v, fmt: str) -> str:
 
 
 def render(cells: list, fingerprint: str, wall: float) -> str:
+    cells_all, cells = cells, [c for c in cells if c.status != "n/a"]  # n/a: the operation does not apply
     n = len(cells)
     counts = {s: sum(c.status == s for c in cells) for s in ("ok", "refused", "WRONG", "CRASH", "TIMEOUT")}
     share = counts["ok"] / n if n else 0.0
@@ -98,7 +99,7 @@ def render(cells: list, fingerprint: str, wall: float) -> str:
         "| model | operation | status | cosine | size | seconds |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for c in cells:
+    for c in cells_all:
         lines.append(f"| {c.model} | {c.op} | {_status(c).replace('|', '/')} | {_num(c.cosine, '.4f')} | "
                      f"{_num(c.size_ratio, '.3f')} | {c.seconds:.1f} |")
     return "\n".join(lines) + "\n"
@@ -154,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _merge(paths: list[Path], out: Path) -> int:
-    """One table from split runs (e.g. three processes over disjoint models on a busy machine)."""
+    """One table from split runs (e.g. processes over disjoint models side by side on a busy
+    machine); a cell in a later file replaces the same cell in an earlier one (a rerun)."""
     from zoo.cells import Cell
 
     runs = [json.loads(p.read_text()) for p in paths]
-    cells = [Cell(**c) for r in runs for c in r["cells"]]
-    header = runs[0]["fingerprint"] + f"\nmerged from {len(runs)} runs over disjoint models, run side by side"
-    out.write_text(render(cells, header, max(r["wall_s"] for r in runs)))
+    cells = {(c["model"], c["op"]): Cell(**c) for r in runs for c in r["cells"]}
+    header = runs[0]["fingerprint"] + f"\nmerged from {len(runs)} runs, side by side (later reruns replace cells)"
+    out.write_text(render(list(cells.values()), header, sum(r["wall_s"] for r in runs)))
     return 0
 
 

@@ -34,11 +34,15 @@ MIN_COSINE = {"int8": 0.99, "int8_static": 0.95, "int4": 0.99, "prune50": 0.99, 
               "compile": 0.999, "onnxruntime": 0.999}
 
 
+class NotApplicable(Exception):
+    """The operation does not apply to this model (distill without labels): no cell, not a refusal."""
+
+
 @dataclass
 class Cell:
     model: str
     op: str
-    status: str  # ok / refused / WRONG / CRASH
+    status: str  # ok / refused / WRONG / CRASH / n/a
     detail: str = ""
     cosine: float | None = None
     size_ratio: float | None = None
@@ -197,7 +201,7 @@ def _accel(z, op):
 
 def _distill(z, op):
     if not z.data:
-        raise slimkit.NothingToCompressError(f"{z.name} has no labelled data in the zoo (nothing to distill on)")
+        raise NotApplicable(f"{z.name} has no labelled data in the zoo (its output is per pixel)")
     student = build(z.name, seed=1).model
     before = {k: v.clone() for k, v in student.state_dict().items()}
     model, report = slimkit.distill(z.model, student, z.data, epochs=1, batch_size=4)
@@ -221,6 +225,8 @@ def run_cell(z: ZooModel, op: str) -> Cell:
     t0 = time.perf_counter()
     try:
         cell = RUN[op](z, op)
+    except NotApplicable as e:
+        cell = Cell(z.name, op, "n/a", str(e))
     except slimkit.SlimkitError as e:
         cell = Cell(z.name, op, "refused", f"{type(e).__name__}: {e}")
     except AssertionError as e:

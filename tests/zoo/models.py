@@ -116,7 +116,7 @@ def roberta(seed=0):
 def gpt2(seed=0):
     torch.manual_seed(seed)
     model = _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2,
-                n_positions=32, use_cache=False).eval()
+                n_positions=32, use_cache=False, bos_token_id=0, eos_token_id=0).eval()
     return ZooModel("gpt2", model, {"input_ids": _ids(_gen(seed))},
                     _text_data(seed, classes=VOCAB, mask=False, per_token=True), True)
 
@@ -125,10 +125,12 @@ def t5(seed=0):
     torch.manual_seed(seed)
     model = _hf("T5ForConditionalGeneration", "T5Config", vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=64,
                 num_layers=1, num_decoder_layers=1, num_heads=2, decoder_start_token_id=0, use_cache=False).eval()
-    g = _gen(seed)
-    ids = _ids(g)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": _ids(g, seq=4)}
-    return ZooModel("t5", model, inputs, None, True)
+
+    def make(g, n=BATCH):
+        ids = _ids(g, batch=n)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": _ids(g, batch=n, seq=4)}
+    data = _labelled(lambda g: make(g, 4), lambda x: tuple(x["decoder_input_ids"].shape), VOCAB, seed)
+    return ZooModel("t5", model, make(_gen(seed)), data, True)
 
 
 def _image_model(name, cls, config_name, seed, shape=(3, 16, 16), **config):

@@ -38,4 +38,6 @@ def _cells():
 def test_zoo(name, op):
     z = copy.deepcopy(_built(name))  # a fresh copy per cell: no cell can leak into the next
     cell = run_cell(z, op)
+    if cell.status == "n/a":
+        pytest.skip(cell.detail)
     assert cell.status in ("ok", "refused"), f"{cell.status}: {cell.detail}"
