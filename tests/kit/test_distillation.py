@@ -274,8 +274,8 @@ BAD_BATCHES = {
                           "mat1 and mat2"),
     "labels out of range": ([torch.randn(4, 6)] * 2, [torch.zeros(4, dtype=torch.long), torch.full((4,), 7)],
                             "out of bounds"),
-    "batch sizes disagree": ([torch.randn(4, 6)] * 2, [torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long)],
-                             "batch_size"),
+    "batch sizes disagree": ([torch.randn(4, 6)] * 2,
+                             [torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long)], "batch_size"),
 }
 
 

@@ -76,7 +76,10 @@ def _out_axis(m: nn.Module) -> int:
     return 1 if is_hf_conv1d(m) or isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
 
 
-def _edit_weights(model: nn.Module, report, action: str, edit: Callable[[nn.Module, torch.Tensor, object], torch.Tensor]):
+Edit = Callable[[nn.Module, torch.Tensor, object], torch.Tensor]
+
+
+def _edit_weights(model: nn.Module, report, action: str, edit: Edit) -> nn.Module:
     """A float copy with ``edit(module, weight, row)`` applied to every layer the report says got ``action``."""
     ref = copy.deepcopy(model)
     for row in report.layers:
