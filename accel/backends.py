@@ -172,9 +172,12 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
             device: str | torch.device = "cpu", *, fallback: bool = False, **options: Any) -> Prepared:
     """Make ``model`` ready to run with ``backend`` on ``device``; ``model`` is not modified.
 
-    ``example_inputs``: a tensor, a tuple (positional) or a dict (keyword inputs) shaped like
-    real inputs; backends that trace or export use it, and every backend calls the result
-    once on it (so a lazy compile is paid here and shows in ``setup_seconds["first_call"]``).
+    ``example_inputs`` follow :mod:`slimkit.inputs`: a tensor (``model(x)``), a tuple (positional
+    arguments), a dict (keyword arguments, e.g. tokenized text) or ``slimkit.Inputs(args=...,
+    kwargs=...)`` (e.g. ``Inputs(args=(batch_dict,))`` for a forward taking one dict), shaped like
+    real inputs; call the result the same way (``prepared.run(inputs)``). Backends that trace or
+    export use them, and every backend calls the result once on them (so a lazy compile is paid
+    here and shows in ``setup_seconds["first_call"]``).
     ``options`` are backend specific (``get_backend(name).options`` lists them with defaults).
     Raises :class:`~slimkit.errors.DeviceUnavailableError` when the device or backend is not
     usable here, :class:`BackendError` when the backend cannot handle the model.
@@ -200,9 +203,28 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
     return prepared
 
 
+def _innermost(error: BaseException) -> BaseException:
+    """The root cause: exporters wrap the real error in banners ("Failed to export the model
+    with torch.export. This is step 1/3 ..."); follow the explicit causes (then the implicit
+    context) to the last exception that has a message."""
+    seen, inner = {id(error)}, error
+    nxt = error.__cause__ or error.__context__
+    while nxt is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        if str(nxt).strip():
+            inner = nxt
+        nxt = nxt.__cause__ or nxt.__context__
+    return inner
+
+
+def _reason(error: BaseException) -> str:
+    """``Type: message`` of the root cause, colour codes stripped, at most 3 lines / 600 characters."""
+    inner = _innermost(error)
+    lines = [l.strip() for l in re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip().splitlines() if l.strip()]
+    return f"{type(inner).__name__}: " + (" ".join(lines[:3])[:600] if lines else "(no message)")
+
+
 def wrap_failure(backend: str, model: nn.Module, stage: str, error: Exception) -> BackendError:
-    """A BackendError that says which backend, model and stage failed, and the library's reason."""
-    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()  # exporters colour their messages
-    reason = " ".join(reason[:3])[:600] if reason else type(error).__name__
+    """A BackendError that says which backend, model and stage failed, and the root cause."""
     return BackendError(f"backend {backend!r} cannot handle {type(model).__name__}: {stage} failed "
-                        f"({type(error).__name__}: {reason})")
+                        f"({_reason(error)})")

@@ -9,10 +9,17 @@ What the defaults encode (each measured here, see the measuring notes):
   ``DefaultTensorType=FLOAT`` because the fused ops carry no type information;
 - transformers models are exported with keyword inputs; the fusions only recognise attention
   written as plain matmuls (load such models with ``attn_implementation="eager"``);
-- ``exporter="auto"`` picks the TorchScript exporter for transformer models ONNX Runtime's
+- ``exporter="auto"`` tries the TorchScript exporter first for transformer models ONNX Runtime's
   optimizer knows: on MiniLM its graph fuses into EmbedLayerNormalization, 6 Attention and 12
   SkipLayerNormalization nodes (and exports in ~2 s), while the dynamo exporter's graph only
-  gets LayerNormalization/BiasGelu fused (and takes ~25 s). Other models use the dynamo exporter.
+  gets LayerNormalization/BiasGelu fused (and takes ~25 s). Other models try the dynamo exporter
+  first. Whichever comes first must export *and* reproduce the torch outputs on the example
+  inputs, else the other one is used: on transformers 5.x, tracing GPT-2 fails (``aten::diff``
+  in its mask code) or bakes ``logits_to_keep`` in (last-token logits only), and BERT-style
+  models can fail with "multiple values for argument 'use_cache'"; the dynamo exporter handles
+  both. ``info["exporter_fallback"]`` says why the first choice was dropped.
+- inputs follow :mod:`slimkit.inputs`; a ``slimkit.Inputs`` with nested structure (a forward
+  taking one dict) is exported by the dynamo exporter and fed by the flattened tensor order.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import torch.nn as nn
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 
 from . import inputs as _inputs
-from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
+from .backends import Backend, BackendError, Prepared, _reason, register_backend, wrap_failure
 
 log = logging.getLogger("slimkit.accel")
 
@@ -55,20 +62,39 @@ def _transformer_config(model: nn.Module):
     return None
 
 
-def _dynamic_shapes(model: nn.Module, example: _inputs.Inputs):
-    """Batch (dim 0) of every input is dynamic; so is the sequence (dim 1) of integer inputs
-    of rank >= 2 (token ids, masks). Dim.AUTO lets export keep a dim static when the model needs it."""
+def _dims(t: torch.Tensor) -> dict[int, Any]:
+    """Batch (dim 0) of every input is dynamic; so is the sequence (dim 1) of integer inputs of
+    rank >= 2 (token ids, masks). Dim.AUTO lets export keep a dim static when the model needs it."""
     from torch.export import Dim
 
-    def dims(t: torch.Tensor) -> dict[int, Any]:
-        d = {0: Dim.AUTO} if t.dim() >= 1 else {}
-        if t.dim() >= 2 and not t.is_floating_point():
-            d[1] = Dim.AUTO
-        return d
+    d = {0: Dim.AUTO} if t.dim() >= 1 else {}
+    if t.dim() >= 2 and not t.is_floating_point():
+        d[1] = Dim.AUTO
+    return d
 
+
+def _args_kwargs(example: _inputs.ModelInputs) -> tuple[tuple, dict]:
+    """The (args, kwargs) a model is called with under slimkit.inputs' rule."""
+    if isinstance(example, _inputs.Inputs):
+        return example.args, example.kwargs
     if isinstance(example, dict):
-        return {k: dims(v) for k, v in example.items()}
-    return tuple(dims(t) for t in _inputs.tensors(example))
+        return (), dict(example)
+    return tuple(_inputs.tensors(example)), {}
+
+
+def _dynamic_shapes(model: nn.Module, example: _inputs.ModelInputs):
+    """Dynamic dims for every tensor, keyed by forward's parameter names (so nested inputs,
+    e.g. one dict argument, get a matching nested spec); None if forward cannot be bound."""
+    args, kwargs = _args_kwargs(example)
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in inspect.signature(model.forward).parameters.values()
+           if p.name in bound):
+        return None
+    tree_map = torch.utils._pytree.tree_map
+    return {k: tree_map(lambda t: _dims(t) if isinstance(t, torch.Tensor) else None, v) for k, v in bound.items()}
 
 
 def _forward_names(model: nn.Module) -> list[str]:
@@ -77,6 +103,40 @@ def _forward_names(model: nn.Module) -> list[str]:
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _exporters(exporter: str, model: nn.Module, optimize) -> list[str]:
+    """Exporters to try in order (see the module notes)."""
+    if exporter != "auto":
+        return [exporter]
+    if optimize is not None and _transformer_config(model) is not None:
+        return ["torchscript", "dynamo"]
+    return ["dynamo", "torchscript"]
+
+
+def _mismatch(path: Path, model: nn.Module, example, reference: list[torch.Tensor]) -> str | None:
+    """None if the exported graph gives ``reference`` (the torch outputs) on ``example``, else how it differs."""
+    import onnxruntime as ort
+
+    try:
+        quiet = ort.SessionOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, not logged in colour to stderr
+        session = ort.InferenceSession(str(path), quiet, providers=["CPUExecutionProvider"])
+        fn = _Session(session, _forward_names(model) or [i.name for i in session.get_inputs()], None,
+                      torch.device("cpu"))
+        got = _inputs.call(fn, example)
+    except Exception as e:  # a graph that does not even run on its own example inputs
+        return f"running it failed: {_reason(e)}"
+    got = [got] if isinstance(got, torch.Tensor) else list(got)
+    if len(got) != len(reference):
+        return f"{len(got)} outputs instead of {len(reference)}"
+    for i, (g, r) in enumerate(zip(got, reference)):
+        if g.shape != r.shape:
+            return f"output {i} has shape {tuple(g.shape)} instead of {tuple(r.shape)}"
+        r = r.detach().float().cpu()
+        if not torch.allclose(g.float(), r, rtol=1e-3, atol=1e-4 * max(1.0, float(r.abs().max()))):
+            return f"output {i} differs by up to {float((g.float() - r).abs().max()):.3g}"
+    return None
 
 
 class _Session:
@@ -94,9 +154,14 @@ class _Session:
         given.update(kwargs)
         if len(args) > len(self.positional):  # models without a usable signature: ONNX input order
             given.update(zip(self.input_names, args))
+        if not all(isinstance(given.get(n), torch.Tensor) for n in self.input_names):
+            # nested inputs (one dict argument, ...): the exporter's inputs are the flattened tensors in order
+            leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            if len(leaves) == len(self.input_names):
+                given = dict(zip(self.input_names, leaves))
         feed = {}
         for name in self.input_names:
-            if name not in given:
+            if not isinstance(given.get(name), torch.Tensor):
                 raise BackendError(f"the ONNX model needs input {name!r}; got {sorted(given)}")
             feed[name] = given[name].detach().cpu().contiguous().numpy()
         outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
@@ -152,14 +217,9 @@ class OnnxRuntimeBackend(Backend):
         tensor_leaves = [x for x in leaves if isinstance(x, torch.Tensor)]
 
         path = folder / "model.onnx"
-        if exporter == "auto":
-            exporter = "torchscript" if optimize is not None and _transformer_config(model) is not None else "dynamo"
-        info["exporter"] = exporter
         t0 = time.perf_counter()
-        if exporter == "torchscript":
-            self._export_torchscript(model, example_inputs, path, dynamic, opset)
-        else:
-            self._export(model, example_inputs, path, dynamic, opset)
+        exporter = self._export_first_that_works(model, example_inputs, path, dynamic, opset,
+                                                 _exporters(exporter, model, optimize), tensor_leaves, info)
         setup["export"] = time.perf_counter() - t0
 
         if optimize is not None:
@@ -208,16 +268,40 @@ class OnnxRuntimeBackend(Backend):
             weakref.finalize(fn, shutil.rmtree, str(folder), True)
         return prepared
 
+    def _export_first_that_works(self, model, example, path: Path, dynamic: bool, opset, exporters: list[str],
+                                 reference: list[torch.Tensor], info: dict) -> str:
+        """Export with each exporter in turn until one gives a graph that reproduces ``reference``
+        on the example inputs; returns its name. Raises the last exporter's error (or mismatch)."""
+        export = {"dynamo": self._export, "torchscript": self._export_torchscript}
+        failures = []
+        for name in exporters:
+            try:
+                export[name](model, example, path, dynamic, opset)
+                why = _mismatch(path, model, example, reference)
+                if why is None:
+                    info["exporter"] = name
+                    if failures:
+                        info["exporter_fallback"] = "; ".join(failures)
+                    return name
+                error = BackendError(f"backend {self.name!r} cannot handle {type(model).__name__}: the {name} "
+                                     f"exporter's graph does not reproduce the model ({why})")
+            except BackendError as e:
+                error = e
+            failures.append(f"{name}: {error}")
+            log.info("onnxruntime: %s exporter dropped for %s: %s", name, type(model).__name__, error)
+        if len(failures) > 1:
+            raise BackendError(" | ".join(failures)) from error
+        raise error
+
     def _export(self, model, example, path: Path, dynamic: bool, opset) -> None:
         kwargs: dict[str, Any] = {"dynamo": True, "external_data": False, "optimize": True, "verbose": False}
         if opset is not None:
             kwargs["opset_version"] = opset
         if dynamic:
             kwargs["dynamic_shapes"] = _dynamic_shapes(model, example)
-        if isinstance(example, dict):
-            args, kwargs["kwargs"] = (), dict(example)
-        else:
-            args = tuple(_inputs.tensors(example))
+        args, kwargs["kwargs"] = _args_kwargs(example)
+        if args and isinstance(args[-1], dict) and not kwargs["kwargs"]:
+            args += ({},)  # torch.onnx.export reads a trailing dict as keyword inputs; this one is an argument
         noise = io.StringIO()  # the exporter prints its progress to stdout
         try:
             with contextlib.redirect_stdout(noise):
@@ -230,6 +314,11 @@ class OnnxRuntimeBackend(Backend):
         batch (and the sequence of integer inputs) marked dynamic."""
         import warnings
 
+        if isinstance(example, _inputs.Inputs):
+            if example.kwargs or not all(isinstance(a, torch.Tensor) for a in example.args):
+                raise BackendError(f"exporter='torchscript' takes tensors passed positionally; {type(model).__name__} "
+                                   "gets nested or keyword inputs: use exporter='dynamo'")
+            example = tuple(example.args)
         if isinstance(example, dict):
             order = [n for n in _forward_names(model) if n in example]
             if sorted(order) != sorted(example):
@@ -272,7 +361,11 @@ class OnnxRuntimeBackend(Backend):
                 opt = optimizer.optimize_model(str(path), model_type=model_type, num_heads=heads,
                                                hidden_size=hidden)
         except Exception as e:
-            raise wrap_failure(self.name, model, f"ONNX Runtime's {model_type!r} graph fusions", e) from e
+            error = wrap_failure(self.name, model, f"ONNX Runtime's {model_type!r} graph fusions", e)
+            if optimize != "auto":
+                raise error from e
+            info["fusion_note"] = f"graph left unfused: {error}"  # fusions are an extra, not a must
+            return path
         info["fused_ops"] = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
             info["fusion_note"] = ("attention is not fused unless the model is loaded with "

@@ -17,14 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import inputs as _inputs
 from . import surgery
-from .data import batches, first_inputs
+from .data import batch_errors, batches, first_inputs
 from .errors import (IncompatibleModelsError, InvalidParameterError, check_fraction, check_int, check_module,
                      check_nonnegative, check_positive)
 from .events import as_progress
-from .layers import WEIGHTED, param_count
 from .inputs import Inputs
-from .metrics import evaluate
+from .layers import param_count, param_modules
+from .metrics import OutputSelector, check_output, evaluate, flat, logits
 from .pruning import plain_copy
 from .report import LayerReport, Report, Result
 from .training import fit
@@ -33,13 +34,20 @@ from .training import fit
 def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4.0, alpha: float = 0.7,
             noise: float = 0.0, noise_samples: int = 4, epochs: int = 20, lr: float = 2e-3,
             batch_size: int = 64, weight_decay: float = 0.0, val_data=None, seed: int = 0,
-            callbacks=None, stop=None) -> Result:
+            callbacks=None, stop=None, output: OutputSelector = None) -> Result:
     """Train a copy of ``student`` on ``data`` against ``teacher``; returns ``Result(student, report)``.
 
+    data: ``(inputs, targets)`` batches or a pair ``(X, y)`` (see :mod:`slimkit.data`); inputs
+    follow :mod:`slimkit.inputs`: a tensor, a dict of keyword tensors (tokenized text) or
+    ``slimkit.Inputs(args=..., kwargs=...)`` (``Inputs(args=(batch_dict,))`` for a forward that
+    takes one dict). Targets are class indices per sample, or per token for (B, T, C) logits.
+    output: where the logits are in both models' outputs: None (a tensor, or the ``logits`` of a
+    transformers ``ModelOutput`` / a mapping), a key or attribute name, or a callable output -> tensor.
     temperature: softens both distributions (> 0). alpha: weight of the soft-target term in
     [0, 1] (0 = labels only, 1 = teacher only). noise: relative std of the teacher's weight
     noise (0 = the plain teacher). Neither input model is modified. Emits a "metrics" event
-    per epoch (loss, and val_accuracy given ``val_data``); setting ``stop`` interrupts.
+    per epoch (loss, and val_accuracy given ``val_data``); setting ``stop`` interrupts. A batch
+    either model or the loss rejects raises InvalidParameterError naming ``data`` and the batch.
     """
     for name, m in (("teacher", teacher), ("student", student)):
         check_module(name, m)
@@ -52,6 +60,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     check_positive("epochs", epochs, integer=True)
     check_positive("lr", lr)
     check_int("seed", seed, 0, 2**63 - 1)
+    check_output(output)
     batches(data)  # type check before any work
     progress = as_progress(callbacks, stop)
 
@@ -59,35 +68,51 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     for p in teacher.parameters():
         p.requires_grad_(False)
     work = copy.deepcopy(student)
-    x0 = first_inputs(data)
-    with torch.no_grad():
-        t_out, s_out = teacher(x0), work.eval()(x0)
-    if not (isinstance(t_out, torch.Tensor) and isinstance(s_out, torch.Tensor)) or t_out.shape != s_out.shape:
-        shape = lambda o: tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__  # noqa: E731
-        raise IncompatibleModelsError(
-            f"teacher and student must produce outputs of the same shape; on the first batch the teacher "
-            f"gave {shape(t_out)} and the student {shape(s_out)}")
+    _check_pair(teacher, work.eval(), first_inputs(data), output)
 
-    soft_targets = _NoisyTeacher(teacher, temperature, noise, noise_samples, seed)
+    soft_targets = _NoisyTeacher(teacher, temperature, noise, noise_samples, seed, output)
     T = float(temperature)
 
-    def kd_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def kd_loss(model: nn.Module, x, y: torch.Tensor) -> torch.Tensor:
+        s_logits, y = flat(logits(_inputs.call(model, x), output, "the student"), y)
         # alpha=0 never runs the teacher: labels-only training is exactly plain cross-entropy
-        return hinton_loss(model(x), soft_targets(x) if alpha > 0 else None, y, T, alpha)
+        t_probs = soft_targets(x).reshape(s_logits.shape) if alpha > 0 else None
+        return hinton_loss(s_logits, t_probs, y, T, alpha)
 
     history = fit(work, data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                   loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
 
-    layers = [LayerReport.same_size(n, m, "distilled") for n, m in work.named_modules() if isinstance(m, WEIGHTED)]
     pt, ps = param_count(teacher), param_count(work)
     summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
                "final_loss": history[-1]["loss"]}
     if val_data is not None:
         summary["val_accuracy"] = history[-1]["val_accuracy"]
-        summary["teacher_val_accuracy"] = evaluate(teacher, val_data)["accuracy"]
+        summary["teacher_val_accuracy"] = evaluate(teacher, val_data, output=output)["accuracy"]
     params = dict(temperature=T, alpha=alpha, noise=float(noise), noise_samples=noise_samples, epochs=epochs,
                   lr=lr, seed=seed)
-    return Result(work, Report("distill", params, layers, summary=summary))
+    report = Report("distill", params, [_trained_row(n, m) for n, m in param_modules(work)], summary=summary)
+    return Result(work, report.cover(student, work))
+
+
+def _check_pair(teacher: nn.Module, student: nn.Module, x0, output: OutputSelector) -> None:
+    """Both models run on the first batch and give logits of one shape (else a clear error now,
+    not a broadcasting error mid-training)."""
+    with torch.no_grad(), batch_errors(0):
+        t_out = logits(_inputs.call(teacher, x0), output, "the teacher")
+        s_out = logits(_inputs.call(student, x0), output, "the student")
+    if t_out.shape != s_out.shape:
+        raise IncompatibleModelsError(
+            f"teacher and student must produce logits of the same shape; on the first batch the teacher "
+            f"gave {tuple(t_out.shape)} and the student {tuple(s_out.shape)}")
+
+
+def _trained_row(name: str, module: nn.Module) -> LayerReport:
+    """Distillation trains every parameter that requires grad; frozen ones are reported skipped."""
+    own = list(module.parameters(recurse=False))
+    n, b = sum(p.numel() for p in own), sum(p.numel() * p.element_size() for p in own)
+    trained = any(p.requires_grad for p in own)
+    return LayerReport(name, type(module).__name__, "distilled" if trained else "skipped", n, n, b, b,
+                       reason="" if trained else "parameters frozen (requires_grad=False)")
 
 
 def hinton_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None, targets: torch.Tensor,
@@ -115,23 +140,27 @@ class _NoisyTeacher:
     (copy_, not subtraction, so no rounding error accumulates).
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, noise: float, samples: int, seed: int):
-        self.teacher, self.T, self.noise, self.samples = teacher, temperature, noise, samples
+    def __init__(self, teacher: nn.Module, temperature: float, noise: float, samples: int, seed: int,
+                 output: OutputSelector = None):
+        self.teacher, self.T, self.noise, self.samples, self.output = teacher, temperature, noise, samples, output
         self.weights = [p for n, p in teacher.named_parameters() if p.dim() > 1 or n.endswith("weight")]
         self.scales = [p.detach().pow(2).mean().sqrt().item() for p in self.weights]
         self.gen = torch.Generator().manual_seed(seed + 1)
 
+    def _probs(self, x) -> torch.Tensor:
+        return F.softmax(logits(_inputs.call(self.teacher, x), self.output, "the teacher") / self.T, -1)
+
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x) -> torch.Tensor:
         if self.noise == 0:
-            return F.softmax(self.teacher(x) / self.T, -1)
+            return self._probs(x)
         saved = [p.detach().clone() for p in self.weights]
         total = None
         try:
             for _ in range(self.samples):
                 for p, w, s in zip(self.weights, saved, self.scales):
                     p.copy_(w + torch.randn(w.shape, generator=self.gen, dtype=w.dtype) * (self.noise * s))
-                probs = F.softmax(self.teacher(x) / self.T, -1)
+                probs = self._probs(x)
                 total = probs if total is None else total + probs
         finally:
             for p, w in zip(self.weights, saved):

@@ -7,16 +7,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import batches
+from . import inputs as _inputs
+from .data import batch_errors, batches
 from .errors import check_positive
 from .events import as_progress
-from .metrics import evaluate
+from .metrics import evaluate, flat, logits
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+def cross_entropy(model: nn.Module, x, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's logits (a tensor or transformers' ``.logits``) against class
+    targets, per sample or per token; ``x`` is called by :mod:`slimkit.inputs`' rule."""
+    return F.cross_entropy(*flat(logits(_inputs.call(model, x)), y))
 
 
 def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -25,8 +28,10 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
         callbacks=None, stop=None) -> list[dict[str, float]]:
     """Train ``model`` in place with Adam and a cosine schedule; returns per-epoch metrics.
 
-    ``after_step`` runs after every optimizer step (pruning uses it to keep pruned weights
-    at zero). Emits "metrics" events per epoch with loss and, given ``val_data``, accuracy.
+    ``data``: see :mod:`slimkit.data`; a batch the model or the loss rejects raises
+    InvalidParameterError naming ``data`` and the batch index. ``after_step`` runs after every
+    optimizer step (pruning uses it to keep pruned weights at zero). Emits "metrics" events per
+    epoch with loss and, given ``val_data``, accuracy.
     """
     check_positive("epochs", epochs, integer=True)
     check_positive("lr", lr)
@@ -43,10 +48,11 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
         for epoch in range(1, epochs + 1):
             model.train()
             total, n = 0.0, 0
-            for x, y in loader:
+            for i, (x, y) in enumerate(loader):
                 progress.check()
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model, x, y)
+                with batch_errors(i):
+                    loss = loss_fn(model, x, y)
                 loss.backward()
                 opt.step()
                 if after_step is not None:

@@ -172,3 +172,143 @@ def test_stop_interrupts_distillation():
     with pytest.raises(Interrupted):
         slimkit.distill(teacher, student, (x, y), epochs=5, callbacks=listener, stop=stop)
     assert_unchanged(student, snap)
+
+
+# ---- users' models: transformers outputs, the inputs rule, bad batches (issue 8) -------------
+
+def _bert_pair():
+    from zoo.models import bert
+
+    teacher = bert(seed=0)
+    student = _small_bert(seed=1)
+    return teacher, student
+
+
+def _small_bert(seed):
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32, num_labels=3)
+    return transformers.BertForSequenceClassification._from_config(cfg, attn_implementation="eager")
+
+
+def test_distill_reads_the_logits_of_transformers_outputs():
+    """Two BERT classifiers of different widths return SequenceClassifierOutput: distill uses
+    their .logits (it refused 'teacher gave SequenceClassifierOutput and the student ...')."""
+    zoo_teacher, student = _bert_pair()
+    teacher, data = zoo_teacher.model, zoo_teacher.data
+    before_t, before_s = state_snapshot(teacher), state_snapshot(student)
+    model, report = slimkit.distill(teacher, student, data, epochs=2, lr=1e-2, batch_size=4)
+    assert_unchanged(teacher, before_t)
+    assert_unchanged(student, before_s)
+    x = data[0][0]
+    assert model(**x).logits.shape == teacher(**x).logits.shape
+    assert not torch.equal(model.classifier.weight, student.classifier.weight)  # it trained
+    from slimkit.layers import param_modules
+    rows = {l.name: l.action for l in report.layers}
+    assert {n for n, _ in param_modules(student)} <= set(rows)
+    assert set(rows.values()) == {"distilled"}  # every parameter trains, LayerNorms and embeddings included
+    assert report.summary["student_params"] < report.summary["teacher_params"]
+    assert report.summary["model_params_after"] == param_count(model)
+
+
+class _Scores(nn.Module):
+    """Returns a dict without 'logits', or a tuple: the user says where the logits are."""
+
+    def __init__(self, width, as_tuple=False):
+        super().__init__()
+        self.body, self.as_tuple = nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, 4)), as_tuple
+
+    def forward(self, x):
+        s = self.body(x)
+        return (s, x.sum()) if self.as_tuple else {"scores": s, "aux": x.sum()}
+
+
+def test_distill_output_selector_by_name_and_by_callable():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+    teacher, student = _Scores(16), _Scores(3)
+    with pytest.raises(IncompatibleModelsError, match="teacher gave dict.*pass output="):
+        slimkit.distill(teacher, student, (x, y), epochs=1)
+    m, _ = slimkit.distill(teacher, student, (x, y), epochs=1, output="scores")
+    assert m(x)["scores"].shape == (16, 4)
+    m, _ = slimkit.distill(_Scores(16, True), _Scores(3, True), (x, y), epochs=1, output=lambda out: out[0])
+    assert m(x)[0].shape == (16, 4)
+    with pytest.raises(InvalidTypeError, match="output"):
+        slimkit.distill(teacher, student, (x, y), epochs=1, output=3)
+
+
+def test_distill_follows_the_inputs_rule_for_a_forward_taking_one_dict():
+    """(Inputs(args=(batch_dict,)), y) is batched tensor by tensor and called model(batch_dict)."""
+    from zoo.models import dict_input
+
+    zt, zs = dict_input(seed=0), dict_input(seed=1)
+    d = {"ids": torch.randint(0, 64, (10, 8)), "features": torch.randn(10, 4)}
+    y = torch.randint(0, 3, (10,))
+    model, report = slimkit.distill(zt.model, zs.model, (slimkit.Inputs(args=(d,)), y), epochs=1, batch_size=4)
+    assert model(d).shape == (10, 3)
+    # a plain dict of tensors is keyword inputs: dict_input's forward has no 'ids' keyword -> clear error
+    with pytest.raises(InvalidParameterError, match=r"data='batch 0'.*TypeError.*ids"):
+        slimkit.distill(zt.model, zs.model, (d, y), epochs=1)
+
+
+def test_distill_per_token_targets_for_language_models():
+    """GPT-2's (B, T, V) logits with (B, T) targets: every token is a row of the loss."""
+    from zoo.models import gpt2
+
+    zt, zs = gpt2(seed=0), gpt2(seed=1)
+    model, report = slimkit.distill(zt.model, zs.model, zt.data, epochs=1, val_data=zt.data)
+    x = zt.data[0][0]
+    assert model(**x).logits.shape == (4, 8, 64)
+    assert 0 <= report.summary["val_accuracy"] <= 1
+
+
+def _mlp_pair():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), nn.Sequential(nn.Linear(6, 3))
+
+
+BAD_BATCHES = {
+    "wrong input shape": ([torch.randn(4, 6), torch.randn(4, 5)], [torch.zeros(4, dtype=torch.long)] * 2,
+                          "mat1 and mat2"),
+    "labels out of range": ([torch.randn(4, 6)] * 2, [torch.zeros(4, dtype=torch.long), torch.full((4,), 7)],
+                            "out of bounds"),
+    "batch sizes disagree": ([torch.randn(4, 6)] * 2,
+                             [torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long)], "batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES))
+def test_bad_batches_name_data_and_the_batch(case):
+    """Each verb reports the batch torch rejected as InvalidParameterError('data', 'batch 1'),
+    with torch's reason (they raised raw RuntimeError/IndexError/ValueError)."""
+    xs, ys, reason = BAD_BATCHES[case]
+    data = list(zip(xs, ys))
+    teacher, student = _mlp_pair()
+    before = state_snapshot(student)
+    match = rf"data='batch 1'.*{reason}"
+    with pytest.raises(InvalidParameterError, match=match):
+        slimkit.distill(teacher, student, data, epochs=1)
+    assert_unchanged(student, before)
+    with pytest.raises(InvalidParameterError, match=match):
+        slimkit.evaluate(teacher, data)
+    with pytest.raises(InvalidParameterError, match=match):
+        fit(student, data, epochs=1)
+
+
+def test_pair_data_with_inputs_of_different_sample_counts_is_refused():
+    teacher, student = _mlp_pair()
+    d = slimkit.Inputs(args=(torch.randn(5, 6),))
+    with pytest.raises(InvalidParameterError, match="data=.*samples"):
+        slimkit.distill(teacher, student, (d, torch.zeros(4, dtype=torch.long)), epochs=1)
+
+
+def test_bf16_models_distill_in_bf16():
+    from zoo.models import bf16
+
+    zt, zs = bf16(seed=0), bf16(seed=1)
+    model, _ = slimkit.distill(zt.model, zs.model, zt.data, epochs=2)
+    out = model(zt.inputs)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert not torch.equal(model[0].weight, zs.model[0].weight)

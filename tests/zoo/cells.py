@@ -1,0 +1,244 @@
+"""One grid cell: one zoo model through one operation, judged the same way by the tests and by
+``python -m benchmarks.zoo``.
+
+A cell either works (the result runs on the example inputs, is faithful to an independent
+reference, shrinks where the operation promises it, reports every parameter-holding module, and
+leaves the input model untouched) or is refused with a ``slimkit.SlimkitError``. Anything else is a
+defect: ``WRONG`` (an AssertionError from a check) or ``CRASH`` (any other exception).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+import slimkit
+from slimkit import inputs as _inputs
+from slimkit.layers import is_hf_conv1d, param_count, param_modules
+from slimkit.metrics import logits
+
+from .models import ZooModel, build
+
+OPS = ["int8", "int8_static", "int4", "prune50", "structured30", "sparse90", "save_load", "compile", "onnxruntime",
+       "distill"]
+# Minimum cosine between the result's logits and the reference's (see each operation).
+MIN_COSINE = {"int8": 0.99, "int8_static": 0.95, "int4": 0.99, "prune50": 0.99, "sparse90": 0.99,
+              "compile": 0.999, "onnxruntime": 0.999}
+
+
+class NotApplicable(Exception):
+    """The operation does not apply to this model (distill without labels): no cell, not a refusal."""
+
+
+@dataclass
+class Cell:
+    model: str
+    op: str
+    status: str  # ok / refused / WRONG / CRASH / n/a
+    detail: str = ""
+    cosine: float | None = None
+    size_ratio: float | None = None
+    seconds: float = 0.0
+
+
+def out(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return logits(_inputs.call(model, inputs)).detach().float()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f"output shape {tuple(a.shape)} instead of {tuple(b.shape)}"
+    assert torch.isfinite(a).all(), "non-finite outputs"
+    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def covers_every_module(report, model: nn.Module) -> None:
+    """A row for every module holding parameters, or for a module around it (a row for 'conv'
+    covers 'conv.parametrizations.weight'), as Report.cover counts."""
+    names = {l.name for l in report.layers}
+    within = lambda n: "" in names or any(n == r or n.startswith(r + ".") for r in names)  # noqa: E731
+    missing = [n for n, _ in param_modules(model) if not within(n)]
+    assert not missing, f"report has no row for {missing[:5]}"
+
+
+# --- independent references: the float model with the operation applied by hand -------------
+
+def _out_axis(m: nn.Module) -> int:
+    """The output-channel axis of a layer's stored weight."""
+    return 1 if is_hf_conv1d(m) or isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
+
+
+Edit = Callable[[nn.Module, torch.Tensor, object], torch.Tensor]
+
+
+def _edit_weights(model: nn.Module, report, action: str, edit: Edit) -> nn.Module:
+    """A float copy with ``edit(module, weight, row)`` applied to every layer the report says got ``action``."""
+    ref = copy.deepcopy(model)
+    for row in report.layers:
+        if row.action != action:
+            continue
+        m = ref.get_submodule(row.name)
+        if parametrize.is_parametrized(m, "weight"):
+            _unparametrize(m)
+        with torch.no_grad():
+            m.weight.copy_(edit(m, m.weight.detach(), row))
+    return ref
+
+
+def _unparametrize(m: nn.Module) -> None:
+    """Bake a parametrized weight into a plain one. torch's remove_parametrizations deletes the
+    property from the module's class, which a deepcopy shares with the original: that broke the
+    user's model (no attribute 'weight'). A private copy of the class keeps the original intact."""
+    cls = m.__class__
+    m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
+def fake_quant(m: nn.Module, w: torch.Tensor, row) -> torch.Tensor:
+    """Symmetric round-to-nearest on the reported bits and granularity (what quantize promises)."""
+    bits, gran = row.details["bits"], row.details.get("granularity", "per_channel")
+    qmax = 2 ** (bits - 1) - 1
+    wf = w.float()
+    if gran == "per_tensor":
+        scale = wf.abs().max().clamp_min(1e-12) / qmax
+    else:
+        axis = _out_axis(m)
+        dims = [d for d in range(wf.dim()) if d != axis]
+        scale = wf.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
+    return (torch.clamp(torch.round(wf / scale), -qmax, qmax) * scale).to(w.dtype)
+
+
+def magnitude_zeroed(m: nn.Module, w: torch.Tensor, row) -> torch.Tensor:
+    """The reported fraction of the layer's smallest-magnitude weights set to zero."""
+    k = int(round(row.sparsity * w.numel()))
+    if k == 0:
+        return w
+    cut = w.abs().flatten().float().kthvalue(k).values
+    return torch.where(w.abs().float() <= cut, torch.zeros_like(w), w)
+
+
+# --- the operations ---------------------------------------------------------------------------
+
+def _calibration(z: ZooModel) -> list:
+    return [x for x, _ in z.data] if z.data else [z.inputs]
+
+
+def _compressed(z: ZooModel, op: str, result, reference: nn.Module | None, promise_smaller: bool) -> Cell:
+    model, report = result
+    cell = Cell(z.name, op, "ok")
+    got = out(model, z.inputs)
+    if reference is not None:
+        cell.cosine = cosine(got, out(reference, z.inputs))
+        assert cell.cosine >= MIN_COSINE[op], f"cosine {cell.cosine:.4f} < {MIN_COSINE[op]} against the reference"
+    else:
+        assert got.shape == out(z.model, z.inputs).shape and torch.isfinite(got).all(), "bad outputs"
+    cell.size_ratio = slimkit.size(model) / slimkit.size(z.model)
+    if promise_smaller:
+        assert cell.size_ratio < 1, f"size ratio {cell.size_ratio:.3f}: not smaller"
+    covers_every_module(report, z.model)
+    return cell
+
+
+def _quantize(z, op):
+    kw = {"int8": dict(bits=8), "int4": dict(bits=4), "int8_static": dict(bits=8, activations=_calibration(z))}[op]
+    result = slimkit.quantize(z.model, **kw)
+    # static int8 also quantizes activations: judged against the float model, weight-only against fake-quant
+    ref = z.model if op == "int8_static" else _edit_weights(z.model, result.report, "quantized", fake_quant)
+    return _compressed(z, op, result, ref, promise_smaller=True)
+
+
+def _prune(z, op):
+    result = slimkit.prune(z.model, 0.5)
+    return _compressed(z, op, result, _edit_weights(z.model, result.report, "pruned", magnitude_zeroed), False)
+
+
+def _structured(z, op):
+    model, report = result = slimkit.prune(z.model, 0.3, structured=True)
+    cell = _compressed(z, op, result, None, promise_smaller=False)
+    assert report.summary["model_params_after"] == param_count(model), "report's params_after is not the model's"
+    return cell
+
+
+def _sparsify(z, op):
+    result = slimkit.sparsify(z.model, sparsity=0.9)
+    ref = _edit_weights(z.model, result.report, _changed_action(result.report), magnitude_zeroed)
+    return _compressed(z, op, result, ref, promise_smaller=True)
+
+
+def _changed_action(report) -> str:
+    actions = {l.action for l in report.layers} - {"skipped"}
+    assert len(actions) == 1, f"expected one action besides 'skipped', got {actions}"
+    return actions.pop()
+
+
+def _save_load(z, op):
+    q, _ = slimkit.quantize(z.model, bits=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = slimkit.save(q, Path(tmp) / "m.slim")
+        loaded = slimkit.load(path, model=z.model)
+        size = path.stat().st_size
+    a, b = out(q, z.inputs), out(loaded, z.inputs)
+    assert torch.equal(a, b), f"loaded model differs by {float((a - b).abs().max()):.3g}"
+    return Cell(z.name, op, "ok", cosine=1.0, size_ratio=size / slimkit.size(z.model))
+
+
+def _accel(z, op):
+    from slimkit import accel
+
+    run = accel.prepare(z.model, z.inputs, backend=op)
+    got = logits(run.run(z.inputs)).detach().float()
+    cell = Cell(z.name, op, "ok", cosine=cosine(got, out(z.model, z.inputs)))
+    assert cell.cosine >= MIN_COSINE[op], f"cosine {cell.cosine:.5f} < {MIN_COSINE[op]} against eager"
+    if run.size_bytes:
+        cell.size_ratio = run.size_bytes / slimkit.size(z.model)
+    return cell
+
+
+def _distill(z, op):
+    if not z.data:
+        raise NotApplicable(f"{z.name} has no labelled data in the zoo (its output is per pixel)")
+    student = build(z.name, seed=1).model
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    model, report = slimkit.distill(z.model, student, z.data, epochs=1, batch_size=4)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items()), "the student was modified"
+    covers_every_module(report, student)
+    got = out(model, z.inputs)
+    assert got.shape == out(z.model, z.inputs).shape and torch.isfinite(got).all(), "bad student outputs"
+    assert report.summary["final_loss"] == report.summary["final_loss"], "NaN loss"
+    return Cell(z.name, op, "ok", size_ratio=param_count(model) / param_count(z.model))
+
+
+RUN = {"int8": _quantize, "int8_static": _quantize, "int4": _quantize, "prune50": _prune,
+       "structured30": _structured, "sparse90": _sparsify, "save_load": _save_load, "compile": _accel,
+       "onnxruntime": _accel, "distill": _distill}
+
+
+def run_cell(z: ZooModel, op: str) -> Cell:
+    """Run one cell; never raises (the status says what happened). The input model must come
+    back unchanged whatever happened."""
+    snapshot = {k: v.detach().clone() for k, v in z.model.state_dict().items()}
+    t0 = time.perf_counter()
+    try:
+        cell = RUN[op](z, op)
+    except NotApplicable as e:
+        cell = Cell(z.name, op, "n/a", str(e))
+    except slimkit.SlimkitError as e:
+        cell = Cell(z.name, op, "refused", f"{type(e).__name__}: {e}")
+    except AssertionError as e:
+        cell = Cell(z.name, op, "WRONG", str(e))
+    except Exception as e:  # noqa: BLE001  any other exception is what the grid exists to find
+        cell = Cell(z.name, op, "CRASH", f"{type(e).__name__}: {e}")
+    cell.seconds = time.perf_counter() - t0
+    now = z.model.state_dict()
+    changed = [k for k, v in snapshot.items() if k not in now or not torch.equal(now[k], v)]
+    if changed:
+        cell.status, cell.detail = "WRONG", f"the input model was modified ({changed[:3]}); " + cell.detail
+    return cell
