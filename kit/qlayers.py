@@ -476,6 +476,15 @@ class FakeQuantInput(nn.Module):
     weight = property(lambda self: self.inner.weight)
     bias = property(lambda self: self.inner.bias)
 
+    def __getattr__(self, name: str):
+        # ... and its other attributes (HF MobileNet reads conv.stride / kernel_size for its padding)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(super().__getattr__("inner"), name)
+
     def spec(self) -> dict:
         return {"bits": self.bits}
 

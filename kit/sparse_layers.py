@@ -191,6 +191,12 @@ class SparseWeight(nn.Module):
             self._cache["dense"] = w
         return w
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight, read-only: code that reads ``layer.weight`` (T5's ``wo.weight.dtype``,
+        ViT's patch embedding) keeps working on a sparse layer."""
+        return self.dense_weight()
+
     def _torch_csr(self) -> torch.Tensor:
         c = self._cache.get("csr")
         if c is None:
@@ -240,6 +246,9 @@ class SparseWeight(nn.Module):
 
 @register_module("sparse.Linear")
 class SparseLinear(SparseWeight):
+    in_features = property(lambda self: self.cols)
+    out_features = property(lambda self: self.rows)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.execution == "csr":
             self.runs = "csr kernel"
@@ -282,6 +291,11 @@ class SparseConv(SparseWeight):
         self.stride, self.dilation, self.groups = tuple(stride), tuple(dilation), int(groups)
         self.padding = padding if isinstance(padding, str) else tuple(padding)
 
+    # what code around a conv reads (HF MobileNet computes its padding from them)
+    kernel_size = property(lambda self: self.shape[2:])
+    out_channels = property(lambda self: self.shape[0])
+    in_channels = property(lambda self: self.shape[1] * self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.runs = "dense (decompressed)"
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.shape) - 3]
@@ -301,6 +315,9 @@ class SparseConv(SparseWeight):
 class SparseEmbedding(SparseWeight):
     """Embedding lookup from a sparse table. With execution "csr" the requested rows are
     gathered straight from the CSR buffers: the dense table never exists in memory."""
+
+    num_embeddings = property(lambda self: self.rows)
+    embedding_dim = property(lambda self: self.cols)
 
     def __init__(self, *, padding_idx=None, **kw):
         super().__init__(**kw)
