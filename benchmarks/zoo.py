@@ -95,7 +95,7 @@ def render(cells: list, fingerprint: str, wall: float) -> str:
         "```", fingerprint.strip(), "```", "",
         f"**{counts['ok']}/{n} cells ok ({share:.0%})**, refused {counts['refused']}, WRONG {counts['WRONG']}, "
         f"CRASH {counts['CRASH']}, TIMEOUT {counts['TIMEOUT']}; target: no crash, no wrong result, >= "
-        f"{TARGET_OK:.0%} ok -> {verdict}. Wall time {wall / 60:.1f} min.", "",
+        f"{TARGET_OK:.0%} ok -> {verdict}. Time {wall / 60:.1f} min (summed over runs when merged).", "",
         "| model | operation | status | cosine | size | seconds |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

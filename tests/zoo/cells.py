@@ -131,9 +131,9 @@ def _calibration(z: ZooModel) -> list:
     return [x for x, _ in z.data] if z.data else [z.inputs]
 
 
-def _compressed(z: ZooModel, op: str, result, reference: nn.Module | None, promise_smaller: bool) -> Cell:
+def _compressed(z: ZooModel, cell: Cell, result, reference: nn.Module | None, promise_smaller: bool) -> None:
     model, report = result
-    cell = Cell(z.name, op, "ok")
+    op = cell.op
     got = out(model, z.inputs)
     if reference is not None:
         cell.cosine = cosine(got, out(reference, z.inputs))
@@ -144,33 +144,32 @@ def _compressed(z: ZooModel, op: str, result, reference: nn.Module | None, promi
     if promise_smaller:
         assert cell.size_ratio < 1, f"size ratio {cell.size_ratio:.3f}: not smaller"
     covers_every_module(report, z.model)
-    return cell
 
 
-def _quantize(z, op):
+def _quantize(z, cell):
+    op = cell.op
     kw = {"int8": dict(bits=8), "int4": dict(bits=4), "int8_static": dict(bits=8, activations=_calibration(z))}[op]
     result = slimkit.quantize(z.model, **kw)
     # static int8 also quantizes activations: judged against the float model, weight-only against fake-quant
     ref = z.model if op == "int8_static" else _edit_weights(z.model, result.report, "quantized", fake_quant)
-    return _compressed(z, op, result, ref, promise_smaller=True)
+    _compressed(z, cell, result, ref, promise_smaller=True)
 
 
-def _prune(z, op):
+def _prune(z, cell):
     result = slimkit.prune(z.model, 0.5)
-    return _compressed(z, op, result, _edit_weights(z.model, result.report, "pruned", magnitude_zeroed), False)
+    _compressed(z, cell, result, _edit_weights(z.model, result.report, "pruned", magnitude_zeroed), False)
 
 
-def _structured(z, op):
+def _structured(z, cell):
     model, report = result = slimkit.prune(z.model, 0.3, structured=True)
-    cell = _compressed(z, op, result, None, promise_smaller=False)
+    _compressed(z, cell, result, None, promise_smaller=False)
     assert report.summary["model_params_after"] == param_count(model), "report's params_after is not the model's"
-    return cell
 
 
-def _sparsify(z, op):
+def _sparsify(z, cell):
     result = slimkit.sparsify(z.model, sparsity=0.9)
     ref = _edit_weights(z.model, result.report, _changed_action(result.report), magnitude_zeroed)
-    return _compressed(z, op, result, ref, promise_smaller=True)
+    _compressed(z, cell, result, ref, promise_smaller=True)
 
 
 def _changed_action(report) -> str:
@@ -179,30 +178,30 @@ def _changed_action(report) -> str:
     return actions.pop()
 
 
-def _save_load(z, op):
+def _save_load(z, cell):
     q, _ = slimkit.quantize(z.model, bits=8)
     with tempfile.TemporaryDirectory() as tmp:
         path = slimkit.save(q, Path(tmp) / "m.slim")
         loaded = slimkit.load(path, model=z.model)
         size = path.stat().st_size
     a, b = out(q, z.inputs), out(loaded, z.inputs)
+    cell.size_ratio = size / slimkit.size(z.model)
     assert torch.equal(a, b), f"loaded model differs by {float((a - b).abs().max()):.3g}"
-    return Cell(z.name, op, "ok", cosine=1.0, size_ratio=size / slimkit.size(z.model))
+    cell.cosine = 1.0
 
 
-def _accel(z, op):
+def _accel(z, cell):
     from slimkit import accel
 
-    run = accel.prepare(z.model, z.inputs, backend=op)
-    got = logits(run.run(z.inputs)).detach().float()
-    cell = Cell(z.name, op, "ok", cosine=cosine(got, out(z.model, z.inputs)))
-    assert cell.cosine >= MIN_COSINE[op], f"cosine {cell.cosine:.5f} < {MIN_COSINE[op]} against eager"
+    run = accel.prepare(z.model, z.inputs, backend=cell.op)
     if run.size_bytes:
         cell.size_ratio = run.size_bytes / slimkit.size(z.model)
-    return cell
+    got = logits(run.run(z.inputs)).detach().float()
+    cell.cosine = cosine(got, out(z.model, z.inputs))
+    assert cell.cosine >= MIN_COSINE[cell.op], f"cosine {cell.cosine:.5f} < {MIN_COSINE[cell.op]} against eager"
 
 
-def _distill(z, op):
+def _distill(z, cell):
     if not z.data:
         raise NotApplicable(f"{z.name} has no labelled data in the zoo (its output is per pixel)")
     student = build(z.name, seed=1).model
@@ -213,7 +212,7 @@ def _distill(z, op):
     got = out(model, z.inputs)
     assert got.shape == out(z.model, z.inputs).shape and torch.isfinite(got).all(), "bad student outputs"
     assert report.summary["final_loss"] == report.summary["final_loss"], "NaN loss"
-    return Cell(z.name, op, "ok", size_ratio=param_count(model) / param_count(z.model))
+    cell.size_ratio = param_count(model) / param_count(z.model)
 
 
 RUN = {"int8": _quantize, "int8_static": _quantize, "int4": _quantize, "prune50": _prune,
@@ -222,20 +221,21 @@ RUN = {"int8": _quantize, "int8_static": _quantize, "int4": _quantize, "prune50"
 
 
 def run_cell(z: ZooModel, op: str) -> Cell:
-    """Run one cell; never raises (the status says what happened). The input model must come
-    back unchanged whatever happened."""
+    """Run one cell; never raises (the status says what happened; figures measured before a
+    failing check are kept). The input model must come back unchanged whatever happened."""
     snapshot = {k: v.detach().clone() for k, v in z.model.state_dict().items()}
+    cell = Cell(z.name, op, "ok")
     t0 = time.perf_counter()
     try:
-        cell = RUN[op](z, op)
+        RUN[op](z, cell)
     except NotApplicable as e:
-        cell = Cell(z.name, op, "n/a", str(e))
+        cell.status, cell.detail = "n/a", str(e)
     except slimkit.SlimkitError as e:
-        cell = Cell(z.name, op, "refused", f"{type(e).__name__}: {e}")
+        cell.status, cell.detail = "refused", f"{type(e).__name__}: {e}"
     except AssertionError as e:
-        cell = Cell(z.name, op, "WRONG", str(e))
+        cell.status, cell.detail = "WRONG", str(e)
     except Exception as e:  # noqa: BLE001  any other exception is what the grid exists to find
-        cell = Cell(z.name, op, "CRASH", f"{type(e).__name__}: {e}")
+        cell.status, cell.detail = "CRASH", f"{type(e).__name__}: {e}"
     cell.seconds = time.perf_counter() - t0
     now = z.model.state_dict()
     changed = [k for k, v in snapshot.items() if k not in now or not torch.equal(now[k], v)]
