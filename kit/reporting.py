@@ -117,10 +117,11 @@ _MD_SPECIALS = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", 
 
 def md_text(v: Any) -> str:
     """``v`` as literal Markdown table text: renders as the characters it holds, never as HTML
-    (Markdown passes raw HTML through: a ``<script>`` in a run name would run in the report)."""
+    (Markdown passes raw HTML through: a ``<script>`` in a run name would run in the report).
+    Quotes stay as they are: outside a tag they are text, and &#x27; would show in terminals."""
     if v is None:
         return ""
-    return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v)).translate(_MD_SPECIALS)
+    return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v), quote=False).translate(_MD_SPECIALS)
 
 
 def plot_text(v: Any) -> str:

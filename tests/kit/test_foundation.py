@@ -105,6 +105,6 @@ def test_evaluate_restores_the_training_mode_when_a_batch_fails():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     model.train()
     bad = (torch.randn(8, 5), torch.zeros(8, dtype=torch.long))  # wrong feature count
-    with pytest.raises(RuntimeError):
+    with pytest.raises(errors.InvalidParameterError, match="batch 0"):  # torch's error, named by slimkit
         evaluate(model, bad)
     assert model.training

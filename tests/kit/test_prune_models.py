@@ -618,7 +618,6 @@ def test_dict_input_model_structured_and_shrink():
      "batch 2"),
     (dict(finetune=dict(data=(images(4, c=1), torch.arange(4)))), "finetune", "batch 1"),
     (dict(structured=True, finetune=dict(data=(images(4, c=1), torch.arange(4)))), "finetune", "batch 1"),
-    (dict(score="fisher", data=({"x": images(4)}, torch.arange(4))), "data", r"\(inputs, labels\) batches"),
 ])
 def test_wrong_data_raises_a_slimkit_error_naming_it(kw, name, match):
     model = resnet()
