@@ -200,7 +200,7 @@ def _layer_sqnr(z: ZooModel, result, min_db: float = 20.0) -> None:
         with torch.no_grad():
             a = z.model.get_submodule(n)(*args, **kwargs)
             b = result.model.get_submodule(n)(*args, **kwargs)
-        a, b = (logits(t).float() for t in (a, b))
+        a, b = (logits(t[0] if isinstance(t, tuple) else t).float() for t in (a, b))  # an RNN: (output, state)
         assert sqnr(a, b) >= min_db, f"{n}: output SQNR {sqnr(a, b):.1f} dB < {min_db} dB"
 
 
