@@ -11,6 +11,7 @@ import slimkit
 from conftest import assert_unchanged, state_snapshot
 from slimkit.errors import InvalidParameterError, NothingToCompressError, SlimkitError
 from slimkit.layers import param_count, param_modules
+from zoo.models import BasicBlock  # torchvision's block: one ReLU module called twice
 
 
 # ---- models -----------------------------------------------------------------------------
@@ -105,30 +106,6 @@ class UNet(nn.Module):
         b = F.relu(self.enc2(F.max_pool2d(a, 2)))
         u = self.up(b)
         return self.out(F.relu(self.dec(torch.cat([a, u], 1))))
-
-
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: one ReLU module called twice, identity or 1x1 conv+BN shortcut."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
 
 
 class ResNet(nn.Module):

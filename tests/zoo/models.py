@@ -187,11 +187,14 @@ class BasicBlock(nn.Module):
         self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
                            if stride != 1 or cin != cout else None)
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+    def forward(self, x):  # as torchvision writes it, in-place residual add included
+        identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
 
 
 class TinyResNet(nn.Module):
