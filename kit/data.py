@@ -125,16 +125,31 @@ def first_inputs(data, n: int | None = None) -> ModelInputs:
     return x if n is None else apply(x, lambda t: t[:n])
 
 
+def describe_batch(batch) -> str:
+    """The shapes of a batch's tensors, for error messages: "(tensor(8, 5), tensor(8,))"."""
+    if isinstance(batch, torch.Tensor):
+        return f"tensor{tuple(batch.shape)}"
+    if isinstance(batch, (tuple, list, Mapping, Inputs)):
+        try:
+            return "(" + ", ".join(f"tensor{tuple(t.shape)}" for t in tensors(batch)) + ")"
+        except Exception:  # a structure slimkit.inputs cannot read: its type is all we can say
+            pass
+    return type(batch).__name__
+
+
 @contextlib.contextmanager
-def batch_errors(index: int, name: str = "data"):
-    """Turn what torch raises on a bad batch (wrong input shape, out-of-range labels, batch
-    sizes that disagree) into an InvalidParameterError naming ``name`` and the batch index,
-    with torch's own message. slimkit's errors (a stop, a checked parameter) pass unchanged."""
+def batch_errors(index: int, name: str = "data", batch=None,
+                 expected: str = "batches the model and the loss accept"):
+    """Turn what torch (or the model's own code) raises on a bad batch (wrong input shape,
+    out-of-range labels, batch sizes that disagree) into an InvalidParameterError naming ``name``
+    and the batch (its index, and its shapes when given), with the underlying message. slimkit's
+    own errors (a stop, a checked parameter) pass unchanged. The one place every verb turns a bad
+    batch into a slimkit error: training, evaluation, calibration, Fisher/OBD scores, distillation."""
     try:
         yield
     except SlimkitError:
         raise
-    except (RuntimeError, IndexError, ValueError, TypeError, KeyError) as e:
+    except Exception as e:
         reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise InvalidParameterError(name, f"batch {index}", f"batches the model and the loss accept "
-                                    f"({type(e).__name__}: {reason})") from e
+        shown = f"batch {index}" + (f" {describe_batch(batch)}" if batch is not None else "")
+        raise InvalidParameterError(name, shown, f"{expected} ({type(e).__name__}: {reason})") from e

@@ -22,44 +22,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .data import batches
-from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_choice
+from .data import batch_errors, batches, describe_batch
+from .errors import InvalidParameterError, InvalidTypeError, check_choice
 from .events import Progress
-from .inputs import Inputs, apply, call, tensors
-from .training import LossFn
+from .inputs import Inputs, apply
+from .training import LossFn, cross_entropy
 
 ScoreFn = Callable[["ScoreContext"], dict[str, torch.Tensor]]
-
-
-def cross_entropy(model: nn.Module, x, y: torch.Tensor) -> torch.Tensor:
-    """The default loss: the model called on ``x`` by the rule of :mod:`slimkit.inputs` (a tuple
-    is positional inputs, a dict keyword inputs), cross-entropy against labels ``y``."""
-    return F.cross_entropy(call(model, x), y)
 
 
 _BATCHES = ("(inputs, labels) batches: inputs a tensor, a tuple (positional), a dict (keyword) or "
             "slimkit.Inputs, as the model takes them; labels what loss_fn expects (class indices "
             "in [0, classes) for the default cross-entropy)")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor{tuple(x.shape)}"
-    if isinstance(x, (tuple, list, dict, Inputs)):
-        try:
-            return "(" + ", ".join(f"tensor{tuple(t.shape)}" for t in tensors(x)) + ")"
-        except Exception:
-            pass
-    return type(x).__name__
-
-
-def batch_error(name: str, step: int, x, y, error: Exception) -> InvalidParameterError:
-    """The slimkit error for a batch the model or loss cannot take, with torch's own message."""
-    return InvalidParameterError(
-        name, f"<batch {step}: inputs {_describe(x)}, labels {_describe(y)}>",
-        f"{_BATCHES}; on this batch the model/loss raised {type(error).__name__}: {error}")
 
 
 def first_batch(name: str, data):
@@ -68,7 +43,7 @@ def first_batch(name: str, data):
     if batch is None:
         raise InvalidParameterError(name, data, "at least one " + _BATCHES)
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
-        raise InvalidParameterError(name, f"<batch 1: {_describe(batch)}>", _BATCHES)
+        raise InvalidParameterError(name, f"batch 1 {describe_batch(batch)}", _BATCHES)
     return batch
 
 
@@ -79,12 +54,8 @@ def check_batch(name: str, model: nn.Module, data, loss_fn: LossFn) -> None:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), batch_errors(1, name, (x, y), _BATCHES):
             loss_fn(model, x, y)
-    except SlimkitError:
-        raise
-    except Exception as e:
-        raise batch_error(name, 1, x, y, e) from e
     finally:
         model.train(was_training)
 
@@ -182,7 +153,7 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
         for step, batch in enumerate(loader, 1):
             progress.check()
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise InvalidParameterError("data", f"<batch {step}: {_describe(batch)}>", _BATCHES)
+                raise InvalidParameterError("data", f"batch {step} {describe_batch(batch)}", _BATCHES)
             x, y = batch
             for start in range(0, len(y), chunk):
                 xs, ys = apply(x, lambda t: t[start:start + chunk]), y[start:start + chunk]
@@ -195,12 +166,8 @@ def fisher_diagonal(model: nn.Module, targets: list[tuple[str, nn.Module]], data
                     except Exception:  # e.g. data-dependent Python control flow or in-place ops
                         use_vmap = False
                 if not use_vmap or isinstance(xs, Inputs):
-                    try:
+                    with batch_errors(step, "data", (x, y), _BATCHES):  # the batch itself is wrong
                         grads = _loop_grads(wrapper, keys, xs, ys)
-                    except SlimkitError:
-                        raise
-                    except Exception as e:  # the batch itself is wrong: say which, with torch's reason
-                        raise batch_error("data", step, x, y, e) from e
                 for k, n in keys.items():
                     sums[n] += grads[k].detach().pow(2).sum(0)
                 count += len(ys)

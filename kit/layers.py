@@ -39,6 +39,19 @@ def is_parametrized(m: nn.Module) -> bool:
     return parametrize.is_parametrized(m)
 
 
+def unparametrize(m: nn.Module) -> None:
+    """Fold ``m``'s parametrizations (weight_norm, spectral_norm...) into plain Parameters holding
+    the computed tensors, in place. Not ``parametrize.remove_parametrizations``: it deletes the
+    properties from the generated Parametrized* class, which a deep copy shares with the original
+    model, so the caller's model would lose its ``weight``."""
+    values = {p: (getattr(m, p).detach().clone(), next(plist.parameters()).requires_grad)
+              for p, plist in m.parametrizations.items()}
+    del m._modules["parametrizations"]
+    m.__class__ = type(m).__bases__[0]
+    for p, (value, grad) in values.items():
+        m.register_parameter(p, nn.Parameter(value, requires_grad=grad))
+
+
 def param_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every module that holds parameters of its own (recurse=False), once each, in order: what a
     complete report has one row for."""
@@ -60,10 +73,16 @@ def matches(name: str, patterns: Iterable[str] | None) -> bool:
     return bool(patterns) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def is_target(m: nn.Module, types: tuple[type, ...]) -> bool:
+    """``m`` is one of ``types``; transformers' Conv1D counts as the ``nn.Linear`` it is."""
+    return isinstance(m, types) or (nn.Linear in types and is_hf_conv1d(m))
+
+
 def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
                   include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                   method: str = "this method") -> Iterator[tuple[str, nn.Module]]:
-    """Modules of ``types`` (optionally filtered by glob patterns), in definition order.
+    """Modules of ``types`` (see :func:`is_target`; optionally filtered by glob patterns), in
+    definition order.
 
     Raises NothingToCompressError when nothing qualifies: a silent no-op would let a user
     believe a model was compressed when it was not.
@@ -71,7 +90,7 @@ def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
     include = list(include) if include else None
     exclude = list(exclude) if exclude else []
     found = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, types) and (include is None or matches(n, include)) and not matches(n, exclude)]
+             if is_target(m, types) and (include is None or matches(n, include)) and not matches(n, exclude)]
     if not found:
         kinds = ", ".join(t.__name__ for t in types)
         raise NothingToCompressError(

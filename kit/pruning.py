@@ -20,9 +20,10 @@ from .errors import (InvalidParameterError, InvalidTypeError, SlimkitError, chec
                      check_module, check_positive)
 from .events import Progress, as_progress
 from .inputs import apply
-from .layers import WEIGHTED, is_hf_conv1d, is_parametrized, named_targets, param_count, tensor_bytes, unselected_reason
+from .layers import (WEIGHTED, is_parametrized, is_target, named_targets, param_count, tensor_bytes, unparametrize,
+                     unselected_reason)
 from .report import LayerReport, Report, Result
-from .training import fit
+from .training import cross_entropy, fit
 
 SCOPES = ("layer", "global")
 # Weights pruned element-wise besides WEIGHTED: a transposed conv's weight is as prunable as a conv's.
@@ -81,7 +82,7 @@ def prune(model: nn.Module, sparsity: float, score: str = "magnitude", structure
         raise InvalidParameterError(
             "data", None, f"training batches (a DataLoader or (X, y)) for score={score!r}, "
             "which averages squared gradients over data")
-    loss_fn = loss_fn or importance.cross_entropy
+    loss_fn = loss_fn or cross_entropy
     if data is not None and importance.needs_data(score):  # bad data: a clear error now, not a traceback later
         importance.check_batch("data", model, data, loss_fn)
     elif data is not None:
@@ -111,15 +112,7 @@ def keep_sparsity(model: nn.Module):
 def is_prunable(m: nn.Module) -> bool:
     """A layer whose ``weight`` unstructured pruning zeroes element-wise: Linear, Conv,
     ConvTranspose, Embedding and transformers' Conv1D (GPT-2), which is a Linear stored transposed."""
-    return isinstance(m, (*WEIGHTED, *_TRANSPOSED)) or is_hf_conv1d(m)
-
-
-def weighted_layers(model: nn.Module, types: tuple[type, ...], *, include=None, exclude=None,
-                    method: str) -> list[tuple[str, nn.Module]]:
-    """``layers.named_targets`` over ``types`` plus transformers' Conv1D wherever the model has one
-    (its class is found in the model: slimkit does not import transformers)."""
-    conv1d = tuple({type(m) for m in model.modules() if is_hf_conv1d(m)})
-    return list(named_targets(model, (*types, *conv1d), include=include, exclude=exclude, method=method))
+    return is_target(m, (*WEIGHTED, *_TRANSPOSED))
 
 
 def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -129,15 +122,7 @@ def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     work = copy.deepcopy(model)
     names = [n for n, m in work.named_modules() if is_parametrized(m)]
     for n in names:
-        m = work.get_submodule(n)
-        values = {p: (getattr(m, p).detach().clone(), next(plist.parameters()).requires_grad)
-                  for p, plist in m.parametrizations.items()}
-        # Not parametrize.remove_parametrizations: it deletes the properties from the generated
-        # Parametrized* class, which the deep copy shares with the caller's model.
-        del m._modules["parametrizations"]
-        m.__class__ = type(m).__bases__[0]
-        for p, (value, grad) in values.items():
-            m.register_parameter(p, nn.Parameter(value, requires_grad=grad))
+        unparametrize(work.get_submodule(n))
     return work, names
 
 
@@ -189,7 +174,7 @@ def _run_finetune(model, tune: _Finetune, loss_fn, seed, step, progress, after_s
 def _unstructured(model, sparsity, score, data, scope, loss_fn, include, exclude, steps, tune, seed,
                   progress: Progress, params) -> Result:
     work, unparametrized = plain_copy(model)
-    chosen = weighted_layers(work, (*WEIGHTED, *_TRANSPOSED), include=include, exclude=exclude, method="prune")
+    chosen = list(named_targets(work, (*WEIGHTED, *_TRANSPOSED), include=include, exclude=exclude, method="prune"))
     chosen += _matrix_params(work, include, exclude)
     names, tied = _owners(chosen)
     masks = {n: torch.ones_like(importance.get_weight(work, n), dtype=torch.bool) for n in names}

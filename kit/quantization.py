@@ -35,13 +35,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from . import inputs as _inputs
-from .data import batches
-from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError, check_choice,
+from .data import batch_errors, batches
+from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice,
                      check_int, check_module, check_positive)
 from .events import as_progress
 from .inputs import Inputs
-from .layers import (get_module, is_hf_conv1d, is_linear_like, is_parametrized, linear_weight, matches, named_targets,
-                     own_param_count, param_modules, set_module, tensor_bytes, unselected_reason)
+from .layers import (get_module, is_hf_conv1d, is_linear_like, is_parametrized, is_target, linear_weight, matches,
+                     named_targets, own_param_count, param_modules, set_module, tensor_bytes, unparametrize,
+                     unselected_reason)
 from .metrics import evaluate, sqnr
 from .report import LayerReport, Report, Result
 
@@ -215,11 +216,6 @@ _NOT_QUANTIZED = {
     nn.MultiheadAttention: "kept in float: in_proj_weight is a raw Parameter read by "
                            "F.multi_head_attention_forward; no quantized implementation",
 }
-
-
-def _target_types(model: nn.Module) -> tuple[type, ...]:
-    """TARGET_TYPES plus transformers' Conv1D class when the model uses it (no transformers import)."""
-    return TARGET_TYPES + tuple({type(m) for m in model.modules() if is_hf_conv1d(m)})
 
 
 def _matrices(layer: nn.Module) -> dict[str, torch.Tensor]:
@@ -422,14 +418,8 @@ def _input_batches(data) -> list:
 
 def _call(model, x, i: int):
     """model(batch) by slimkit.inputs' rule; a batch the model refuses is the caller's error."""
-    try:
+    with batch_errors(i, "activations", x, "batches the model accepts"):
         return _inputs.call(model, x)
-    except (SlimkitError, KeyboardInterrupt):
-        raise
-    except Exception as e:
-        raise InvalidParameterError(
-            "activations", f"<batch {i}>", f"batches the model accepts; calling it with batch {i} failed: "
-            f"{type(e).__name__}: {e}") from e
 
 
 def _plan_layer(name, layer, mode, bits, scheme, layout, with_acts):
@@ -494,13 +484,8 @@ def _float_copy(layer: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module
     """A float copy of ``layer`` holding ``weights`` (as :func:`_matrices` names them) as plain
     Parameters: a weight parametrization (weight_norm) is folded, so the new values are the ones used."""
     new = _copy(layer)
-    if is_parametrized(layer):  # the copy holds the computed tensors as plain Parameters
-        values = {t: getattr(layer, t).detach().clone() for t in layer.parametrizations}
-        # not parametrize.remove_parametrizations: it edits the class the original layer shares
-        new.__class__ = type(layer).__bases__[0]
-        del new._modules["parametrizations"]
-        for t, v in values.items():
-            setattr(new, t, nn.Parameter(v))
+    if is_parametrized(new):  # the copy holds the computed tensors as plain Parameters
+        unparametrize(new)
     for hook in _weight_norm_hooks(new):
         nn.utils.remove_weight_norm(new, hook.name)
     with torch.no_grad():
@@ -620,8 +605,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
             raise InvalidTypeError("keep", keep, "layer names/glob patterns, 'auto' or None")
     progress = as_progress(callbacks, stop)
 
-    types = _target_types(model)
-    targets = list(named_targets(model, types, include=include, exclude=exclude, method="quantize"))
+    targets = list(named_targets(model, TARGET_TYPES, include=include, exclude=exclude, method="quantize"))
     # Validate every layer before any work: errors leave nothing half done.
     layouts = {name: _layout(name, layer, granularity, group_size) for name, layer in targets}
     for name, layer in targets:
@@ -659,7 +643,7 @@ def quantize(model: nn.Module, bits: int = 8, granularity: str = "per_channel", 
     progress.emit("start", "quantize", 0, len(work))
     done = 0
     for name, layer in model.named_modules():
-        if not isinstance(layer, types):
+        if not is_target(layer, TARGET_TYPES):
             continue
         if name not in target_names or name in skip:
             why = skip.get(name) or unselected_reason(name, include, exclude)
@@ -769,7 +753,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, bits: int = 8, granularity:
     score_fn, data = _metric_fn(data_or_metric_fn)
     progress = as_progress(callbacks, stop)
     base_model = _copy(model).eval()
-    targets = list(named_targets(base_model, _target_types(base_model), include=include, exclude=exclude,
+    targets = list(named_targets(base_model, TARGET_TYPES, include=include, exclude=exclude,
                                  method="quantize"))
     layouts = {name: _layout(name, layer, granularity, group_size) for name, layer in targets}
     base = float(score_fn(base_model))

@@ -16,8 +16,9 @@ import torch.nn as nn
 from .errors import (InvalidParameterError, InvalidTypeError, NothingToCompressError, check_choice, check_fraction,
                      check_module, check_nonnegative)
 from .events import as_progress
-from .layers import WEIGHTED, is_hf_conv1d, is_linear_like, linear_weight, set_module, tensor_bytes, unselected_reason
-from .pruning import PARAMETRIZATION_NOTE, in_model_order, plain_copy, weighted_layers
+from .layers import (WEIGHTED, is_hf_conv1d, is_linear_like, is_target, linear_weight, named_targets, set_module, tensor_bytes,
+                     unselected_reason)
+from .pruning import PARAMETRIZATION_NOTE, in_model_order, plain_copy
 from .report import LayerReport, Report, Result
 from .sparse_layers import SparseConv, SparseEmbedding, SparseLinear, format_bytes, holds_2_4
 
@@ -126,7 +127,7 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
     progress = as_progress(callbacks, stop)
 
     new, unparametrized = plain_copy(model)
-    targets = weighted_layers(new, WEIGHTED, include=include, exclude=exclude, method="sparsify")
+    targets = list(named_targets(new, WEIGHTED, include=include, exclude=exclude, method="sparsify"))
     if format == "2:4":
         bad = [n for n, m in targets if not _unsupported(m) and math.prod(_matrix(m).shape[1:]) % 4]
         if bad:
@@ -212,7 +213,7 @@ def sparsify(model: nn.Module, threshold: float | None = None, sparsity: float |
 
     chosen = {n for n, _ in targets}
     for name, m in model.named_modules():
-        if (isinstance(m, WEIGHTED) or is_hf_conv1d(m)) and name not in chosen:
+        if is_target(m, WEIGHTED) and name not in chosen:
             n, b = m.weight.numel(), tensor_bytes(m)
             report.layers.append(LayerReport(name, type(m).__name__, "skipped", n, n, b, b,
                                              reason=unselected_reason(name, include, exclude)))

@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 import slimkit
 from slimkit import inputs as _inputs
-from slimkit.layers import is_hf_conv1d, param_count, param_modules
+from slimkit.layers import is_hf_conv1d, param_count, param_modules, unparametrize
 from slimkit.metrics import logits
 
 from .models import ZooModel, build
@@ -105,22 +105,13 @@ def _edit_weights(model: nn.Module, report, action: str, edit: Edit, result: nn.
             continue
         m = ref.get_submodule(row.name)
         if parametrize.is_parametrized(m, "weight"):
-            _unparametrize(m)
+            unparametrize(m)
         got = result.get_submodule(row.name) if result is not None else None
         with torch.no_grad():
             for name in _matrices(m):
                 w = getattr(m, name)
                 w.copy_(edit(m, w.detach(), row, None if got is None else _counterpart(m, got, name, w)))
     return ref
-
-
-def _unparametrize(m: nn.Module) -> None:
-    """Bake a parametrized weight into a plain one. torch's remove_parametrizations deletes the
-    property from the module's class, which a deepcopy shares with the original: that broke the
-    user's model (no attribute 'weight'). A private copy of the class keeps the original intact."""
-    cls = m.__class__
-    m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
 def fake_quant(m: nn.Module, w: torch.Tensor, row, got=None) -> torch.Tensor:
