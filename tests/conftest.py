@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,13 @@ class TiedModel(torch.nn.Module):
 
     def forward(self, x):
         return self.out(self.emb(x))
+
+
+def wait_for(predicate, timeout: float = 180.0, poll: float = 0.2) -> bool:
+    """True as soon as ``predicate()`` holds, False after ``timeout`` seconds (subprocess tests)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False

@@ -11,7 +11,7 @@ import slimkit
 from conftest import assert_unchanged, state_snapshot
 from slimkit.errors import InvalidParameterError, NothingToCompressError, SlimkitError
 from slimkit.layers import param_count, param_modules
-from zoo.models import BasicBlock  # torchvision's block: one ReLU module called twice
+from zoo.models import TinyResNet  # torchvision's BasicBlocks: one ReLU module called twice in each
 
 
 # ---- models -----------------------------------------------------------------------------
@@ -108,26 +108,9 @@ class UNet(nn.Module):
         return self.out(F.relu(self.dec(torch.cat([a, u], 1))))
 
 
-class ResNet(nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8))
-        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, classes)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def resnet():
     torch.manual_seed(0)
-    model = ResNet()
+    model = TinyResNet(classes=10, width=8, blocks=(2, 2))
     with torch.no_grad():  # non-trivial BN statistics, so a wrong slice shows in the outputs
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -4,11 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import Executor, Future
 
 import pytest
 import yaml
+from conftest import wait_for
 from notebook_factory import make_notebook
 
 from slimkit.errors import InvalidParameterError, InvalidTypeError
@@ -118,15 +118,6 @@ def _cli(*args):
     return [sys.executable, "-m", "slimkit.cli", *map(str, args)]
 
 
-def _wait_for(predicate, timeout=180.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 def _ok_count(db):
     if not db.exists():
         return 0
@@ -142,7 +133,7 @@ def test_an_interrupted_sweep_resumes_and_skips_the_runs_that_finished(tiny, tmp
     # its own session, like a terminal's foreground job: Ctrl-C reaches the CLI, its pool and kernels
     first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_for(lambda: _ok_count(db) >= 1), "no run finished"
+        assert wait_for(lambda: _ok_count(db) >= 1), "no run finished"
         os.killpg(first.pid, signal.SIGINT)
         out, err = first.communicate(timeout=120)
     finally:

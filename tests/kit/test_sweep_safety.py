@@ -13,6 +13,7 @@ from concurrent.futures import Executor, Future
 
 import pytest
 import yaml
+from conftest import wait_for
 from notebook_factory import make_notebook
 
 from slimkit.errors import InvalidParameterError, InvalidTypeError
@@ -187,7 +188,7 @@ def test_a_dask_cluster_without_workers_times_out(tiny, tmp_path):
         alive = dask_workers_alive(client)
         assert alive()
         cluster.scale(0)  # the only worker goes away
-        assert _wait_for(lambda: not alive(), 30)
+        assert wait_for(lambda: not alive(), 30)
         with RunStore(tmp_path / "r.sqlite") as store:
             records = run_sweep(specs, store, executor=client.get_executor(pure=False), workers_alive=alive,
                                 worker_timeout=0.5)
@@ -195,15 +196,6 @@ def test_a_dask_cluster_without_workers_times_out(tiny, tmp_path):
 
 
 # --- signals --------------------------------------------------------------------------------
-
-def _wait_for(predicate, timeout=180.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
 
 def _descendants(pid):
     from slimkit.sweep import _children
@@ -250,7 +242,7 @@ def _statuses(db):
 def test_sigterm_stops_a_sweep_its_workers_and_kernels_and_records_interrupted(tmp_path):
     proc, _, hold, db = _start_held_sweep(tmp_path, [0.1, 0.2, 0.3], workers=2)
     try:
-        assert _wait_for(lambda: len(_kernels(proc.pid)) == 2), "two kernels never started"
+        assert wait_for(lambda: len(_kernels(proc.pid)) == 2), "two kernels never started"
         started = _descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -259,7 +251,7 @@ def test_sigterm_stops_a_sweep_its_workers_and_kernels_and_records_interrupted(t
             os.killpg(proc.pid, signal.SIGKILL)
         hold.unlink()
     assert proc.returncode == 130, out + err
-    assert _wait_for(lambda: not [p for p in started if pid_alive(p)], 10), "workers or kernels outlived the sweep"
+    assert wait_for(lambda: not [p for p in started if pid_alive(p)], 10), "workers or kernels outlived the sweep"
     assert _statuses(db) == [(0.1, "interrupted"), (0.2, "interrupted"), (0.3, "interrupted")]
     queued = tmp_path / "runs" / "held-grid" / "x-0.3" / "held.ipynb"
     assert not queued.exists()  # the queued run never started
@@ -271,14 +263,14 @@ def test_sigterm_stops_a_sweep_its_workers_and_kernels_and_records_interrupted(t
 def test_after_sigkill_workers_die_and_a_resume_reruns_the_stale_rows(tmp_path):
     proc, cmd, hold, db = _start_held_sweep(tmp_path, [0.1], workers=1)
     try:
-        assert _wait_for(lambda: len(_kernels(proc.pid)) == 1), "the kernel never started"
+        assert wait_for(lambda: len(_kernels(proc.pid)) == 1), "the kernel never started"
         started = _descendants(proc.pid)
         proc.kill()
         proc.wait()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert _wait_for(lambda: not [p for p in started if pid_alive(p)], 15), "workers or kernels outlived the sweep"
+    assert wait_for(lambda: not [p for p in started if pid_alive(p)], 15), "workers or kernels outlived the sweep"
     assert _statuses(db) == [(0.1, "running")]  # nothing could record it: its owner is dead
     hold.unlink()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

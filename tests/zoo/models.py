@@ -198,15 +198,18 @@ class BasicBlock(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    def __init__(self, classes=CLASSES):
+    """A torchvision-style ResNet: a stem, ``blocks`` BasicBlocks at ``width`` then at twice it."""
+
+    def __init__(self, classes=CLASSES, width=16, blocks=(2, 1)):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 16))
-        self.layer2 = nn.Sequential(BasicBlock(16, 32, stride=2))
+        self.layer1 = nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks[0])])
+        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, stride=2),
+                                    *[BasicBlock(2 * width, 2 * width) for _ in range(blocks[1] - 1)])
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, classes)
+        self.fc = nn.Linear(2 * width, classes)
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
