@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from slimkit.devices import synchronize
 from slimkit.errors import check_choice
-from slimkit.layers import tensor_bytes
+from slimkit.nn import tensor_bytes
 
 from . import inputs as _inputs
 from .backends import Backend, Prepared, register_backend, wrap_failure

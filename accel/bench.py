@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from slimkit.compare import threads as fixed_threads  # one definition of "run with N threads"
+from slimkit.measure import threads as fixed_threads  # one definition of "run with N threads"
 from slimkit.devices import resolve_device, synchronize
 from slimkit.errors import InvalidParameterError, InvalidTypeError, check_positive
 from slimkit.hardware import fingerprint as _fingerprint  # the name `fingerprint` is a parameter below

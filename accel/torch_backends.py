@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from slimkit.devices import synchronize
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
-from slimkit.layers import tensor_bytes
-from slimkit.qlayers import QuantLinear
+from slimkit.nn import tensor_bytes
+from slimkit.quant.layers import QuantLinear
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure

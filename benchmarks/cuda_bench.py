@@ -32,7 +32,7 @@ NO_GPU = "not measured: no GPU"
 
 
 def _workloads():
-    from slimkit.minilm import load_minilm
+    from slimkit.zoo.minilm import load_minilm
 
     torch.manual_seed(0)
     lin = nn.Linear(LINEAR[0], LINEAR[1])

@@ -1,12 +1,12 @@
 """Section 2: the digits CNN, each compression method's size / latency / accuracy, through
-``slimkit.demo`` (the same recipes the CLI demo and the notebooks use). The deeper study
+``slimkit.zoo.demo`` (the same recipes the CLI demo and the notebooks use). The deeper study
 (batch sizes, thread counts, seeds, importance scores) is ``benchmarks/digits_study.py``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from slimkit import demo
+from slimkit.zoo import demo
 
 from .common import Settings, log
 

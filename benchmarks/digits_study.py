@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/digits_study.py --quick    # smoke run, numbers not meaningful
 
 Writes benchmarks/results/digits_study.md and .json (parameters, seeds, threads, versions,
-hardware fingerprint, every number). The recipes are slimkit.demo's; this script adds the
+hardware fingerprint, every number). The recipes are slimkit.zoo.demo's; this script adds the
 measurements around them: latency at several batch sizes and thread counts, distillation over
 seeds and data sizes, and the importance-score comparison.
 """
@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 import slimkit
-from slimkit import compare, demo
+from slimkit import measure as compare
+from slimkit.zoo import demo
 from slimkit.data import load_digits, subset
 from slimkit.hardware import fingerprint, summary
-from slimkit.layers import param_count
-from slimkit.models import pretrained_digits
+from slimkit.nn import param_count
+from slimkit.zoo.models import pretrained_digits
 
 COMMAND = ".venv/bin/python benchmarks/digits_study.py"
 TARGETS = {  # issue 2: "What the note must report"

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     import slimkit
     from slimkit.accel.bench import _peak_rss_bytes, _reset_peak_rss, _rss_bytes
-    from slimkit.minilm import load_minilm
+    from slimkit.zoo.minilm import load_minilm
 
     from .common import minilm_inputs, quiet_libraries
 

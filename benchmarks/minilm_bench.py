@@ -2,7 +2,7 @@
 
 Every row is built with the public APIs (``slimkit.quantize``, ``slimkit.accel.prepare``), timed
 side by side with ``slimkit.accel.compare`` (order alternating round by round), and scored
-with ``slimkit.minilm`` fidelity over the bundled sentences, computed by the row itself
+with ``slimkit.zoo.minilm`` fidelity over the bundled sentences, computed by the row itself
 (a compiled or exported copy rounds differently from its eager original).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 import slimkit
 from slimkit import accel
-from slimkit.minilm import agreement, bundled_sentences, embed, load_minilm, reference_embeddings
-from slimkit.qlayers import QuantLinear
+from slimkit.zoo.minilm import agreement, bundled_sentences, embed, load_minilm, reference_embeddings
+from slimkit.quant.layers import QuantLinear
 
 from .common import Settings, first_call_seconds, log, minilm_inputs, timed
 

@@ -83,7 +83,7 @@ def digits_section(r: dict[str, Any]) -> str:
              f"{x['size_ratio']:.2f}x", f"{x.get('latency_ms', float('nan')):.3f}", f"{x.get('speedup', float('nan')):.2f}x",
              x.get("note", "")] for x in r["rows"]]
     return "\n".join([_table(header, rows), "",
-                      f"Latency: batch {r['batch']}, {r['threads']} thread, alternating rounds (slimkit.compare); "
+                      f"Latency: batch {r['batch']}, {r['threads']} thread, alternating rounds (slimkit.measure); "
                       "`structured 50% + FT` is the real speed-up of physically smaller layers. Deeper study: "
                       f"{r['study']}."])
 

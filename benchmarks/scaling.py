@@ -14,7 +14,7 @@ from typing import Any
 
 import slimkit
 from slimkit import accel
-from slimkit.minilm import load_minilm
+from slimkit.zoo.minilm import load_minilm
 
 from .common import HERE, Settings, log, minilm_inputs
 

@@ -19,13 +19,13 @@ from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsEr
                      InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
 from .events import Event, Progress
 from .inputs import Inputs
-from . import compare  # noqa: F401  slimkit.compare.compare/latency: side-by-side tables
-from . import minilm  # noqa: F401  registers the "minilm" builder (transformers stays lazy)
+from .measure import compare, latency
+from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
 from .metrics import evaluate, sqnr
-from .pruning import prune
-from .quantization import quantize
+from .pruning.api import prune
+from .quant.api import quantize
 from .report import LayerReport, Report, Result
-from .sparsity import sparsify
+from .sparse.api import sparsify
 
 try:
     __version__ = version("slimkit")
@@ -34,13 +34,9 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
+    "compare", "latency",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
 ]
 
-
-def load_ipython_extension(ipython):  # %load_ext slimkit -> the %slimkit magic (widgets layer)
-    from .widgets.magic import load_ipython_extension as _load
-
-    _load(ipython)

@@ -1,7 +1,7 @@
 """Compressed artifacts: tensors in safetensors, structure in JSON. Loading runs no code.
 
 An artifact is one safetensors file. Its header metadata holds, as JSON:
-- ``builder``: the name (from :data:`slimkit.models.BUILDERS`) and kwargs that rebuild
+- ``builder``: the name (from :data:`slimkit.zoo.models.BUILDERS`) and kwargs that rebuild
   the original architecture, when known; otherwise ``load`` needs a ``model=`` template;
 - ``modules``: for every layer whose type or shape the compression changed, the registered
   kind and constructor spec to rebuild it (quantized, sparse and pruned layers);
@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ArtifactError, InvalidParameterError, check_module
-from .layers import set_module
+from .nn import set_module
 
 FORMAT = "slimkit-artifact"
 VERSION = 2  # v2: the checksum covers the metadata too (v1 files cannot be verified)
@@ -310,7 +310,7 @@ def _check_aliases(path, aliases: dict, tensors: dict[str, torch.Tensor]) -> Non
 
 def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
     """The architecture before compression: a copy of the template, or the named builder's."""
-    from .models import BUILDERS, build
+    from .zoo.models import BUILDERS, build
 
     if model is not None:
         return copy.deepcopy(model)
@@ -324,7 +324,7 @@ def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
     raise ArtifactError(
         f"{path} holds a {meta['model_class']} with no registered builder"
         f"{' (' + repr(builder.get('name')) + ')' if builder else ''}: pass model=<an instance of that class> "
-        "or register one with slimkit.models.register_builder")
+        "or register one with slimkit.zoo.models.register_builder")
 
 
 def _replace_layers(path, skeleton: nn.Module, meta: dict) -> None:

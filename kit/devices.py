@@ -3,7 +3,7 @@
 Asking for a device that is absent is an error naming the devices that exist, or, when the
 caller says ``fallback=True``, a logged warning and the best device that does exist. A run
 never lands on the CPU silently. The one place that decides which devices exist: the CLI, the
-notebooks' setup, ``slimkit.compare``, the widgets and ``slimkit.accel`` all ask here.
+notebooks' setup, ``slimkit.measure``, the widgets and ``slimkit.accel`` all ask here.
 """
 from __future__ import annotations
 

@@ -18,15 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import inputs as _inputs
-from . import surgery
+from .pruning import surgery
 from .data import batch_errors, batches, first_inputs
 from .errors import (IncompatibleModelsError, InvalidParameterError, check_fraction, check_int, check_module,
                      check_nonnegative, check_positive)
 from .events import as_progress
 from .inputs import Inputs
-from .layers import param_count, param_modules
+from .nn import param_count, param_modules
 from .metrics import OutputSelector, check_output, evaluate, flat, logits
-from .pruning import plain_copy
+from .pruning.api import plain_copy
 from .report import LayerReport, Report, Result
 from .training import fit
 
@@ -175,7 +175,7 @@ def shrink(model: nn.Module, width: float = 0.5, seed: int = 0, *, example: torc
            include=None, exclude=None) -> nn.Module:
     """A fresh, re-initialised, narrower copy of ``model`` (a distillation student).
 
-    Every hidden Linear/Conv whose units can be removed (see ``slimkit.surgery``) keeps
+    Every hidden Linear/Conv whose units can be removed (see ``slimkit.pruning.surgery``) keeps
     ``ceil(width * units)`` of them; layers feeding the model output keep theirs. ``example``
     (an input batch) is needed only for models whose forward branches on input shapes.
     Parametrizations (weight_norm...) are not carried over: the student's layers are plain.

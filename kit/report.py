@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import torch.nn as nn
 
-from .layers import own_param_count, param_count, param_modules, tensor_bytes
+from .nn import own_param_count, param_count, param_modules, tensor_bytes
 
 
 @dataclass

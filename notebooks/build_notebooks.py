@@ -92,11 +92,11 @@ from IPython.display import Markdown, display
 from plotly.subplots import make_subplots
 
 import slimkit
-from slimkit.compare import compare, latency
+from slimkit.measure import compare, latency
 from slimkit.data import load_digits
-from slimkit.models import pretrained_digits
-from slimkit.reporting import markdown_table
-from slimkit.runner import notebook_setup, save_metrics
+from slimkit.zoo.models import pretrained_digits
+from slimkit.runs.html import markdown_table
+from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import pareto_front, show_static
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -245,7 +245,7 @@ sparse_format: str = "auto"  # how the pruned weights are stored: one of auto, c
     '''),
     md("""
     ## Compare: accuracy and size
-    `slimkit.compare` measures every model the same way; size is the saved artifact
+    `slimkit.measure` measures every model the same way; size is the saved artifact
     (`slimkit.size`: bytes of `slimkit.save`, metadata included).
     """),
     code('''
@@ -261,7 +261,7 @@ sparse_format: str = "auto"  # how the pruned weights are stored: one of auto, c
     '''),
     md("""
     ## Latency
-    Timed side by side in this run by `slimkit.compare.latency`, the models alternating round by
+    Timed side by side in this run by `slimkit.measure.latency`, the models alternating round by
     round (a shared machine makes absolute numbers noisy; the ratios are what to compare). The int8 model runs integer matmuls; int4 stores packed weights and
     computes in fp32; structured pruning and the student do less work; unstructured zeros only
     pay off where a sparse kernel is faster than dense, which on a CPU needs very high sparsity.
@@ -310,7 +310,7 @@ bits_sweep: list = [8, 6, 4, 3, 2]  # bit widths compared per granularity at the
     The article's own example, `[8.5, -8.5]` in 8 bits, plus three values in between:
     """),
     code('''
-    from slimkit.quantization import dequantize_tensor, quantize_tensor
+    from slimkit.quant.affine import dequantize_tensor, quantize_tensor
 
     x = torch.tensor([8.5, -8.5, 3.2, 0.0, -1.7])
     for s in ("symmetric", "asymmetric"):
@@ -631,9 +631,9 @@ timing_threads: int = 1  # torch threads while timing (0: torch's default), in [
     from plotly.subplots import make_subplots
 
     import slimkit
-    from slimkit.compare import latency
-    from slimkit.minilm import bundled_sentences, fidelity, load_minilm, reference_embeddings, tokenize
-    from slimkit.runner import notebook_setup, save_metrics
+    from slimkit.measure import latency
+    from slimkit.zoo.minilm import bundled_sentences, fidelity, load_minilm, reference_embeddings, tokenize
+    from slimkit.runs.runner import notebook_setup, save_metrics
     from slimkit.widgets.plots import show_static
 
     dev = notebook_setup(seed, device)
@@ -669,7 +669,7 @@ timing_threads: int = 1  # torch threads while timing (0: torch's default), in [
     ''', tags=[IGNORE]),
     code('''
     class Ids(torch.nn.Module):
-        """slimkit.compare.latency feeds one tensor: token ids (padding, id 0, is masked out)."""
+        """slimkit.measure.latency feeds one tensor: token ids (padding, id 0, is masked out)."""
 
         def __init__(self, encoder):
             super().__init__()
@@ -804,7 +804,7 @@ def execute(nb, name: str):
     outputs nbval compares and drop the rest."""
     from nbclient import NotebookClient
 
-    from slimkit.runner import ensure_kernel
+    from slimkit.runs.runner import ensure_kernel
 
     ensure_kernel(KERNEL)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,5 +22,5 @@ fi
 # the kernel notebooks and papermill runs use: this venv's Python, installed with --sys-prefix so
 # a user-level kernelspec of the same name cannot shadow it
 if .venv/bin/python -c "import ipykernel" 2>/dev/null; then
-    .venv/bin/python -m slimkit.cli kernel >/dev/null
+    .venv/bin/python -m slimkit.runs.cli kernel >/dev/null
 fi

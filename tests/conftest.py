@@ -22,14 +22,14 @@ def digits():
 
 @pytest.fixture(scope="session")
 def _cnn():
-    from slimkit.models import pretrained_digits
+    from slimkit.zoo.models import pretrained_digits
 
     return pretrained_digits("cnn", seed=0)
 
 
 @pytest.fixture(scope="session")
 def _mlp():
-    from slimkit.models import pretrained_digits
+    from slimkit.zoo.models import pretrained_digits
 
     return pretrained_digits("mlp", seed=0)
 

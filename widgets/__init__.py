@@ -1,7 +1,7 @@
 """Notebook front end of slimkit: ``Panel(model, data)`` with controls and live plotly plots.
 
 Importing this module imports ipywidgets and plotly (the core ``slimkit`` never does).
-In a notebook, ``%load_ext slimkit`` then ``%slimkit model data`` opens a panel.
+In a notebook, ``%load_ext slimkit.widgets`` then ``%slimkit model data`` opens a panel.
 """
 from .magic import load_ipython_extension
 from .panel import Panel, PanelBusyError, Run, frontend_is_live

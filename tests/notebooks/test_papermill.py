@@ -11,8 +11,8 @@ import re
 import pytest
 from notebook_factory import repo_notebooks
 
-from slimkit.records import RunStore
-from slimkit.runner import run
+from slimkit.runs.records import RunStore
+from slimkit.runs.runner import run
 
 
 def _flagship(m):

@@ -2,8 +2,8 @@
 import pytest
 from notebook_factory import NOTEBOOK_DIR
 
-from slimkit.records import RunStore
-from slimkit.runner import run
+from slimkit.runs.records import RunStore
+from slimkit.runs.runner import run
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def test_plot_titles_ticks_and_hover_show_user_strings_as_text():
 
 
 def test_panel_title_and_summary_escape_the_model_class_name(cnn, digits):
-    from slimkit.models import DigitsCNN
+    from slimkit.zoo.models import DigitsCNN
     from slimkit.widgets import Panel
 
     odd = type(BAD, (DigitsCNN,), {})()

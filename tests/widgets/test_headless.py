@@ -70,7 +70,7 @@ def test_static_panel_display_shows_settings_and_problems(shell, make_panel):
 def test_magic_opens_a_panel(shell, cnn, digits):
     from slimkit.widgets import Panel
 
-    shell.run_line_magic("load_ext", "slimkit")
+    shell.run_line_magic("load_ext", "slimkit.widgets")
     shell.user_ns.update(net=cnn, digits_data=digits)
     panel = shell.run_line_magic("slimkit", "net digits_data")
     assert isinstance(panel, Panel) and panel.base is cnn and panel.test is digits.test

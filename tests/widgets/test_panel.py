@@ -9,7 +9,7 @@ import torch
 
 import slimkit
 from slimkit.errors import InvalidParameterError, InvalidTypeError, NothingToCompressError
-from slimkit.qlayers import QuantConv2d, QuantLinear
+from slimkit.quant.layers import QuantConv2d, QuantLinear
 
 from conftest import assert_unchanged, state_snapshot
 

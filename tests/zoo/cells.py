@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 
 import slimkit
 from slimkit import inputs as _inputs
-from slimkit.layers import is_hf_conv1d, param_count, param_modules, unparametrize
+from slimkit.nn import is_hf_conv1d, param_count, param_modules, unparametrize
 from slimkit.metrics import logits
 
 from .models import ZooModel, build
