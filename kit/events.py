@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from .errors import Interrupted
@@ -19,6 +20,19 @@ from .errors import Interrupted
 log = logging.getLogger("slimkit")
 
 Callback = Callable[["Event"], Any]
+
+
+class Status(str, Enum):
+    """How a run, a sweep's run or a panel job ended (or that it still runs). One vocabulary for
+    the run records, the CLI and the panel; a str, so it is stored and compared as the word."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class StopFlag(Protocol):
