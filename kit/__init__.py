@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .artifact import load, save, size
-from .distillation import distill, shrink
+from .distillation import DistillConfig, distill, shrink
 from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
                      InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
 from .events import Event, Progress
@@ -23,9 +23,12 @@ from .measure import compare, latency
 from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
 from .metrics import evaluate, sqnr
 from .pruning.api import prune
+from .pruning.config import Finetune, PruneConfig
 from .quant.api import quantize
+from .quant.config import QuantConfig
 from .report import LayerReport, Report, Result
 from .sparse.api import sparsify
+from .sparse.config import SparsifyConfig
 
 try:
     __version__ = version("slimkit")
@@ -34,7 +37,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "compare", "latency",
+    "compare", "latency", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",

@@ -31,9 +31,11 @@ class Setting:
     low: float | None = None
     high: float | None = None
     high_open: bool = False
+    low_open: bool = False
     choices: tuple | Callable[[], Iterable] | None = None
     optional: bool = False  # None is allowed (and means "not set" / "automatic")
     label: str | None = None  # short name for controls and labels (default: the field name)
+    wording: str | None = None  # the accepted values in words, when the generated text is not the clearest
 
     def options(self) -> tuple:
         return tuple(self.choices() if callable(self.choices) else self.choices or ())
@@ -41,10 +43,13 @@ class Setting:
     def allowed(self) -> str:
         """The accepted values in words, as error messages and help print them."""
         none = " or None" if self.optional else ""
+        if self.wording:
+            return self.wording
         if self.kind == "int":
             return f"an int in [{self.low:g}, {self.high:g}]{none}"
         if self.kind == "float":
-            return f"a float in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}{none}"
+            lo, hi = "(" if self.low_open else "[", ")" if self.high_open or math.isinf(self.high) else "]"
+            return f"a float in {lo}{self.low:g}, {self.high:g}{hi}{none}"
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.options()) + none
         if self.kind == "bool":
@@ -63,7 +68,8 @@ class Setting:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidTypeError(name, value, self.allowed())
             v = float(value)
-            if math.isnan(v) or v < self.low or v > self.high or (self.high_open and v == self.high):
+            if (math.isnan(v) or math.isinf(v) or v < self.low or v > self.high
+                    or (self.high_open and v == self.high) or (self.low_open and v == self.low)):
                 raise InvalidParameterError(name, value, self.allowed())
             return v
         if self.kind == "choice":
@@ -85,13 +91,16 @@ def _field(default: Any, setting: Setting):
     return dataclasses.field(default=default, metadata={"setting": setting})
 
 
-def integer(default, low: int, high: int, help: str, *, optional: bool = False, label: str | None = None):
-    return _field(default, Setting("int", help, low, high, optional=optional, label=label))
+def integer(default, low: int, high: int, help: str, *, optional: bool = False, label: str | None = None,
+            wording: str | None = None):
+    return _field(default, Setting("int", help, low, high, optional=optional, label=label, wording=wording))
 
 
-def number(default, low: float, high: float, help: str, *, high_open: bool = False, optional: bool = False,
-           label: str | None = None):
-    return _field(default, Setting("float", help, low, high, high_open=high_open, optional=optional, label=label))
+def number(default, low: float, high: float, help: str, *, low_open: bool = False, high_open: bool = False,
+           optional: bool = False, label: str | None = None, wording: str | None = None):
+    """A finite float in [low, high] (ends excluded as asked); ``high`` may be ``math.inf``."""
+    return _field(default, Setting("float", help, low, high, high_open=high_open, low_open=low_open,
+                                   optional=optional, label=label, wording=wording))
 
 
 def choice(default, choices, help: str, *, optional: bool = False, label: str | None = None):

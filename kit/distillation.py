@@ -12,23 +12,53 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import inputs as _inputs
-from .pruning import surgery
+from .config import Config, integer, number
 from .data import batch_errors, batches, first_inputs
-from .errors import (IncompatibleModelsError, InvalidParameterError, check_fraction, check_int, check_module,
-                     check_nonnegative, check_positive)
+from .errors import (
+    IncompatibleModelsError,
+    InvalidParameterError,
+    check_fraction,
+    check_int,
+    check_module,
+    check_nonnegative,
+    check_positive,
+)
 from .events import as_progress
 from .inputs import Inputs
-from .nn import param_count, param_modules
 from .metrics import OutputSelector, check_output, evaluate, flat, logits
+from .nn import param_count, param_modules
+from .pruning import surgery
 from .pruning.api import plain_copy
 from .report import LayerReport, Report, Result
 from .training import fit
+
+
+@dataclass(frozen=True)
+class DistillConfig(Config):
+    """How to distill: ``distill(teacher, student, data, temperature=2)`` is
+    ``distill(teacher, student, data, DistillConfig(temperature=2))``."""
+
+    verb = "distill"
+    first = "temperature"
+
+    temperature: float = number(4.0, 0, float("inf"), "softens both distributions", low_open=True,
+                                wording="a finite positive number")
+    alpha: float = number(0.7, 0, 1, "weight of the soft-target term (0: labels only, 1: teacher only)")
+    noise: float = number(0.0, 0, float("inf"), "relative std of the teacher's weight noise (0: plain teacher)",
+                          wording="a finite number >= 0")
+    noise_samples: int = integer(4, 1, 1000, "noisy teachers averaged per batch")
+    epochs: int = integer(20, 1, 100_000, "training epochs")
+    lr: float = number(2e-3, 0, float("inf"), "learning rate", low_open=True, wording="a positive number")
+    batch_size: int = integer(64, 1, 2**31 - 1, "batch size when data is (X, y)")
+    weight_decay: float = number(0.0, 0, float("inf"), "AdamW weight decay")
+    seed: int = integer(0, 0, 2**63 - 1, "random seed")
 
 
 def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4.0, alpha: float = 0.7,

@@ -1,0 +1,46 @@
+"""``QuantConfig``: every setting of ``slimkit.quantize`` and ``slimkit.quant.sensitivity``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config, anything, choice, integer, names, number
+from ..errors import InvalidParameterError, InvalidTypeError
+from .affine import GRANULARITIES, MODES, SCHEMES
+
+
+@dataclass(frozen=True)
+class QuantConfig(Config):
+    """How to quantize. ``quantize(model, bits=4)`` is ``quantize(model, QuantConfig(bits=4))``."""
+
+    verb = "quantize"
+    first = "bits"
+
+    bits: int = integer(8, 2, 8, "bits per weight (5-7 are stored one per byte, like 8)")
+    granularity: str = choice("per_channel", GRANULARITIES,
+                              "one scale per output channel, per tensor, or per group of group_size values")
+    scheme: str = choice("symmetric", SCHEMES, "zero point 0 (what int8 kernels need), or min-max with a zero point")
+    group_size: int | None = integer(None, 1, 2**31 - 1, "values per scale with per_group (None: per layer, "
+                                     "the largest divisor in [8, 32])", optional=True,
+                                     wording="a positive int or None")
+    mode: str = choice("auto", MODES, "real integer storage/kernels, simulated (fake quantization), or auto")
+    act_bits: int = integer(8, 2, 8, "bits of simulated activation quantization (real ones are int8)")
+    include: tuple[str, ...] | None = names("layers to quantize (name globs; None: all)")
+    exclude: tuple[str, ...] | None = names("layers to leave float (name globs)")
+    keep: str | tuple[str, ...] | None = anything(None, "layers kept float: name globs, or 'auto' (the most "
+                                                  "sensitive ones until the metric drops by at most max_drop)")
+    max_drop: float = number(0.5, 0, float("inf"), "allowed metric drop with keep='auto'",
+                             wording="a number >= 0 (allowed metric drop)")
+
+    def check(self) -> None:
+        if self.granularity != "per_group" and self.group_size is not None:
+            raise InvalidParameterError("group_size", self.group_size, "None unless granularity='per_group'")
+        keep = self.keep
+        if isinstance(keep, str) and keep != "auto":
+            keep = (keep,)
+        elif keep is not None and not isinstance(keep, str):
+            if isinstance(keep, (bytes, dict)) or not hasattr(keep, "__iter__"):
+                raise InvalidTypeError("keep", keep, "layer names/glob patterns, 'auto' or None")
+            keep = tuple(keep)
+            if not all(isinstance(k, str) for k in keep):
+                raise InvalidTypeError("keep", keep, "layer names/glob patterns, 'auto' or None")
+        object.__setattr__(self, "keep", keep)
