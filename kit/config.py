@@ -15,11 +15,20 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 from .errors import InvalidParameterError, InvalidTypeError, check_choice, check_int
 
 KINDS = ("int", "float", "choice", "bool", "names", "any")
+
+
+class Word(str, Enum):
+    """A closed vocabulary (statuses, actions, execution kinds): typed for control flow, yet a str
+    that compares, prints and serialises as its word, so records and JSON keep plain words."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

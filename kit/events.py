@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Protocol
 
+from .config import Word
 from .errors import Interrupted
 
 log = logging.getLogger("slimkit")
@@ -22,7 +22,7 @@ log = logging.getLogger("slimkit")
 Callback = Callable[["Event"], Any]
 
 
-class Status(str, Enum):
+class Status(Word):
     """How a run, a sweep's run or a panel job ended (or that it still runs). One vocabulary for
     the run records, the CLI and the panel; a str, so it is stored and compared as the word."""
 
@@ -30,9 +30,6 @@ class Status(str, Enum):
     OK = "ok"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class StopFlag(Protocol):

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any, NamedTuple
 
 import torch.nn as nn
 
+from .config import Word
 from .nn import own_param_count, param_count, param_modules, tensor_bytes
 
 
-class Action(str, Enum):
+class Action(Word):
     """What a method did to a layer. A str, so rows compare and serialise as the word itself."""
 
     QUANTIZED = "quantized"
@@ -22,11 +22,8 @@ class Action(str, Enum):
     DISTILLED = "distilled"
     SKIPPED = "skipped"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Compute(str, Enum):
+class Compute(Word):
     """How a changed layer computes: an integer (or sparse) kernel, dequantize-then-float-math on
     really compressed storage, or float numbers that only imitate the compressed ones."""
 
@@ -34,9 +31,6 @@ class Compute(str, Enum):
     SPARSE = "sparse kernel"
     FLOAT = "float compute"
     SIMULATED = "simulated"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass
