@@ -72,6 +72,10 @@ class Setting:
         if value is None and (self.optional or self.kind == "names"):
             return None
         if self.kind == "int":
+            if self.wording and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidTypeError(name, value, self.wording)
+            if self.wording and not self.low <= value <= self.high:
+                raise InvalidParameterError(name, value, self.wording)
             return check_int(name, value, int(self.low), int(self.high))
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -116,12 +120,12 @@ def choice(default, choices, help: str, *, optional: bool = False, label: str | 
     return _field(default, Setting("choice", help, choices=choices, optional=optional, label=label))
 
 
-def flag(default: bool, help: str, *, label: str | None = None):
-    return _field(default, Setting("bool", help, label=label))
+def flag(default: bool, help: str, *, label: str | None = None, wording: str | None = None):
+    return _field(default, Setting("bool", help, label=label, wording=wording))
 
 
-def names(help: str, *, label: str | None = None):
-    return _field(None, Setting("names", help, label=label))
+def names(help: str, *, label: str | None = None, wording: str | None = None):
+    return _field(None, Setting("names", help, label=label, wording=wording))
 
 
 def anything(default, help: str, *, label: str | None = None):

@@ -20,6 +20,8 @@ class Action(Word):
     RESIZED = "resized"
     SPARSIFIED = "sparsified"
     DISTILLED = "distilled"
+    SIMULATED = "simulated"  # quantized in float numbers only (fake quantization)
+    KEPT_DENSE = "kept dense"  # sparsify: nothing to zero, the dense layer is kept
     SKIPPED = "skipped"
 
 
