@@ -10,7 +10,7 @@ import slimkit
 from conftest import assert_unchanged, state_snapshot
 from slimkit.quant import layers as qlayers
 from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
-from slimkit.quant.api import sensitivity
+from slimkit.quant.sensitivity import sensitivity
 from slimkit.quant.affine import (dequantize_tensor, fake_quantize, pack, qparams, qrange, quantize_tensor,
                                   unpack)
 
