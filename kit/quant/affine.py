@@ -171,3 +171,13 @@ def unpack(packed: torch.Tensor, bits: int, shape) -> torch.Tensor:
     cols = [(packed >> (w * i)) & mask for i in range(per)]
     u = torch.stack(cols, 1).reshape(-1)[: math.prod(shape)]
     return (u.to(torch.int16) - (1 << (w - 1))).to(torch.int8).reshape(tuple(shape))
+
+
+def activation_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, float]:
+    """Static asymmetric parameters (scale, zero point) for an activation range (0 always representable)."""
+    qmin, qmax = qrange(bits, "asymmetric")
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    s = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+    zp = float(min(qmax, max(qmin, round(qmin - lo / s))))
+    return s, zp
+

@@ -44,3 +44,15 @@ class QuantConfig(Config):
             if not all(isinstance(k, str) for k in keep):
                 raise InvalidTypeError("keep", keep, "layer names/glob patterns, 'auto' or None")
         object.__setattr__(self, "keep", keep)
+
+    @property
+    def auto_keep(self) -> bool:
+        """keep='auto': the layers kept float are found by measuring (needs a metric)."""
+        return self.keep == "auto"
+
+    def params(self, calibrated: bool) -> dict:
+        """The settings a quantize report records (its ``params``), as they always were."""
+        keep = list(self.keep) if isinstance(self.keep, tuple) else self.keep
+        return dict(bits=self.bits, granularity=self.granularity, scheme=self.scheme, mode=self.mode,
+                    group_size=self.group_size, activations="calibrated" if calibrated else None, keep=keep,
+                    act_bits=self.act_bits)

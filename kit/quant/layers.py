@@ -15,8 +15,8 @@ bytes. Each says how it executes in :attr:`execution`:
 
 Every quantized layer keeps the float layer's dtype (bf16/fp16 models stay bf16/fp16 outside
 the integer buffers) and exposes a read-only ``weight`` (the dequantized weight) for code that
-reads it directly.
-- :class:`FakeQuantInput`: a simulation wrapper that fake-quantizes a layer's input in fp32.
+reads it directly. LSTM/GRU/RNN are in :mod:`.rnn`; the simulation wrapper
+:class:`~.fakequant.FakeQuantInput` in :mod:`.fakequant`.
 
 All are registered with :mod:`slimkit.artifact`, so ``slimkit.load(slimkit.save(m))`` rebuilds
 them bit-exactly.
@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifact import register_module
-from .affine import QTensor, dequantize_tensor, pack, qrange, storage_bits, unpack
+from .affine import QTensor, activation_qparams, dequantize_tensor, pack, storage_bits, unpack
 
 _TINY = 1e-12
 
@@ -45,7 +45,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype(name: str) -> torch.dtype:
+def float_dtype(name: str) -> torch.dtype:
     """A float dtype from its spec name ("float32", "bfloat16", "float16")."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -53,7 +53,7 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-class _QWeight(nn.Module):
+class QWeight(nn.Module):
     """Shared storage of one quantized weight: ``qweight`` (int8 or packed uint8), ``scale``
     (fp32) and, for asymmetric schemes, ``zero_point``. ``dtype`` is the float layer's dtype:
     the bias is kept in it, and :attr:`weight` returns the dequantized weight in it, so code that
@@ -64,7 +64,7 @@ class _QWeight(nn.Module):
                       bias: torch.Tensor | None, has_bias: bool, dtype: str = "float32", bias_size: int | None = None):
         self.shape, self.bits, self.scheme = tuple(shape), bits, scheme
         self.granularity, self.axis, self.group_size = granularity, axis, group_size
-        self.dtype = _dtype(dtype)
+        self.dtype = float_dtype(dtype)
         numel = math.prod(self.shape)
         if qt is None:  # from_spec: empty buffers of the right shape and dtype
             nbytes = math.ceil(numel * storage_bits(bits) / 8)
@@ -102,7 +102,7 @@ class _QWeight(nn.Module):
         return None if self.bias is None else self.bias.to(dtype)
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "_QWeight":
+    def from_spec(cls, spec: dict) -> "QWeight":
         return cls(**spec)
 
     @property
@@ -122,7 +122,7 @@ def _scale_shape(shape, granularity, axis, group_size):
 
 
 @register_module("slimkit.QuantLinear")
-class QuantLinear(_QWeight):
+class QuantLinear(QWeight):
     """A Linear layer with quantized weights.
 
     act: "dynamic" (int8 per-token asymmetric activations at run time), "static" (int8 with a
@@ -141,7 +141,7 @@ class QuantLinear(_QWeight):
                            bias_value, bias, dtype)
         if act == "static":
             lo, hi = act_range if act_range is not None else (0.0, 0.0)
-            s, zp = _act_qparams(lo, hi)
+            s, zp = activation_qparams(lo, hi)
             self.register_buffer("act_scale", torch.tensor(s, dtype=torch.float32))
             self.register_buffer("act_zero_point", torch.tensor(zp, dtype=torch.float32))
         self._cache: dict | None = None
@@ -235,14 +235,6 @@ class QuantLinear(_QWeight):
         return f"{self.in_features}, {self.out_features}, bits={self.bits}, {self.scheme}, {self.granularity}, act={self.act}"
 
 
-def _act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, float]:
-    """Static asymmetric parameters (scale, zero point) for an activation range (0 always representable)."""
-    qmin, qmax = qrange(bits, "asymmetric")
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    s = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
-    zp = float(min(qmax, max(qmin, round(qmin - lo / s))))
-    return s, zp
-
 
 def _ntuple(v, n: int) -> tuple:
     """A conv size argument (an int, or a list/tuple from a spec) as an n-tuple."""
@@ -253,7 +245,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-class _QuantConv(_QWeight):
+class _QuantConv(QWeight):
     """Conv / ConvTranspose (1-3 d) with integer weight storage (one scale per channel of the
     weight's first axis by default: output channels, or input channels for ConvTranspose whose
     weight is (in, out/groups, *k)); computes in the input's dtype with the weight dequantized per call."""
@@ -331,7 +323,7 @@ class QuantConvTranspose3d(_QuantConv):
 
 
 @register_module("slimkit.QuantEmbedding")
-class QuantEmbedding(_QWeight):
+class QuantEmbedding(QWeight):
     """Embedding table stored per row (one scale per token) or per group; a lookup dequantizes
     only the rows it reads, so the table never exists in fp32."""
 
@@ -363,141 +355,3 @@ class QuantEmbedding(_QWeight):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, {self.scheme}, {self.granularity}"
-
-
-@register_module("slimkit.QuantMatrix")
-class QuantMatrix(_QWeight):
-    """One quantized weight matrix with its bias: the storage of :class:`QuantRNN`'s weights."""
-
-    def __init__(self, shape, *, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_channel",
-                 group_size: int | None = None, bias: bool = False, qweight: QTensor | None = None,
-                 bias_value: torch.Tensor | None = None, dtype: str = "float32"):
-        super().__init__()
-        self._init_qweight(qweight, tuple(shape), bits, scheme, granularity, 0, group_size, bias_value, bias, dtype)
-
-    def spec(self) -> dict:
-        return dict(shape=list(self.shape), bits=self.bits, scheme=self.scheme, granularity=self.granularity,
-                    group_size=self.group_size, bias=self.bias is not None, dtype=dtype_name(self.dtype))
-
-
-_RNNS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
-
-
-def _bias_name(weight_name: str) -> str:
-    return "bias" + weight_name.removeprefix("weight")
-
-
-def rnn_config(rnn: nn.RNNBase) -> dict:
-    """The constructor arguments of an nn.LSTM / GRU / RNN (JSON)."""
-    cfg = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
-               batch_first=rnn.batch_first, dropout=float(rnn.dropout), bidirectional=rnn.bidirectional)
-    if isinstance(rnn, nn.LSTM):
-        cfg["proj_size"] = rnn.proj_size
-    if isinstance(rnn, nn.RNN):
-        cfg["nonlinearity"] = rnn.nonlinearity
-    return cfg
-
-
-@register_module("slimkit.QuantRNN")
-class QuantRNN(nn.Module):
-    """nn.LSTM / GRU / RNN with integer weight storage (one scale per row: per gate unit).
-    Weights only: each call dequantizes them into torch's fused float RNN kernel, so the memory
-    saving is real and the arithmetic is float. Biases stay in the layer's dtype."""
-
-    def __init__(self, mode: str, config: dict, *, bits: int = 8, scheme: str = "symmetric",
-                 granularity: str = "per_channel", group_size: int | None = None, dtype: str = "float32",
-                 qweights: dict[str, QTensor] | None = None, biases: dict[str, torch.Tensor] | None = None):
-        super().__init__()
-        self.mode, self.config = mode, dict(config)
-        self.bits, self.scheme, self.granularity, self.group_size = bits, scheme, granularity, group_size
-        self.dtype = _dtype(dtype)
-        # A tensor-free float RNN (meta device) whose forward runs on the dequantized weights.
-        # Not a submodule: it holds nothing to save.
-        template = _RNNS[mode](**self.config, device="meta")
-        object.__setattr__(self, "_template", template)
-        q = dict(bits=bits, scheme=scheme, granularity=granularity, group_size=group_size, dtype=dtype)
-        names = dict(template.named_parameters())
-        self.weights = nn.ModuleDict()  # weight_ih_l0 holds bias_ih_l0 (same rows), and so on
-        for name, p in names.items():
-            if name.startswith("weight"):
-                bias = _bias_name(name)
-                self.weights[name] = QuantMatrix(p.shape, bias=bias in names, bias_value=(biases or {}).get(bias),
-                                                 qweight=(qweights or {}).get(name), **q)
-
-    @classmethod
-    def from_float(cls, rnn: nn.RNNBase, qweights: dict[str, QTensor], **q) -> "QuantRNN":
-        mode = next(k for k, c in _RNNS.items() if isinstance(rnn, c))
-        biases = {n: p for n, p in rnn.named_parameters(recurse=False) if not n.startswith("weight")}
-        return cls(mode, rnn_config(rnn), qweights=qweights, biases=biases, **q)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "QuantRNN":
-        return cls(**spec)
-
-    def spec(self) -> dict:
-        return dict(mode=self.mode, config=self.config, bits=self.bits, scheme=self.scheme,
-                    granularity=self.granularity, group_size=self.group_size, dtype=dtype_name(self.dtype))
-
-    @property
-    def storage(self) -> str:
-        return next(iter(self.weights.values())).storage
-
-    execution = property(lambda self: f"{self.storage} weights dequantized per call into the float {self.mode} "
-                                      "kernel (weights-only quantization; float arithmetic)")
-
-    def forward(self, input, hx=None):
-        from torch.func import functional_call
-
-        params = {n: m.weight for n, m in self.weights.items()}
-        params |= {_bias_name(n): m.bias for n, m in self.weights.items() if m.bias is not None}
-        self._template.train(self.training)  # dropout between layers
-        return functional_call(self._template, params, (input,) if hx is None else (input, hx))
-
-    def extra_repr(self) -> str:
-        return f"{self.mode}, {self.config}, bits={self.bits}, {self.scheme}, {self.granularity}"
-
-
-@register_module("slimkit.FakeQuantInput")
-class FakeQuantInput(nn.Module):
-    """SIMULATION: fake-quantizes the input of ``inner`` (quantize-dequantize in fp32) with a
-    calibrated per-tensor range, then runs ``inner``. No memory or speed is saved."""
-
-    execution = "simulated: input fake-quantized in fp32"
-
-    def __init__(self, bits: int = 8, inner: nn.Module | None = None, act_range: tuple[float, float] = (0.0, 0.0)):
-        super().__init__()
-        self.bits = bits
-        self.inner = inner if inner is not None else nn.Identity()  # replaced on load
-        s, zp = _act_qparams(*act_range, bits)
-        self.register_buffer("act_scale", torch.tensor(s, dtype=torch.float32))
-        self.register_buffer("act_zero_point", torch.tensor(zp, dtype=torch.float32))
-
-    # code that reads the wrapped layer's tensors directly (ViT's patch embedding) still finds them
-    weight = property(lambda self: self.inner.weight)
-    bias = property(lambda self: self.inner.bias)
-
-    def __getattr__(self, name: str):
-        # ... and its other attributes (HF MobileNet reads conv.stride / kernel_size for its padding)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "inner":
-                raise
-            return getattr(super().__getattr__("inner"), name)
-
-    def spec(self) -> dict:
-        return {"bits": self.bits}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "FakeQuantInput":
-        return cls(**spec)
-
-    def forward(self, x, *args, **kwargs):
-        qmin, qmax = qrange(self.bits, "asymmetric")
-        if torch.is_floating_point(x):
-            s, zp = self.act_scale, self.act_zero_point
-            x = ((x.float() / s).round() + zp).clamp(qmin, qmax).sub(zp).mul(s).to(x.dtype)
-        return self.inner(x, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits} (simulated)"

@@ -10,7 +10,6 @@ import slimkit
 from conftest import assert_unchanged, state_snapshot
 from slimkit.quant import layers as qlayers
 from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
-from slimkit.quant.api import sensitivity
 from slimkit.quant.affine import (dequantize_tensor, fake_quantize, pack, qparams, qrange, quantize_tensor,
                                   unpack)
 
@@ -266,43 +265,6 @@ def test_include_exclude(mlp):
     assert "excluded" in report.layers[0].reason and report.layers[0].action == "skipped"
     with pytest.raises(NothingToCompressError, match="include"):
         slimkit.quantize(mlp, 8, include=["nope.*"])
-
-
-def test_keep_auto_mixed_precision_meets_the_budget(mlp, digits):
-    base = 100 * slimkit.evaluate(mlp, digits.test)["accuracy"]
-    plain, _ = slimkit.quantize(mlp, 2)
-    assert base - 100 * slimkit.evaluate(plain, digits.test)["accuracy"] > 3  # 2 bits alone hurts
-    q, report = slimkit.quantize(mlp, 2, keep="auto", metric=digits.test, max_drop=2.5)
-    kept = [l.name for l in report.skipped]
-    assert 0 < len(kept) < 3
-    assert all(isinstance(q.get_submodule(n), nn.Linear) for n in kept)
-    assert base - 100 * slimkit.evaluate(q, digits.test)["accuracy"] <= 2.5
-    assert all("sensitivity_drop" in l.details for l in report.layers)
-    # the most sensitive layers are the ones kept
-    drops = {l.name: l.details["sensitivity_drop"] for l in report.layers}
-    assert min(drops[n] for n in kept) >= max(d for n, d in drops.items() if n not in kept)
-    with pytest.raises(NothingToCompressError, match="max_drop=0.1"):
-        slimkit.quantize(mlp, 2, keep="auto", metric=digits.test, max_drop=0.1)
-
-
-def test_sensitivity_scores_one_layer_at_a_time(mlp, digits):
-    snap = state_snapshot(mlp)
-    rows = sensitivity(mlp, digits.test, bits=2)
-    assert_unchanged(mlp, snap)
-    assert [r["name"] for r in rows] == ["net.1", "net.3", "net.5"]
-    base = 100 * slimkit.evaluate(mlp, digits.test)["accuracy"]
-    # recompute one row by hand
-    import copy
-
-    m = copy.deepcopy(mlp)
-    with torch.no_grad():
-        m.net[3].weight.copy_(fake_quantize(m.net[3].weight, 2, "symmetric", "per_channel"))
-    assert rows[1]["drop"] == pytest.approx(base - 100 * slimkit.evaluate(m, digits.test)["accuracy"])
-    assert all(math.isfinite(r["output_sqnr_db"]) for r in rows)
-    # a callable metric works too
-    calls = []
-    rows2 = sensitivity(mlp, lambda model: calls.append(1) or 1.0, bits=8)
-    assert len(calls) == 4 and all(r["drop"] == 0 for r in rows2)
 
 
 def test_embedding_quantization_per_row_and_group():

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 import slimkit
 from slimkit.quant import layers as qlayers
 from slimkit.quant.affine import quantize_tensor
+from slimkit.quant.fakequant import FakeQuantInput
+from slimkit.quant.rnn import QuantMatrix
 
 
 def _linear(k=40, m=24, seed=0, **kw):
@@ -85,7 +87,7 @@ def test_conv_uses_the_dequantized_weight():
 
 def test_fake_quant_input_is_a_simulation():
     inner = nn.Identity()
-    f = qlayers.FakeQuantInput(4, inner, (-1.0, 2.0))
+    f = FakeQuantInput(4, inner, (-1.0, 2.0))
     x = torch.linspace(-1, 2, 100)
     assert len(torch.unique(f(x))) <= 16 and "simulated" in f.execution
     assert float(f(torch.zeros(1))) == 0.0
@@ -111,7 +113,7 @@ def test_prepared_cache_follows_the_buffers():
                                   group_size=4)),
     (qlayers.QuantConv1d, dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, bits=4, dtype="bfloat16")),
     (qlayers.QuantConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=2, stride=2, bits=8)),
-    (qlayers.QuantMatrix, dict(shape=(12, 5), bias=True, bits=8, scheme="asymmetric")),
+    (QuantMatrix, dict(shape=(12, 5), bias=True, bits=8, scheme="asymmetric")),
 ])
 def test_spec_rebuilds_buffers_of_the_same_shape_and_dtype(cls, kw):
     torch.manual_seed(0)

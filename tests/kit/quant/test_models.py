@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import slimkit
 from conftest import TiedModel, assert_unchanged, state_snapshot
 from slimkit.quant import layers as qlayers
+from slimkit.quant.rnn import QuantRNN
 from slimkit.errors import InvalidParameterError, NothingToCompressError
 from slimkit.nn import param_modules
 
@@ -216,7 +217,7 @@ def test_rnn_weights_are_stored_int8(dtype, tmp_path):
         for n in ("lstm", "gru", "rnn"):
             layer = q.get_submodule(n)
             layer = getattr(layer, "inner", layer)
-            assert isinstance(layer, qlayers.QuantRNN) and rows[n].action == "quantized", rows[n]
+            assert isinstance(layer, QuantRNN) and rows[n].action == "quantized", rows[n]
             assert "float" in rows[n].reason  # weights-only: the RNN arithmetic is float, and it says so
             assert all(m.qweight.dtype in (torch.int8, torch.uint8) for m in layer.weights.values())
         with torch.no_grad():
@@ -338,7 +339,7 @@ def test_bf16_models_stay_bf16(build, kw, tmp_path):
         ref, out = model(x), q(x)
     assert out.dtype == torch.bfloat16 and _cos(ref, out) > 0.99
     for m in q.modules():
-        if isinstance(m, qlayers._QWeight):
+        if isinstance(m, qlayers.QWeight):
             assert m.weight.dtype == torch.bfloat16 and (m.bias is None or m.bias.dtype == torch.bfloat16)
     back = slimkit.load(slimkit.save(q, tmp_path / "b.slim"), model=model)
     assert torch.equal(back(x), out)
