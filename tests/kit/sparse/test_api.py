@@ -10,7 +10,8 @@ import torch.nn as nn
 import slimkit
 from conftest import TiedModel, assert_unchanged, state_snapshot
 from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
-from slimkit.sparse.layers import SparseConv, SparseLinear, SparseWeight, format_bytes
+from slimkit.sparse.formats import format_bytes
+from slimkit.sparse.layers import SparseConv, SparseLinear, SparseWeight
 
 
 def _tensor_section(model) -> int:
