@@ -15,9 +15,11 @@ from ..events import as_progress
 from ..report import Result
 from ..training import cross_entropy
 from . import importance
-from .common import PARAMETRIZATION_NOTE, Job, in_model_order, plain_copy, schedule  # noqa: F401  (re-exported)
-from .config import SCOPES, Finetune, PruneConfig  # noqa: F401
-from .structured import STRUCTURED_INSTEAD, prune_units  # noqa: F401
+# PARAMETRIZATION_NOTE, in_model_order, plain_copy, schedule, is_prunable, keep_sparsity: still
+# importable from here, where they used to live
+from .common import PARAMETRIZATION_NOTE, Job, in_model_order, plain_copy, schedule  # noqa: F401
+from .config import Finetune, PruneConfig
+from .structured import prune_units
 from .unstructured import is_prunable, keep_sparsity, prune_weights  # noqa: F401
 
 

@@ -181,3 +181,14 @@ def test_nothing_to_sparsify_and_stop(mlp):
     with pytest.raises(Interrupted):
         slimkit.sparsify(mlp, sparsity=0.5, stop=stop)
     assert_unchanged(mlp, snap)
+
+
+def test_a_config_and_a_first_positional_threshold_sparsify_alike(mlp):
+    by_kw = slimkit.sparsify(mlp, threshold=0.05, format="bitmask")
+    by_first = slimkit.sparsify(mlp, 0.05, format="bitmask")
+    by_config = slimkit.sparsify(mlp, slimkit.SparsifyConfig(threshold=0.05, format="bitmask"))
+    for other in (by_first, by_config):
+        assert other.report.params == by_kw.report.params == {
+            "threshold": 0.05, "sparsity": None, "format": "bitmask", "execution": "auto"}
+        assert other.report.summary == by_kw.report.summary
+    assert slimkit.SparsifyConfig(threshold=0.05).code() == "slimkit.sparsify(model, threshold=0.05)"
