@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import inputs as _inputs
-from .config import Config, integer, number
+from .config import Config, integer, number, signature
 from .data import batch_errors, batches, first_inputs
 from .errors import (
     IncompatibleModelsError,
@@ -27,16 +27,14 @@ from .errors import (
     check_fraction,
     check_int,
     check_module,
-    check_nonnegative,
-    check_positive,
 )
 from .events import as_progress
 from .inputs import Inputs
 from .metrics import OutputSelector, check_output, evaluate, flat, logits
 from .nn import param_count, param_modules
 from .pruning import surgery
-from .pruning.api import plain_copy
-from .report import LayerReport, Report, Result
+from .pruning.common import plain_copy
+from .report import Action, LayerReport, Report, Result
 from .training import fit
 
 
@@ -60,13 +58,16 @@ class DistillConfig(Config):
     weight_decay: float = number(0.0, 0, float("inf"), "AdamW weight decay")
     seed: int = integer(0, 0, 2**63 - 1, "random seed")
 
+    def code(self, model: str = "teacher, student, data", extra=None) -> str:
+        """The Python call that reproduces this config: ``slimkit.distill(teacher, student, data, ...)``."""
+        return super().code(model, extra)
 
-def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4.0, alpha: float = 0.7,
-            noise: float = 0.0, noise_samples: int = 4, epochs: int = 20, lr: float = 2e-3,
-            batch_size: int = 64, weight_decay: float = 0.0, val_data=None, seed: int = 0,
-            callbacks=None, stop=None, output: OutputSelector = None) -> Result:
+
+def distill(teacher: nn.Module, student: nn.Module, data, config: DistillConfig | float | None = None, *,
+            val_data=None, output: OutputSelector = None, callbacks=None, stop=None, **settings) -> Result:
     """Train a copy of ``student`` on ``data`` against ``teacher``; returns ``Result(student, report)``.
 
+    config: a :class:`DistillConfig`, or its first setting ``temperature``; keyword settings override it.
     data: ``(inputs, targets)`` batches or a pair ``(X, y)`` (see :mod:`slimkit.data`); inputs
     follow :mod:`slimkit.inputs`: a tensor, a dict of keyword tensors (tokenized text) or
     ``slimkit.Inputs(args=..., kwargs=...)`` (``Inputs(args=(batch_dict,))`` for a forward that
@@ -81,15 +82,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     """
     for name, m in (("teacher", teacher), ("student", student)):
         check_module(name, m)
-    check_positive("temperature", temperature)
-    if math.isinf(temperature):
-        raise InvalidParameterError("temperature", temperature, "a finite positive number")
-    alpha = check_fraction("alpha", alpha, allow_one=True)
-    noise = check_nonnegative("noise", noise)
-    check_int("noise_samples", noise_samples, 1, 1000)
-    check_positive("epochs", epochs, integer=True)
-    check_positive("lr", lr)
-    check_int("seed", seed, 0, 2**63 - 1)
+    c = DistillConfig.build(config, settings)
     check_output(output)
     batches(data)  # type check before any work
     progress = as_progress(callbacks, stop)
@@ -100,8 +93,8 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     work = copy.deepcopy(student)
     _check_pair(teacher, work.eval(), first_inputs(data), output)
 
-    soft_targets = _NoisyTeacher(teacher, temperature, noise, noise_samples, seed, output)
-    T = float(temperature)
+    soft_targets = _NoisyTeacher(teacher, c.temperature, c.noise, c.noise_samples, c.seed, output)
+    T, alpha = c.temperature, c.alpha
 
     def kd_loss(model: nn.Module, x, y: torch.Tensor) -> torch.Tensor:
         s_logits, y = flat(logits(_inputs.call(model, x), output, "the student"), y)
@@ -109,8 +102,8 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
         t_probs = soft_targets(x).reshape(s_logits.shape) if alpha > 0 else None
         return hinton_loss(s_logits, t_probs, y, T, alpha)
 
-    history = fit(work, data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                  loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
+    history = fit(work, data, epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay,
+                  seed=c.seed, loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
 
     pt, ps = param_count(teacher), param_count(work)
     summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
@@ -118,10 +111,13 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
     if val_data is not None:
         summary["val_accuracy"] = history[-1]["val_accuracy"]
         summary["teacher_val_accuracy"] = evaluate(teacher, val_data, output=output)["accuracy"]
-    params = dict(temperature=T, alpha=alpha, noise=float(noise), noise_samples=noise_samples, epochs=epochs,
-                  lr=lr, seed=seed)
+    params = dict(temperature=T, alpha=alpha, noise=c.noise, noise_samples=c.noise_samples, epochs=c.epochs,
+                  lr=c.lr, seed=c.seed)
     report = Report("distill", params, [_trained_row(n, m) for n, m in param_modules(work)], summary=summary)
     return Result(work, report.cover(student, work))
+
+
+signature(distill, DistillConfig)
 
 
 def _check_pair(teacher: nn.Module, student: nn.Module, x0, output: OutputSelector) -> None:
@@ -141,7 +137,7 @@ def _trained_row(name: str, module: nn.Module) -> LayerReport:
     own = list(module.parameters(recurse=False))
     n, b = sum(p.numel() for p in own), sum(p.numel() * p.element_size() for p in own)
     trained = any(p.requires_grad for p in own)
-    return LayerReport(name, type(module).__name__, "distilled" if trained else "skipped", n, n, b, b,
+    return LayerReport(name, type(module).__name__, Action.DISTILLED if trained else Action.SKIPPED, n, n, b, b,
                        reason="" if trained else "parameters frozen (requires_grad=False)")
 
 

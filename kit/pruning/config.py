@@ -1,10 +1,11 @@
 """``PruneConfig`` and ``Finetune``: every setting of ``slimkit.prune``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Config, anything, choice, flag, integer, names, number
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, InvalidTypeError
 from . import importance
 
 SCOPES = ("layer", "global")
@@ -49,3 +50,19 @@ class Finetune(Config):
     def check(self) -> None:
         if self.data is None:
             raise InvalidParameterError("finetune", None, "a dict with a 'data' entry (training batches)")
+
+    @classmethod
+    def of(cls, value) -> Finetune | None:
+        """``prune``'s ``finetune`` argument as a Finetune: None, a Finetune, or today's dict,
+        whose errors name the entry (``finetune['epochs']=0``) as they always have."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidTypeError("finetune", value, "None, a Finetune or a dict like dict(data=train, epochs=2, lr=1e-3)")
+        known = cls.settings()
+        unknown = sorted(map(str, set(value) - set(known)))
+        if unknown:
+            raise InvalidParameterError("finetune", value, f"keys among {', '.join(known)} (unknown: {', '.join(unknown)})")
+        if value.get("data") is None:
+            raise InvalidParameterError("finetune", value, "a dict with a 'data' entry (training batches)")
+        return cls(**{k: known[k][0].check(f"finetune[{k!r}]", v) for k, v in value.items()})

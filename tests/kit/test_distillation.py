@@ -312,3 +312,16 @@ def test_bf16_models_distill_in_bf16():
     out = model(zt.inputs)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert not torch.equal(model[0].weight, zs.model[0].weight)
+
+
+def test_a_config_and_a_first_positional_temperature_distill_alike():
+    teacher, student, x, y = _tiny_pair()
+    by_kw = slimkit.distill(teacher, student, (x, y), temperature=2.0, epochs=2)
+    by_first = slimkit.distill(teacher, student, (x, y), 2.0, epochs=2)
+    by_config = slimkit.distill(teacher, student, (x, y), slimkit.DistillConfig(temperature=2.0, epochs=2))
+    for other in (by_first, by_config):
+        assert other.report.params == by_kw.report.params
+        for a, b in zip(by_kw.model.state_dict().values(), other.model.state_dict().values()):
+            assert torch.equal(a, b)
+    assert (slimkit.DistillConfig(temperature=2.0, epochs=2).code()
+            == "slimkit.distill(teacher, student, data, temperature=2.0, epochs=2)")

@@ -203,3 +203,42 @@ def test_stop_during_finetune_interrupts(mlp, digits):
     with pytest.raises(Interrupted):
         slimkit.prune(mlp, 0.5, finetune=dict(data=digits.train), stop=stop)
     assert_unchanged(mlp, snap)
+
+
+# ---- configs -----------------------------------------------------------------------------
+
+def test_a_config_a_first_positional_and_keywords_prune_alike(mlp, digits):
+    tune = dict(data=digits.train, epochs=1)
+    by_kw = slimkit.prune(mlp, sparsity=0.5, scope="global", finetune=tune)
+    by_first = slimkit.prune(mlp, 0.5, scope="global", finetune=slimkit.Finetune(digits.train, epochs=1))
+    by_config = slimkit.prune(mlp, slimkit.PruneConfig(sparsity=0.5, scope="global"), finetune=tune)
+    for other in (by_first, by_config):
+        assert other.report.params == by_kw.report.params
+        for a, b in zip(by_kw.model.state_dict().values(), other.model.state_dict().values()):
+            assert torch.equal(a, b)
+    assert by_kw.report.params["finetune"] == {"epochs": 1, "lr": 1e-3}
+    with pytest.raises(InvalidParameterError, match="sparsity=0.3.*given once"):
+        slimkit.prune(mlp, 0.5, sparsity=0.3)
+
+
+def test_a_registered_score_is_a_valid_choice(mlp):
+    from slimkit.pruning import importance
+
+    importance.register_score("abs_copy", lambda ctx: {n: t.weight.abs() for n, t in ctx.targets})
+    try:
+        assert "abs_copy" in slimkit.PruneConfig.settings()["score"][0].options()
+        out, report = slimkit.prune(mlp, 0.5, score="abs_copy")
+        assert report.params["score"] == "abs_copy"
+    finally:
+        del importance.SCORES["abs_copy"]
+    with pytest.raises(InvalidParameterError, match="score='abs_copy'"):
+        slimkit.PruneConfig(score="abs_copy")
+
+
+def test_prune_signature_lists_every_setting():
+    import inspect
+
+    params = inspect.signature(slimkit.prune).parameters
+    assert list(params)[:2] == ["model", "config"]
+    assert all(name in params for name in slimkit.PruneConfig.settings())
+    assert params["sparsity"].default == 0.5 and "finetune" in params

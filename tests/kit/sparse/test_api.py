@@ -10,7 +10,8 @@ import torch.nn as nn
 import slimkit
 from conftest import TiedModel, assert_unchanged, state_snapshot
 from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
-from slimkit.sparse.layers import SparseConv, SparseLinear, SparseWeight, format_bytes
+from slimkit.sparse.formats import format_bytes
+from slimkit.sparse.layers import SparseConv, SparseLinear, SparseWeight
 
 
 def _tensor_section(model) -> int:
@@ -180,3 +181,14 @@ def test_nothing_to_sparsify_and_stop(mlp):
     with pytest.raises(Interrupted):
         slimkit.sparsify(mlp, sparsity=0.5, stop=stop)
     assert_unchanged(mlp, snap)
+
+
+def test_a_config_and_a_first_positional_threshold_sparsify_alike(mlp):
+    by_kw = slimkit.sparsify(mlp, threshold=0.05, format="bitmask")
+    by_first = slimkit.sparsify(mlp, 0.05, format="bitmask")
+    by_config = slimkit.sparsify(mlp, slimkit.SparsifyConfig(threshold=0.05, format="bitmask"))
+    for other in (by_first, by_config):
+        assert other.report.params == by_kw.report.params == {
+            "threshold": 0.05, "sparsity": None, "format": "bitmask", "execution": "auto"}
+        assert other.report.summary == by_kw.report.summary
+    assert slimkit.SparsifyConfig(threshold=0.05).code() == "slimkit.sparsify(model, threshold=0.05)"

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slimkit.sparse.layers import (SparseConv, SparseEmbedding, SparseLinear, decode, encode, format_bytes,
-                                   holds_2_4, index_dtype)
+from slimkit.sparse.formats import decode, encode, format_bytes, holds_2_4, index_dtype
+from slimkit.sparse.layers import SparseConv, SparseEmbedding, SparseLinear
 
 
 def _sparse(rows, cols, density, seed=0):
