@@ -7,7 +7,7 @@
     dev = accel.resolve_device("cuda", fallback=True)   # absent -> logged fallback, or an error
     run = accel.prepare(model, example_inputs, backend="onnxruntime", quantize="int8")
     m = accel.benchmark(run, example_inputs, threads=2)  # median / p90 latency, memory, fingerprint
-    accel.compare({"fp32": model, "int8": run}, example_inputs)   # side by side, alternating
+    accel.time_variants({"fp32": model, "int8": run}, example_inputs)   # side by side, alternating
 
 Backends (``accel.list_backends()``): eager, compile, aoti, onnxruntime, torchao, sparse24; packages
 add more through the entry-point group ``slimkit.backends``. The core (``slimkit``) never
@@ -21,12 +21,12 @@ from slimkit.hardware import fingerprint, summary as fingerprint_summary
 
 from .backends import (ENTRY_POINT_GROUP, Backend, BackendError, Prepared, backends_info, get_backend,
                        list_backends, prepare, register_backend)
-from .bench import Measurement, benchmark, compare, fixed_threads, percentile, throughput
+from .bench import Measurement, benchmark, fixed_threads, percentile, throughput, time_variants
 
 __all__ = [
     "available_devices", "resolve_device", "synchronize",
     "prepare", "Prepared", "Backend", "BackendError", "register_backend", "get_backend", "list_backends",
     "backends_info", "ENTRY_POINT_GROUP",
-    "benchmark", "compare", "throughput", "Measurement", "percentile", "fixed_threads",
+    "benchmark", "time_variants", "throughput", "Measurement", "percentile", "fixed_threads",
     "fingerprint", "fingerprint_summary", "DeviceUnavailableError",
 ]

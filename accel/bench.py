@@ -5,9 +5,10 @@
   between synchronisations; elsewhere with ``time.perf_counter``. The thread count is fixed
   for the run and recorded. Peak memory: CUDA max allocated, and on the CPU the process's
   resident-set high-water mark over the timed calls (Linux resets it per run).
-- :func:`compare` times several variants side by side, alternating their order round by round,
-  so that machine noise (other processes, a thread pool still spinning) falls on all of them;
-  ratios are against the first variant, measured in the same run.
+- :func:`time_variants` times several variants side by side, alternating their order round by
+  round (the core's loop, ``slimkit.measure.alternate``), so that machine noise (other processes,
+  a thread pool still spinning) falls on all of them; ratios are against the first variant,
+  measured in the same run.
 - :func:`throughput` runs :func:`benchmark` over batch sizes.
 
 Every :class:`Measurement` carries the hardware fingerprint (``slimkit.hardware.fingerprint``).
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from slimkit.measure import Timer, alternate, percentile  # the core's one side-by-side loop and clock
 from slimkit.measure import threads as fixed_threads  # one definition of "run with N threads"
 from slimkit.devices import resolve_device, synchronize
 from slimkit.errors import InvalidParameterError, InvalidTypeError, check_positive
@@ -33,22 +35,6 @@ from slimkit.hardware import fingerprint as _fingerprint  # the name `fingerprin
 
 from . import inputs as _inputs
 from .backends import Prepared
-
-
-# --------------------------------------------------------------------------- statistics
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between order statistics
-    (numpy's default ``"linear"`` method)."""
-    if not values:
-        raise InvalidParameterError("values", values, "at least one value")
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
-        raise InvalidParameterError("q", q, "a number in [0, 100]")
-    xs = sorted(float(v) for v in values)
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass
@@ -176,30 +162,6 @@ def _infer_device(fn, example_inputs) -> torch.device:
     return _inputs.tensors(example_inputs)[0].device
 
 
-class _Timer:
-    """One call's elapsed seconds: CUDA events around it on a GPU, perf_counter elsewhere."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.name = "cuda_event" if self.cuda else "perf_counter"
-
-    def __call__(self, call: Callable[[], Any]) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(self.device)
-            start.record()
-            call()
-            end.record()
-            torch.cuda.synchronize(self.device)
-            return start.elapsed_time(end) / 1e3
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        call()
-        synchronize(self.device)
-        return time.perf_counter() - t0
-
-
 def _check_count(name: str, value, lo: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise InvalidParameterError(name, value, f"an int >= {lo}")
@@ -234,7 +196,7 @@ def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | N
         check_positive("items", items, integer=True)
         n = items
     label = name or getattr(fn, "backend", None) or type(fn).__name__
-    timer = _Timer(dev)
+    timer = Timer(dev)
     with fixed_threads(threads) as nthreads, torch.inference_mode():
         for _ in range(warmup):
             call()
@@ -256,14 +218,15 @@ def benchmark(fn, example_inputs: _inputs.Inputs | None = None, *, name: str | N
                        fingerprint=_fingerprint() if fingerprint else None)
 
 
-def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, rounds: int = 10,
-            per_round: int = 1, warmup: int = 2, threads: int | None = None,
-            pause_s: float = 0.0, fingerprint: bool = True) -> dict[str, Measurement]:
-    """Time several variants side by side on the same inputs.
+def time_variants(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, rounds: int = 10,
+                  per_round: int = 1, warmup: int = 2, threads: int | None = None,
+                  pause_s: float = 0.0, fingerprint: bool = True) -> dict[str, Measurement]:
+    """Time several variants side by side on the same inputs (``slimkit.measure.alternate``).
 
     Each round calls every variant ``per_round`` times; the order alternates round by round
     (forward, then reversed) so drifting machine load, caches and thread pools left spinning
-    by one variant fall evenly on all. ``pause_s`` sleeps between variants. Returns
+    by one variant fall evenly on all. ``warmup`` untimed calls of each variant come first
+    (alternating too). ``pause_s`` sleeps between variants. Returns
     ``{name: Measurement}`` in the given order; use ``m.speedup_vs(results[first])``.
     No peak memory here: variants sharing one process cannot be told apart; use
     :func:`benchmark` with ``memory=True`` per variant (benchmarks/ measures each in a fresh process).
@@ -275,25 +238,13 @@ def compare(variants: Mapping[str, Any], example_inputs: _inputs.Inputs, *, roun
     _check_count("warmup", warmup, 0)
     example_inputs = _inputs.check_inputs(example_inputs)
     calls = {k: _callable(fn, example_inputs, None) for k, fn in variants.items()}
-    timers = {k: _Timer(dev) for k, (_, dev, _) in calls.items()}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
+    timers = {k: Timer(dev) for k, (_, dev, _) in calls.items()}
     with fixed_threads(threads) as nthreads, torch.inference_mode():
-        for k in names:
-            for _ in range(warmup):
-                calls[k][0]()
-        for r in range(rounds):
-            for k in (names if r % 2 == 0 else names[::-1]):
-                for _ in range(per_round):
-                    c0 = time.process_time()
-                    times[k].append(timers[k](calls[k][0]))
-                    cpu[k].append(time.process_time() - c0)
-                if pause_s:
-                    time.sleep(pause_s)
+        times, cpu = alternate({k: c[0] for k, c in calls.items()}, timers, rounds=rounds, warmup=warmup,
+                               per_round=per_round, pause_s=pause_s)
     fp = _fingerprint() if fingerprint else None
     return {k: Measurement(k, times[k], calls[k][2], warmup, nthreads, str(calls[k][1]), timers[k].name,
-                           cpu_time_s=cpu[k], fingerprint=fp) for k in names}
+                           cpu_time_s=cpu[k], fingerprint=fp) for k in variants}
 
 
 def throughput(fn, make_inputs: Callable[[int], _inputs.Inputs], batch_sizes: Sequence[int] = (1, 8, 32), *,

@@ -2,7 +2,7 @@
 "not measured: no GPU" elsewhere (the rows are still listed, so the table shows what is missing).
 
 Two workloads: one large Linear (8192 x 8192, 4096 tokens: tensor-core bound) and MiniLM at
-32 x 128. Timing is CUDA events between synchronisations (``slimkit.accel.compare``).
+32 x 128. Timing is CUDA events between synchronisations (``slimkit.accel.time_variants``).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run(s: Settings) -> dict[str, Any]:
             except Exception as e:
                 rows[name] = {"status": f"failed: {type(e).__name__}: {str(e)[:300]}"}
         if built:
-            res = accel.compare(built, x, rounds=s.rounds_large * 2, warmup=3)
+            res = accel.time_variants(built, x, rounds=s.rounds_large * 2, warmup=3)
             base = res.get("fp32 eager")
             ref = built["fp32 eager"].run(built["fp32 eager"].move(x)).float() if base else None
             for name, m in res.items():

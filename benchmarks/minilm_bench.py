@@ -1,7 +1,7 @@
 """Section 1: all-MiniLM-L6-v2 on the CPU, slimkit's int8 against what a user would pick instead.
 
 Every row is built with the public APIs (``slimkit.quantize``, ``slimkit.accel.prepare``), timed
-side by side with ``slimkit.accel.compare`` (order alternating round by round), and scored
+side by side with ``slimkit.accel.time_variants`` (order alternating round by round), and scored
 with ``slimkit.zoo.minilm`` fidelity over the bundled sentences, computed by the row itself
 (a compiled or exported copy rounds differently from its eager original).
 """
@@ -139,7 +139,7 @@ def run(s: Settings) -> dict[str, Any]:
                     rows[name]["setup_s"][f"first_call_{shape}"] = first_call_seconds(run_, ex)
             rounds = s.rounds_small if batch == 1 else s.rounds_large
             log(f"  timing {len(built)} rows at {shape}, {rounds} alternating rounds, {s.threads} threads ...")
-            res = accel.compare(built, ex, rounds=rounds, warmup=2, threads=s.threads)
+            res = accel.time_variants(built, ex, rounds=rounds, warmup=2, threads=s.threads)
             base = res[BASELINE]
             timings[shape] = {k: {**m.summary(), "speedup": m.speedup_vs(base)} for k, m in res.items()}
         _fidelity(rows, texts, ref)

@@ -41,7 +41,7 @@ def run(s: Settings) -> dict[str, Any]:
             work = batch * seq
             rounds = max(3, min(s.rounds_small, (s.rounds_large * 4096) // work)) if not s.quick else 3
             log(f"  scaling {axis}: {batch}x{seq}, {rounds} rounds ...")
-            res = accel.compare(variants, x, rounds=rounds, warmup=1, threads=s.threads)
+            res = accel.time_variants(variants, x, rounds=rounds, warmup=1, threads=s.threads)
             for name, m in res.items():
                 points.append({"axis": axis, "variant": name, "batch": batch, "seq": seq,
                                "median_ms": 1e3 * m.median_s, "p90_ms": 1e3 * m.p90_s,

@@ -8,7 +8,9 @@ Used by ``slimkit demo``, the benchmarks and the notebooks, so that every table 
 
 Latency is measured side by side in one process: each round times every model, the order
 alternating round by round (forward, then reversed), and the median over rounds is reported.
-On a shared machine absolute times drift; ratios taken this way stay meaningful.
+On a shared machine absolute times drift; ratios taken this way stay meaningful. The loop
+(:func:`alternate`, with :class:`Timer` and :func:`threads`) is the project's only
+side-by-side timer: ``slimkit.accel.time_variants`` and the panel time through it too.
 """
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from . import table
 from .artifact import size
 from .devices import resolve_device, synchronize
 from .errors import InvalidParameterError, InvalidTypeError, check_int, check_module
@@ -43,12 +47,98 @@ def threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between order statistics
+    (numpy's default ``"linear"`` method)."""
+    if not values:
+        raise InvalidParameterError("values", values, "at least one value")
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
+        raise InvalidParameterError("q", q, "a number in [0, 100]")
+    xs = sorted(float(v) for v in values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+class Timer:
+    """Seconds per call of a block of ``number`` calls on ``device``, synchronised before and
+    after so queued GPU work counts. With ``cuda_events`` a GPU block is timed by CUDA events
+    (device time, free of host jitter); otherwise, and off CUDA, by ``time.perf_counter``."""
+
+    def __init__(self, device: torch.device, cuda_events: bool = True):
+        self.device = device
+        self.cuda = cuda_events and device.type == "cuda"
+        self.name = "cuda_event" if self.cuda else "perf_counter"
+
+    def __call__(self, call: Callable[[], Any], number: int = 1) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            start.record()
+            for _ in range(number):
+                call()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return start.elapsed_time(end) / 1e3 / number
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        for _ in range(number):
+            call()
+        synchronize(self.device)
+        return (time.perf_counter() - t0) / number
+
+
+def alternate(calls: Mapping[str, Callable[[], Any]], timers: Mapping[str, Timer], *, rounds: int,
+              warmup: int = 0, number: int = 1, per_round: int = 1,
+              pause_s: float = 0.0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The side-by-side timing loop (:func:`latency`, ``slimkit.accel.time_variants``).
+
+    ``warmup`` untimed rounds, then ``rounds`` timed ones. Every round runs every call, in the
+    given order on even timed rounds and reversed on odd ones (the warm-up rounds continue the
+    alternation), so drifting machine load, caches and thread pools left spinning by one call
+    fall evenly on all. A timed round takes ``per_round`` readings of each call (``timers[name]``:
+    seconds per call over a block of ``number`` calls), then sleeps ``pause_s``; a warm-up round
+    runs one block. Callers fix the threads (:func:`threads`) and the inference mode.
+    Returns (wall seconds, process CPU seconds), both ``{name: [per call, one per reading]}``.
+    """
+    names = list(calls)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(-warmup, rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            if r < 0:
+                timers[n](calls[n], number)
+                continue
+            for _ in range(per_round):
+                c0 = time.process_time()
+                wall[n].append(timers[n](calls[n], number))
+                cpu[n].append((time.process_time() - c0) / number)
+            if pause_s:
+                time.sleep(pause_s)
+    return wall, cpu
+
+
 def _number_for(run, x, target_s: float = 0.02) -> int:
     """Calls per timed block so that one block lasts about ``target_s`` (timer noise stays small)."""
     t = time.perf_counter()
     run(x)
     once = max(time.perf_counter() - t, 1e-6)
     return max(1, min(1000, round(target_s / once)))
+
+
+def _ready(models: Mapping[str, nn.Module], x: torch.Tensor, dev: torch.device) -> tuple[dict, dict]:
+    """({name: model that ran once on ``dev``}, {name: error}): copies go to other devices than
+    the CPU, and kernels that refuse this device or shape fail on the first call."""
+    runs, errors = {}, {}
+    for n, m in models.items():
+        m = m.eval() if dev.type == "cpu" else copy.deepcopy(m).to(dev).eval()
+        try:
+            m(x)
+            runs[n] = m
+        except Exception as e:  # noqa: BLE001 - reported per model, the others still run
+            errors[n] = f"{type(e).__name__}: {e}"
+    return runs, errors
 
 
 def latency(models: Mapping[str, nn.Module], x: torch.Tensor, *, rounds: int = 7, number: int | None = None,
@@ -69,32 +159,16 @@ def latency(models: Mapping[str, nn.Module], x: torch.Tensor, *, rounds: int = 7
     check_int("rounds", rounds, 1, 10_000)
     check_int("warmup", warmup, 0, 10_000)
     dev = resolve_device(device)
-    sync = lambda: synchronize(dev)  # noqa: E731
     x = x.to(dev)
-    runs, errors = {}, {}
     with threads(num_threads) as used, torch.inference_mode():
-        for n, m in models.items():
-            m = m.eval() if dev.type == "cpu" else copy.deepcopy(m).to(dev).eval()
-            try:
-                m(x)  # first call: kernels that refuse this device/shape fail here
-                runs[n] = m
-            except Exception as e:  # noqa: BLE001 - reported per model, the others still run
-                errors[n] = f"{type(e).__name__}: {e}"
-        names = list(runs)
+        runs, errors = _ready(models, x, dev)
         if number is None:
-            number = min((_number_for(runs[n], x) for n in names), default=1)
+            number = min((_number_for(m, x) for m in runs.values()), default=1)
         check_int("number", number, 1, 10**6)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(warmup + rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            for n in order:
-                sync()
-                t = time.perf_counter()
-                for _ in range(number):
-                    runs[n](x)
-                sync()
-                if r >= warmup:
-                    times[n].append(1000 * (time.perf_counter() - t) / number)
+        clock = Timer(dev, cuda_events=False)  # wall time of the block, host included, as always quoted
+        wall, _ = alternate({n: partial(m, x) for n, m in runs.items()}, dict.fromkeys(runs, clock),
+                            rounds=rounds, warmup=warmup, number=number)
+    times = {n: [1000 * s for s in v] for n, v in wall.items()}
     ms = {n: statistics.median(times[n]) if n in times else math.nan for n in models}
     return {"ms": ms, "rounds": times, "threads": used, "number": number, "batch": int(x.shape[0]),
             "device": str(dev), "errors": errors}
@@ -141,24 +215,8 @@ COLUMNS = [("method", "method", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("dro
             ("latency_ms", "latency ms", "{:.3f}"), ("speedup", "speed-up", "{:.2f}x")]
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] | None = None) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[table.Column] | None = None) -> str:
     """A plain-text table of :func:`compare` rows (columns absent from every row are left out).
     ``columns``: (key, heading, format) triples; extra keys such as a "note" may be added."""
-    columns = [c for c in (columns or COLUMNS) if any(c[0] in r for r in rows)]
-    cells = [[h for _, h, _ in columns]]
-    for r in rows:
-        cells.append([_fmt(r.get(k), f) for k, _, f in columns])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+    head, cells = table.formatted(rows, columns or COLUMNS)
+    return table.text(head, cells, align="l" + "r" * (len(head) - 1))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slimkit import accel
-from slimkit.accel import Measurement, benchmark, compare, percentile, throughput
+from slimkit.accel import Measurement, benchmark, percentile, throughput, time_variants
 from slimkit.errors import InvalidParameterError, InvalidTypeError
 
 
@@ -75,17 +75,17 @@ def _matmul_model(width):
 def test_a_model_known_to_be_slower_orders_after_the_faster_one():
     x = torch.randn(64, 256)
     small, big = _matmul_model(64), _matmul_model(4096)  # 64x the multiply-adds
-    res = compare({"big": big, "small": small}, x, rounds=6, warmup=1, threads=1)
+    res = time_variants({"big": big, "small": small}, x, rounds=6, warmup=1, threads=1)
     assert list(res) == ["big", "small"]
     assert res["small"].median_s < res["big"].median_s
     assert res["small"].speedup_vs(res["big"]) > 3
     assert res["small"].items == 64 and res["big"].threads == 1
 
 
-def test_compare_alternates_the_order_round_by_round():
+def test_time_variants_alternates_the_order_round_by_round():
     order = []
     variants = {name: (lambda name=name: (lambda x: order.append(name)))() for name in "abc"}
-    compare(variants, torch.zeros(1), rounds=4, warmup=0)
+    time_variants(variants, torch.zeros(1), rounds=4, warmup=0)
     assert order == list("abc") + list("cba") + list("abc") + list("cba")
 
 
@@ -134,9 +134,9 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(InvalidTypeError, match="example_inputs"):
         benchmark(lambda x: x, "not a tensor")
     with pytest.raises(InvalidParameterError, match="variants"):
-        compare({}, torch.zeros(1))
+        time_variants({}, torch.zeros(1))
     with pytest.raises(InvalidParameterError, match="rounds"):
-        compare({"a": lambda x: x}, torch.zeros(1), rounds=0)
+        time_variants({"a": lambda x: x}, torch.zeros(1), rounds=0)
     with pytest.raises(InvalidParameterError, match="batch_sizes"):
         throughput(lambda x: x, lambda b: torch.zeros(b), [])
 
