@@ -33,11 +33,6 @@ from .plan import (NOT_QUANTIZED, TARGET_TYPES, LayerPlan, check_finite, layout,
                    structural_skips, tie_groups, tie_skips, weight_count, weight_param)
 from .sensitivity import auto_keep
 
-# Action has no member for a layer whose quantization is only simulated in float; such rows have
-# always said "simulated" (the typed details["compute"] is what decides things).
-SIMULATED = "simulated"
-
-
 def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, metric=None,
              callbacks=None, stop=None, **settings) -> Result:
     """Quantize the weights of every Linear (and transformers' Conv1D), Conv, ConvTranspose,
@@ -167,7 +162,7 @@ def _row(name: str, layer: nn.Module, new: nn.Module, w_sqnr: float, info: dict,
     if "tied_to" in info:
         reason += f"; shares the integer weight of tied layer {info['tied_to']!r}"
     n = weight_count(layer)
-    return LayerReport(name, type(layer).__name__, Action.QUANTIZED if plan.real else SIMULATED, n, n,
+    return LayerReport(name, type(layer).__name__, Action.QUANTIZED if plan.real else Action.SIMULATED, n, n,
                        tensor_bytes(layer), tensor_bytes(new), sqnr_db=w_sqnr, reason=reason, details=info)
 
 

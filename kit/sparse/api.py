@@ -184,7 +184,7 @@ class _Pass:
             self.dense_kept.add(id(module.weight))
             totals["stored"] += sizes["dense"]
             report.layers.append(LayerReport(
-                name, kind, Action.ZEROED if zeroed else "kept dense",  # report.Action has no KEPT_DENSE yet
+                name, kind, Action.ZEROED if zeroed else Action.KEPT_DENSE,
                 weight.numel(), weight.numel(), before, before,
                 sparsity=layer_sparsity, reason=self._note(name, f"dense is the smallest format at "
                                                                  f"{layer_sparsity:.1%} sparsity"),
