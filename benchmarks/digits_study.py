@@ -22,6 +22,7 @@ import torch
 
 import slimkit
 from slimkit import measure as compare
+from slimkit import table
 from slimkit.zoo import demo
 from slimkit.data import load_digits, subset
 from slimkit.hardware import fingerprint, summary
@@ -35,6 +36,10 @@ TARGETS = {  # issue 2: "What the note must report"
     "student_params_ratio": ("<=", 0.25),
 }
 
+
+
+def _md(header, rows) -> str:  # cells here are already formatted Markdown
+    return table.markdown(header, rows, escape=False)
 
 def log(*args):
     print(*args, flush=True)
@@ -174,39 +179,34 @@ def markdown(meta, rows, figures, checks, latency_rows, dist, score_rows) -> str
          f"(1 min) at start/end: {meta['load_average_1min']['start']:.1f} / {meta['load_average_1min']['end']:.1f} "
          f"on {meta['hardware']['cpu_usable_cores']} cores: with other work running, the 2-thread rows measure "
          "contention more than the models.", "",
-         "## Targets", "", "| figure | value | target | met |", "|---|---|---|---|"]
-    for k, c in checks.items():
-        L.append(f"| {k} | {c['value']:.3g} | {c['target']} | {'yes' if c['met'] else '**NO**'} |")
+         "## Targets", "",
+         _md(["figure", "value", "target", "met"],
+            [[k, f"{c['value']:.3g}", c["target"], "yes" if c["met"] else "**NO**"] for k, c in checks.items()])]
     L += ["", "## Every method on the digits CNN", "",
           f"Latency at batch {rows[0]['latency_batch']}, {rows[0]['latency_threads']} thread. Drop is in accuracy "
           "points (negative = better than the original).", "",
-          "| method | accuracy | drop (pt) | artifact bytes | size ratio | latency ms | speed-up | note |",
-          "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        L.append(f"| {r['method']} | {100 * r['accuracy']:.2f}% | {r['drop_pts']:+.2f} | {r['size_bytes']:,} | "
-                 f"{r['size_ratio']:.2f}x | {r['latency_ms']:.3f} | {r['speedup']:.2f}x | {r['note']} |")
+          _md(["method", "accuracy", "drop (pt)", "artifact bytes", "size ratio", "latency ms", "speed-up", "note"],
+             [[r["method"], f"{100 * r['accuracy']:.2f}%", f"{r['drop_pts']:+.2f}", f"{r['size_bytes']:,}",
+               f"{r['size_ratio']:.2f}x", f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", r["note"]] for r in rows])]
     L += ["", "## Structured 50% + fine-tune: CPU latency vs the original", "",
           f"Drop after fine-tune: {figures['structured50_ft_drop_pts']:+.2f} points; parameters x"
           f"{next(r for r in rows if r['method'] == 'structured 50% + FT')['params'] / rows[0]['params']:.2f}.", "",
-          "| threads | batch | original ms | structured ms | speed-up |", "|---|---|---|---|---|"]
-    for r in latency_rows:
-        L.append(f"| {r['threads']} | {r['batch']} | {r['original_ms']:.3f} | {r['structured_ms']:.3f} | "
-                 f"{r['speedup']:.2f}x |")
+          _md(["threads", "batch", "original ms", "structured ms", "speed-up"],
+             [[r["threads"], r["batch"], f"{r['original_ms']:.3f}", f"{r['structured_ms']:.3f}", f"{r['speedup']:.2f}x"]
+              for r in latency_rows])]
     L += ["", "## Distillation: KD vs labels only", "",
           f"Student: `slimkit.shrink(cnn, {dist['width']})`, {dist['student_params']:,} parameters = "
           f"{dist['params_ratio']:.3f} of the teacher's {dist['teacher_params']:,}. Same training loop, optimizer and "
           "budget for every variant; labels only is `distill(..., alpha=0)`. Test accuracy, % (mean +- std over seeds).", "",
-          "| data | epochs | variant | mean | std | per seed |", "|---|---|---|---|---|---|"]
-    for r in dist["results"]:
-        L.append(f"| {r['data']} ({r['train_samples']} images) | {r['epochs']} | {r['variant']} | {r['mean']:.2f} | "
-                 f"{r['std']:.2f} | {', '.join(f'{a:.2f}' for a in r['accuracy'])} |")
+          _md(["data", "epochs", "variant", "mean", "std", "per seed"],
+             [[f"{r['data']} ({r['train_samples']} images)", r["epochs"], r["variant"], f"{r['mean']:.2f}",
+               f"{r['std']:.2f}", ", ".join(f"{a:.2f}" for a in r["accuracy"])] for r in dist["results"]])]
     L += ["", "## Importance scores: magnitude vs fisher vs obd vs random", "",
           "Test accuracy (%) after unstructured pruning of every Conv/Linear weight. Fisher = E[(dL/dw)^2] with "
           "per-sample gradients over the training set; obd = fisher * w^2. One-shot = no fine-tune.", "",
-          "| score | sparsity | layer-wise one-shot | global one-shot | global + fine-tune |", "|---|---|---|---|---|"]
-    for r in score_rows:
-        L.append(f"| {r['score']} | {r['sparsity']:.0%} | {r['layer_one_shot']:.2f} | {r['global_one_shot']:.2f} | "
-                 f"{r['global_finetuned']:.2f} |")
+          _md(["score", "sparsity", "layer-wise one-shot", "global one-shot", "global + fine-tune"],
+             [[r["score"], f"{r['sparsity']:.0%}", f"{r['layer_one_shot']:.2f}", f"{r['global_one_shot']:.2f}",
+               f"{r['global_finetuned']:.2f}"] for r in score_rows])]
     L += ["", "## Reading", "", *meta["reading"], ""]
     return "\n".join(L)
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit.hardware import summary
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+from slimkit.table import markdown
 
 
 def _mib(b) -> str:
@@ -45,7 +40,7 @@ def minilm_section(r: dict[str, Any]) -> str:
                        f"{100 * f.get('top1_agreement', float('nan')):.1f}%", _setup(row["setup_s"])])
     notes = "\n".join(f"- **{n}**: {row['note']}" + (f" (size: {row['size_note']})" if row.get("size_note") else "")
                       for n, row in r["rows"].items() if row.get("note"))
-    out = [_table(header, rows), "", "Rows:", notes, "",
+    out = [markdown(header, rows, escape=False), "", "Rows:", notes, "",
            "Latency: median (p90) of alternating rounds in one process, "
            f"{r['threads']} threads; `x fp32` = fp32 eager's median / the row's median, same run. "
            "Size: the deployable artifact (`slimkit.size` / the ONNX file); * = in-memory tensor bytes or "
@@ -82,7 +77,7 @@ def digits_section(r: dict[str, Any]) -> str:
     rows = [[x["method"], f"{100 * x['accuracy']:.2f}%", f"{x['drop_pts']:+.2f}", f"{x['size_bytes']:,}",
              f"{x['size_ratio']:.2f}x", f"{x.get('latency_ms', float('nan')):.3f}", f"{x.get('speedup', float('nan')):.2f}x",
              x.get("note", "")] for x in r["rows"]]
-    return "\n".join([_table(header, rows), "",
+    return "\n".join([markdown(header, rows, escape=False), "",
                       f"Latency: batch {r['batch']}, {r['threads']} thread, alternating rounds (slimkit.measure); "
                       "`structured 50% + FT` is the real speed-up of physically smaller layers. Deeper study: "
                       f"{r['study']}."])
@@ -105,7 +100,7 @@ def scaling_section(r: dict[str, Any], files: dict[str, str]) -> str:
         pics.append("![scaling](scaling.png)")
     if "html" in files:
         pics.append("Interactive version: `benchmarks/scaling.html` (written by the run, self-contained, not committed).")
-    return "\n".join([_table(header, rows), "", *pics])
+    return "\n".join([markdown(header, rows, escape=False), "", *pics])
 
 
 def cuda_section(r: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from slimkit.table import markdown
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the zoo lives with the tests
@@ -96,12 +97,10 @@ def render(cells: list, fingerprint: str, wall: float) -> str:
         f"**{counts['ok']}/{n} cells ok ({share:.0%})**, refused {counts['refused']}, WRONG {counts['WRONG']}, "
         f"CRASH {counts['CRASH']}, TIMEOUT {counts['TIMEOUT']}; target: no crash, no wrong result, >= "
         f"{TARGET_OK:.0%} ok -> {verdict}. Time {wall / 60:.1f} min (summed over runs when merged).", "",
-        "| model | operation | status | cosine | size | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        markdown(["model", "operation", "status", "cosine", "size", "seconds"],
+                 [[c.model, c.op, _status(c), _num(c.cosine, ".4f"), _num(c.size_ratio, ".3f"), f"{c.seconds:.1f}"]
+                  for c in cells_all]),
     ]
-    for c in cells_all:
-        lines.append(f"| {c.model} | {c.op} | {_status(c).replace('|', '/')} | {_num(c.cosine, '.4f')} | "
-                     f"{_num(c.size_ratio, '.3f')} | {c.seconds:.1f} |")
     return "\n".join(lines) + "\n"
 
 
