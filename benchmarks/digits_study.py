@@ -37,9 +37,9 @@ TARGETS = {  # issue 2: "What the note must report"
 }
 
 
-
 def _md(header, rows) -> str:  # cells here are already formatted Markdown
     return table.markdown(header, rows, escape=False)
+
 
 def log(*args):
     print(*args, flush=True)
