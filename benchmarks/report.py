@@ -113,10 +113,10 @@ def cuda_section(r: dict[str, Any]) -> str:
     for wname, rows in r["workloads"].items():
         out += ["", f"*{wname}*", ""]
         header = ["row", "median ms (p90)", "x fp32", "cosine vs fp32", "status"]
-        out.append(_table(header, [[n, f"{_ms(x['median_ms'])} ({_ms(x['p90_ms'])})" if "median_ms" in x else "-",
-                                    f"{x['speedup']:.2f}x" if x.get("speedup") else "-",
-                                    f"{x['cosine_vs_fp32']:.5f}" if "cosine_vs_fp32" in x else "-", x["status"]]
-                                   for n, x in rows.items()]))
+        out.append(markdown(header, [[n, f"{_ms(x['median_ms'])} ({_ms(x['p90_ms'])})" if "median_ms" in x else "-",
+                                      f"{x['speedup']:.2f}x" if x.get("speedup") else "-",
+                                      f"{x['cosine_vs_fp32']:.5f}" if "cosine_vs_fp32" in x else "-", x["status"]]
+                                     for n, x in rows.items()], escape=False))
     return "\n".join(out)
 
 
