@@ -1,136 +1,49 @@
-"""What the panel runs: one compression step from a dict of settings, and the numbers that
-judge its result (accuracy, artifact size, latency). No widget code here, so the same steps
-run from buttons, from ``Panel.run()`` and from tests.
+"""What the panel runs: one compression step from its configs, and what only the panel needs
+around it (its data forms, the devices and backends it offers, checks that need the model,
+latency). No widget code here, so the same steps run from buttons, ``Panel.run()`` and tests.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 import slimkit
-from slimkit.data import subset
+from slimkit.config import Config
+from slimkit.data import Split, subset
 from slimkit.devices import available_devices, resolve_device
-from slimkit.errors import (InvalidParameterError, SlimkitError, check_choice, check_fraction, check_int,
-                            check_nonnegative, check_positive)
-
-METHODS = ("quantize", "prune", "distill", "sparsify")
-PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
-GRANULARITIES = ("per_channel", "per_tensor", "per_group")
-SCHEMES = ("symmetric", "asymmetric")
-SCORES = ("magnitude", "fisher", "obd", "random")
-FORMATS = ("auto", "csr", "bitmask", "2:4")
-
-# the settings each method reads (results table rows and run records show them)
-SETTING_KEYS = {"quantize": ("bits", "granularity", "scheme", "activations"),
-                "prune": ("sparsity", "score", "structured", "finetune_epochs"),
-                "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
-                "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
-
-# what a sweep varies for each method, and how to read its values
-SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature", "sparsify": "sparsify_sparsity"}
-
-DEFAULTS: dict[str, Any] = dict(
-    bits=8, granularity="per_channel", group_size=32, scheme="symmetric", activations=False,
-    sparsity=0.5, score="magnitude", structured=False, finetune_epochs=2,
-    width=0.5, temperature=4.0, alpha=0.7, noise=0.0, epochs=5, fraction=1.0,
-    sparsify_mode="sparsity", sparsify_sparsity=0.9, threshold=0.01, format="auto",
-    pipeline=("prune", "quantize"), device="cpu", backend="eager",
-    quantize_sweep="8, 6, 4, 3, 2", prune_sweep="0.5, 0.7, 0.8, 0.9, 0.95",
-    distill_sweep="1, 2, 4, 8", sparsify_sweep="0.5, 0.8, 0.9, 0.95",
-)
+from slimkit.errors import InvalidParameterError, InvalidTypeError
 
 
-def parse_values(text: str, name: str) -> list[float]:
-    """"8, 6, 4" -> [8, 6, 4], each checked like the parameter it sweeps."""
-    out = []
-    for part in str(text).replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise InvalidParameterError(f"sweep values for {name}", part, "numbers separated by commas") from None
-        out.append(int(value) if value.is_integer() and name == "bits" else value)
-    if not out:
-        raise InvalidParameterError(f"sweep values for {name}", text, "at least one number")
-    for v in out:
-        check_setting(name, v)
-    return out
+def splits(data) -> tuple[Any, Any]:
+    """(train, test) from a Digits-like object, a dict, a pair of splits, or one split for both."""
+    if hasattr(data, "train") and hasattr(data, "test"):
+        return data.train, data.test
+    if isinstance(data, dict) and {"train", "test"} <= set(data):
+        return data["train"], data["test"]
+    if isinstance(data, Split):
+        return data, data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        if all(hasattr(d, "dtype") for d in data):  # one (X, y) pair of tensors
+            return tuple(data), tuple(data)
+        return data[0], data[1]
+    raise InvalidTypeError("data", data, "a Digits object (train/test), {'train': ..., 'test': ...}, "
+                                         "a pair (train, test) or one (X, y) split")
 
 
-def check_setting(name: str, value: Any) -> None:
-    """One parameter on its own (the core checks again; this lets the panel say it first)."""
-    if name == "bits":
-        check_int("bits", value, 2, 8)
-    elif name in ("sparsity", "sparsify_sparsity"):
-        check_fraction(name, value)
-    elif name == "alpha":
-        check_fraction("alpha", value, allow_one=True)
-    elif name in ("temperature", "width"):
-        check_positive(name, value)
-        if name == "width" and value > 1:
-            raise InvalidParameterError("width", value, "a student width factor in (0, 1]")
-    elif name == "fraction":
-        check_positive("fraction", value)
-        check_fraction("fraction", value, allow_one=True)
-    elif name in ("epochs", "group_size"):
-        check_positive(name, value, integer=True)
-    elif name == "finetune_epochs":
-        check_int(name, value, 0, 10_000)
-    elif name in ("noise", "threshold"):
-        check_nonnegative(name, value)
-    elif name == "granularity":
-        check_choice(name, value, GRANULARITIES)
-    elif name == "scheme":
-        check_choice(name, value, SCHEMES)
-    elif name == "score":
-        check_choice(name, value, SCORES)
-    elif name == "format":
-        check_choice(name, value, FORMATS)
-    elif name == "sparsify_mode":
-        check_choice(name, value, ("sparsity", "threshold"))
-
-
-def settings_of(method: str, s: dict[str, Any]) -> tuple[str, ...]:
-    """The settings ``method`` reads given the others: group size only per group, and one of
-    sparsity / threshold."""
-    unused = "threshold" if s["sparsify_mode"] == "sparsity" else "sparsify_sparsity"
-    keys = tuple(k for k in SETTING_KEYS[method] if k != unused)
-    return keys + (("group_size",) if method == "quantize" and s["granularity"] == "per_group" else ())
-
-
-def problems(settings: dict[str, Any], methods: tuple[str, ...], model: nn.Module) -> list[str]:
-    """Everything wrong with ``settings`` for running ``methods`` on ``model``, as messages."""
-    s = settings
-    out = [] if methods else ["pipeline: choose at least one step"]
-    if {"quantize", "sparsify"} <= set(methods):
-        out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
-                   "choose one (prune then quantize keeps the pruned zeros)")
-    for method in methods:
-        for name in settings_of(method, s):
-            try:
-                check_setting(name, s[name])
-            except SlimkitError as e:
-                out.append(f"{method}: {e}")
-    if "quantize" in methods and s["granularity"] == "per_group" and not any("group_size" in m for m in out):
-        bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model) if k % s["group_size"]]
-        if bad:
-            out.append(f"quantize: group_size={s['group_size']} must divide the values per output channel "
-                       f"of every layer; it does not for " + ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
-    if "sparsify" in methods and s["format"] == "2:4" and s["sparsify_mode"] == "sparsity" \
-            and s["sparsify_sparsity"] != 0.5:
-        out.append("sparsify: format='2:4' keeps 2 of every 4 weights: set sparsity to 0.5 (or zero by threshold)")
-    try:
-        resolve_device(s["device"])
-        why = backend_problem(s["backend"], s["device"])
-        if why:
-            out.append(f"backend: {why}")
-    except SlimkitError as e:
-        out.append(f"device: {e}")
-    return out
+def group_size_problem(model: nn.Module, config: slimkit.QuantConfig) -> str | None:
+    """Why ``config``'s explicit group size cannot quantize ``model`` (quantize would say so
+    only once it runs)."""
+    if config.granularity != "per_group" or config.group_size is None:
+        return None
+    g = config.group_size
+    bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model) if k % g]
+    if not bad:
+        return None
+    return (f"group_size={g} must divide the values per output channel of every layer; it does not for "
+            + ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
 
 
 def values_per_channel(model: nn.Module) -> list[tuple[str, int]]:
@@ -169,56 +82,72 @@ def backend_problem(backend: str, device: str) -> str | None:
     return info[backend]["why_not"]
 
 
-def apply(method: str, model: nn.Module, s: dict[str, Any], train, test, *, callbacks=None, stop=None,
+def _kw(config: Config, **more) -> dict[str, Any]:
+    """A verb's keywords from its config: the settings changed from their defaults (the verbs'
+    keyword names are the fields), plus the first one (prune's ``sparsity`` is required)."""
+    return {config.first: getattr(config, config.first), **config.changed(), **more}
+
+
+def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test, *, callbacks=None, stop=None,
           include: list[str] | None = None) -> slimkit.Result:
-    """Run one method on ``model`` with panel settings ``s``; the input is never changed.
-
-    ``include`` limits quantize/prune/sparsify to some layers (per-layer sensitivity); prune
-    then skips fine-tuning, which would move every layer.
-    """
-    extra = {"callbacks": callbacks, "stop": stop} | ({} if include is None else {"include": include})
+    """Run one method on ``model`` with its ``configs`` (see ``Controls.step``); the input is
+    never changed. ``include`` limits quantize/prune/sparsify to some layers (per-layer
+    sensitivity); prune then skips fine-tuning, which would move every layer."""
+    run = {"callbacks": callbacks, "stop": stop}
+    only = {} if include is None else {"include": include}
     if method == "quantize":
-        kw = dict(bits=s["bits"], granularity=s["granularity"], scheme=s["scheme"],
-                  activations=(train if s["activations"] else None))  # quantize calibrates on <= 512 rows
-        if s["granularity"] == "per_group":
-            kw["group_size"] = s["group_size"]
-        return slimkit.quantize(model, **kw, **extra)
+        calibrate = train if configs["quantize_panel"].activations else None  # quantize uses <= 512 rows
+        return slimkit.quantize(model, **_kw(configs["quantize"], activations=calibrate, **only), **run)
     if method == "prune":
-        finetune = (dict(data=train, epochs=s["finetune_epochs"], val_data=test)
-                    if s["finetune_epochs"] and include is None else None)
-        return slimkit.prune(model, s["sparsity"], score=s["score"], structured=s["structured"], data=train,
-                             finetune=finetune, **extra)
+        finetune = configs["finetune"].changed() if "finetune" in configs and include is None else None
+        return slimkit.prune(model, **_kw(configs["prune"], data=train, finetune=finetune, **only), **run)
     if method == "sparsify":
-        target = ({"sparsity": s["sparsify_sparsity"]} if s["sparsify_mode"] == "sparsity"
-                  else {"threshold": s["threshold"]})
-        return slimkit.sparsify(model, format=s["format"], **target, **extra)
+        return slimkit.sparsify(model, **_kw(configs["sparsify"], **only), **run)
     if method == "distill":
-        student = slimkit.shrink(model, s["width"])
-        data = train if s["fraction"] >= 1 else subset(train, s["fraction"])
-        return slimkit.distill(model, student, data, temperature=s["temperature"], alpha=s["alpha"],
-                               noise=s["noise"], epochs=s["epochs"], val_data=test, callbacks=callbacks, stop=stop)
-    raise InvalidParameterError("method", method, "one of " + ", ".join(METHODS))
+        panel = configs["distill_panel"]
+        student = slimkit.shrink(model, panel.width)
+        data = train if panel.fraction >= 1 else subset(train, panel.fraction)
+        return slimkit.distill(model, student, data, **_kw(configs["distill"], val_data=test), **run)
+    raise InvalidParameterError("method", method, "one of quantize, prune, distill, sparsify")
 
 
-def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu", backend: str = "eager",
-              reps: int = 15) -> list[float]:
-    """Median wall time (ms) of one forward pass on batch ``x`` for each model, with ``backend``
-    on ``device``, timed side by side by ``slimkit.accel.compare`` (order alternating round by
-    round, so a busy machine slows all alike and their ratio stays meaningful).
+def sensitivity(model: nn.Module, test, config: slimkit.QuantConfig, *, callbacks=None, stop=None) -> list[dict]:
+    """The core's per-layer quantization sensitivity with the settings it takes from ``config``."""
+    import inspect
 
-    Eager CPU runs the models themselves (no copy); other devices/backends go through
-    ``slimkit.accel.prepare``, which works on a copy and raises when the backend cannot
-    handle a model.
+    from slimkit.quant.api import sensitivity as core
+
+    takes = inspect.signature(core).parameters
+    kw = {k: v for k, v in _kw(config).items() if k in takes}
+    return core(model, test, **kw, callbacks=callbacks, stop=stop)
+
+
+def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu",
+              backend: str = "eager") -> tuple[list[float], str]:
+    """Median wall time (ms) of one forward pass on batch ``x`` for each model, timed side by
+    side (order alternating round by round, so a busy machine slows all alike and their ratio
+    stays meaningful), and why timing failed ("" when it did not; the times are then nan).
+
+    Eager runs through ``slimkit.measure.latency`` (on CPU the models themselves, no copy);
+    other backends compile copies with ``slimkit.accel.prepare``, which raises when the
+    backend cannot handle a model, and ``accel.compare`` times them.
     """
-    from slimkit.accel import compare, prepare
+    from slimkit.measure import latency
 
-    dev = resolve_device(device)
-    if backend == "eager" and dev.type == "cpu":
-        runs = {str(i): m.eval() for i, m in enumerate(models)}
-    else:
+    why = f"latency with {backend} on {device} failed: "
+    try:
+        if backend == "eager":
+            timed = latency({str(i): m for i, m in enumerate(models)}, x, device=device, num_threads=None)
+            errors = list(timed["errors"].values())
+            return list(timed["ms"].values()), (why + errors[0] if errors else "")
+        from slimkit.accel import compare, prepare
+
+        dev = resolve_device(device)
         runs = {str(i): prepare(m, x, backend=backend, device=dev) for i, m in enumerate(models)}
-    timed = compare(runs, x, rounds=reps, fingerprint=False)
-    return [1000 * timed[k].median_s for k in runs]
+        timed = compare(runs, x, rounds=15, fingerprint=False)
+        return [1000 * timed[k].median_s for k in runs], ""
+    except Exception as e:  # the compressed model stands; say why it has no latency
+        return [math.nan] * len(models), f"{why}{type(e).__name__}: {e}"
 
 
 def weights(module: nn.Module) -> torch.Tensor | None:

@@ -2,7 +2,7 @@
 
 Each run starts from the panel's original model (so rows of the results table compare like
 with like); the *pipeline* tab chains steps, each step starting from the previous one's
-result. Work runs in a background thread (:mod:`.runner`); the kernel stays free. Stop sets
+result. Work runs in a background thread (:mod:`.jobs`); the kernel stays free. Stop sets
 the core's stop flag: the operation in flight raises ``Interrupted`` and its partial work is
 discarded, so ``panel.model`` is what it was before the run or, in a pipeline or sweep, the
 result of the last step that finished. The original model is never modified.
@@ -10,134 +10,40 @@ result of the last step that finished. The original model is never modified.
 In a live notebook the panel is a widget; headless (papermill/nbconvert, or ``live=False``)
 it has no widgets to render, so :meth:`run`, :meth:`sweep` and :meth:`sensitivity` wait
 and then display static figures and the results table as ordinary cell outputs.
+
+This module lays the panel out and starts jobs; the controls come from the verbs' configs
+(:mod:`.controls`), the work is in :mod:`.jobs` and :mod:`.methods`.
 """
 from __future__ import annotations
 
 import html
-import json
-import math
-import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ipywidgets as W
 import torch.nn as nn
 
-import slimkit
-from slimkit.data import Split, first_inputs
-from slimkit.errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_module
-from slimkit.events import Event
+from slimkit.data import first_inputs
+from slimkit.devices import resolve_device
+from slimkit.errors import InvalidParameterError, SlimkitError, check_module
+from slimkit.events import Status
 from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
+from .controls import METHODS, PIPELINE_ORDER, STYLE, SUMMARY, SWEEP_PARAM, Controls
+from .frontend import frontend_is_live, in_ipython
+from .jobs import Jobs, Throttle, Worker
 from .plots import Plots, show_static
-from .runner import Runner, Throttle
+from .results import Run, table_html
 
-TABS = ("quantize", "prune", "distill", "sparsify", "pipeline")
+TABS = (*METHODS, "pipeline")
 RED = "#b00020"
-
-SETTING_KEYS = M.SETTING_KEYS  # the settings that describe each method's result (defined with the checks)
-# the settings a results table label shows
-LABEL_KEYS = {"quantize": ("bits", "granularity", "scheme"), "prune": ("sparsity", "score", "structured"),
-              "distill": ("width", "temperature", "alpha"), "sparsify": ("sparsify_sparsity", "threshold", "format")}
+BAR_STYLE = {Status.OK: "success", Status.INTERRUPTED: "warning", Status.FAILED: "danger"}
 
 
 class PanelBusyError(SlimkitError, RuntimeError):
     """A job was started while another one runs in the same panel."""
-
-
-@dataclass
-class Run:
-    """One row of the results table (``id`` 0 is the original model)."""
-
-    id: int
-    method: str
-    settings: dict[str, Any]
-    accuracy: float
-    size_bytes: int
-    latency_ms: float
-    baseline_ms: float = math.nan  # the original's latency with the same device and backend
-    status: str = "done"
-    seconds: float = 0.0
-    simulated: bool = False
-    note: str = ""
-    model: nn.Module | None = field(default=None, repr=False)
-    reports: list[slimkit.Report] = field(default_factory=list, repr=False)
-
-    @property
-    def label(self) -> str:
-        if self.method == "original":
-            return "original"
-        parts = []
-        for step in self.method.split("+"):
-            vals = ",".join(str(self.settings[k]) for k in LABEL_KEYS.get(step, ()) if k in self.settings)
-            parts.append(f"{step}({vals})")
-        return " > ".join(parts)
-
-    def row(self, base: Run | None) -> dict[str, Any]:
-        out = {"#": self.id, "run": self.label, "accuracy": round(self.accuracy, 4),
-               "size KiB": round(self.size_bytes / 1024, 1), "latency ms": round(self.latency_ms, 3),
-               "status": self.status + (" (simulated)" if self.simulated else "")}
-        if base is not None:
-            out["Δ acc (pts)"] = round(100 * (self.accuracy - base.accuracy), 2)
-            out["x smaller"] = round(base.size_bytes / max(self.size_bytes, 1), 2)
-            out["x faster"] = round(self.baseline_ms / self.latency_ms, 2) if self.latency_ms > 0 else math.nan
-        out["seconds"] = round(self.seconds, 1)
-        out["note"] = self.note
-        return out
-
-
-def _splits(data) -> tuple[Any, Any]:
-    """(train, test) from a Digits-like object, a dict, a pair of splits, or one split for both."""
-    if hasattr(data, "train") and hasattr(data, "test"):
-        return data.train, data.test
-    if isinstance(data, dict) and {"train", "test"} <= set(data):
-        return data["train"], data["test"]
-    if isinstance(data, Split):
-        return data, data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        if all(hasattr(d, "dtype") for d in data):  # one (X, y) pair of tensors
-            return tuple(data), tuple(data)
-        return data[0], data[1]
-    raise InvalidTypeError("data", data, "a Digits object (train/test), {'train': ..., 'test': ...}, "
-                                         "a pair (train, test) or one (X, y) split")
-
-
-def frontend_is_live() -> bool:
-    """Whether a widget-capable front end (JupyterLab, Notebook 7, VS Code) runs this kernel.
-
-    ``SLIMKIT_PANEL=live|static`` decides when set. Otherwise: live when the ipywidgets
-    control channel is open, or when the running cell came with front-end metadata
-    (JupyterLab/Notebook 7 send ``cellId``/``recordTiming``; papermill and nbconvert send
-    none). No IPython kernel at all means static.
-    """
-    forced = os.environ.get("SLIMKIT_PANEL", "").strip().lower()
-    if forced in ("live", "static"):
-        return forced == "live"
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None:
-        return False
-    if getattr(W.Widget, "_control_comm", None) is not None:
-        return True
-    try:
-        meta = (kernel.get_parent("shell") or {}).get("metadata") or {}
-    except Exception:  # older ipykernel
-        meta = {}
-    return bool({"cellId", "recordTiming", "deletedCells"} & set(meta))
-
-
-def _in_ipython() -> bool:
-    try:
-        from IPython import get_ipython
-        return get_ipython() is not None
-    except ImportError:
-        return False
 
 
 def _html_list(items: list[str]) -> str:
@@ -145,10 +51,10 @@ def _html_list(items: list[str]) -> str:
             + "</ul>") if items else ""
 
 
-class Panel:
+class Panel(Jobs):
     """Controls, Run/Stop, progress, live plots and a results table for one model.
 
-    ``Panel(model, data)``: ``data`` as in :func:`_splits` (test split for accuracy and
+    ``Panel(model, data)``: ``data`` as in :func:`.methods.splits` (test split for accuracy and
     latency, train split for calibration, Fisher scores, fine-tuning and distillation).
     ``live``: None detects the front end (see :func:`frontend_is_live`). ``interval``:
     seconds between plot refreshes while work runs.
@@ -164,13 +70,13 @@ class Panel:
         self._layers = [n for n, _ in named_targets(model, WEIGHTED, method="the panel")]  # fails early
         self.base = model
         self.model = model  # the latest finished result (or the original)
-        self.train, self.test = _splits(data)
+        self.train, self.test = M.splits(data)
         self.live = frontend_is_live() if live is None else bool(live)
         self.results: list[Run] = []
         self.error: BaseException | None = None
         self.sensitivity_rows: list[dict] = []
         self.selected: Run | None = None
-        self.runner = Runner()
+        self.worker = Worker()
         self.plots = Plots(self.live, on_pick=self.show_run)
         self.throttle = Throttle(self._refresh, interval)
         self._latency_x = first_inputs(self.test, latency_batch)
@@ -183,54 +89,23 @@ class Panel:
 
     # -- widgets ------------------------------------------------------------------------
 
-    def _build(self) -> None:
-        d = M.DEFAULTS
-        kw = dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
-        c: dict[str, W.ValueWidget] = {}
-        c["bits"] = W.IntSlider(d["bits"], min=2, max=8, description="bits", **kw)
-        c["granularity"] = W.Dropdown(options=M.GRANULARITIES, value=d["granularity"], description="granularity", **kw)
-        c["group_size"] = W.IntText(d["group_size"], description="group size", **kw)
-        c["scheme"] = W.Dropdown(options=M.SCHEMES, value=d["scheme"], description="scheme", **kw)
-        c["activations"] = W.Checkbox(d["activations"], description="calibrate activations (int8 inputs)",
-                                      indent=False)
-        c["sparsity"] = W.FloatSlider(d["sparsity"], min=0.0, max=0.99, step=0.01, description="sparsity", **kw)
-        c["score"] = W.Dropdown(options=M.SCORES, value=d["score"], description="score", **kw)
-        c["structured"] = W.Checkbox(d["structured"], description="structured (remove whole units)", indent=False)
-        c["finetune_epochs"] = W.IntText(d["finetune_epochs"], description="fine-tune epochs", **kw)
-        c["width"] = W.FloatSlider(d["width"], min=0.05, max=1.0, step=0.05, description="student width", **kw)
-        c["temperature"] = W.FloatText(d["temperature"], description="temperature", **kw)
-        c["alpha"] = W.FloatSlider(d["alpha"], min=0.0, max=1.0, step=0.05, description="alpha (soft part)", **kw)
-        c["noise"] = W.FloatText(d["noise"], description="teacher noise", **kw)
-        c["epochs"] = W.IntText(d["epochs"], description="epochs", **kw)
-        c["fraction"] = W.FloatSlider(d["fraction"], min=0.05, max=1.0, step=0.05, description="train fraction", **kw)
-        c["sparsify_mode"] = W.ToggleButtons(options=("sparsity", "threshold"), value=d["sparsify_mode"],
-                                             description="zero by", style={"button_width": "90px"})
-        c["sparsify_sparsity"] = W.FloatSlider(d["sparsify_sparsity"], min=0.0, max=0.99, step=0.01,
-                                               description="sparsity", **kw)
-        c["threshold"] = W.FloatText(d["threshold"], description="|w| threshold θ", **kw)
-        c["format"] = W.Dropdown(options=M.FORMATS, value=d["format"], description="storage format", **kw)
-        c["pipeline"] = W.SelectMultiple(options=M.PIPELINE_ORDER, value=d["pipeline"], rows=4,
-                                         description="steps (in order)", **kw)
-        devs = M.devices()
-        c["device"] = W.Dropdown(options=devs, value="cpu" if "cpu" in devs else devs[0], description="device", **kw)
-        c["backend"] = W.Dropdown(options=M.backends(), value="eager", description="backend (latency)", **kw)
-        for m in M.METHODS:
-            c[f"{m}_sweep"] = W.Text(d[f"{m}_sweep"], description=f"sweep {M.SWEEP_PARAM[m].split('_')[-1]}", **kw)
-        for w in c.values():
-            w.observe(self._changed, names="value")
-        self.controls = c
+    def _page(self, tab: str) -> W.VBox:
+        """A tab: its method's main settings, the others folded under "more settings", the sweep."""
+        if tab == "pipeline":
+            note = W.HTML("Runs the chosen steps in this order with the settings of their tabs; "
+                          "stopping keeps the last finished step.")
+            return W.VBox([note, self.controls["pipeline"]])
+        names = self.controls.pages[tab]
+        main = [self.controls[n] for n in names if n in SUMMARY[tab]]
+        more = [self.controls[n] for n in names if n not in SUMMARY[tab] and n != f"{tab}_sweep"]
+        folded = W.Accordion(children=[W.VBox(more)], titles=("more settings",), selected_index=None)
+        return W.VBox([*main, folded, self.controls[f"{tab}_sweep"]])
 
-        pages = {
-            "quantize": ["bits", "granularity", "group_size", "scheme", "activations", "quantize_sweep"],
-            "prune": ["sparsity", "score", "structured", "finetune_epochs", "prune_sweep"],
-            "distill": ["width", "temperature", "alpha", "noise", "epochs", "fraction", "distill_sweep"],
-            "sparsify": ["sparsify_mode", "sparsify_sparsity", "threshold", "format", "sparsify_sweep"],
-            "pipeline": ["pipeline"],
-        }
-        note = W.HTML("Runs the chosen steps in this order with the settings of their tabs; "
-                      "stopping keeps the last finished step.")
-        self.tabs = W.Tab(children=[W.VBox(([note] if t == "pipeline" else []) + [c[n] for n in pages[t]])
-                                    for t in TABS], titles=TABS)
+    def _build(self) -> None:
+        self.controls = Controls(M.devices(), M.backends())
+        for w in self.controls.widgets.values():
+            w.observe(self._changed, names="value")
+        self.tabs = W.Tab(children=[self._page(t) for t in TABS], titles=TABS)
         self.tabs.observe(self._changed, names="selected_index")
 
         self.buttons = {
@@ -251,13 +126,13 @@ class Panel:
         self.table = W.HTML(self.table_html())
         self.detail = W.HTML("<i>click a point in the Pareto plot to see its settings</i>",
                              layout=W.Layout(width="380px", max_height="340px", overflow="auto"))
-        self.layer = W.Dropdown(options=self._layers, description="histogram of", **kw)
+        self.layer = W.Dropdown(options=self._layers, description="histogram of", **STYLE)
         self.layer.observe(lambda _: self._update_histogram(), names="value")
 
         for name in ("messages", "errors", "table", "status", "detail"):  # handles for the browser test
             getattr(self, name).add_class(f"slimkit-{name}")
         actions = W.HBox([*self.buttons.values(), self.stop_button, self.progress, self.status])
-        settings = W.VBox([self.tabs, W.HBox([c["device"], c["backend"], self.layer])])
+        settings = W.VBox([self.tabs, W.HBox([self.controls["device"], self.controls["backend"], self.layer])])
         p = self.plots
         if self.live:
             plots = W.VBox([W.HBox([p.curves, p.sweep]), W.HBox([p.sensitivity, p.histogram]),
@@ -292,9 +167,8 @@ class Panel:
         return TABS[self.tabs.selected_index or 0]
 
     def settings(self) -> dict[str, Any]:
-        s = {name: w.value for name, w in self.controls.items()}
-        s["pipeline"] = tuple(s["pipeline"])
-        return s
+        """Every control's value as shown, by control name."""
+        return self.controls.raw()
 
     def set(self, method: str | None = None, **values) -> Panel:
         """Set controls by name, as a user would: ``panel.set("prune", sparsity=0.8)``.
@@ -303,22 +177,7 @@ class Panel:
         """
         if method is not None and method not in TABS:
             raise InvalidParameterError("method", method, "one of " + ", ".join(TABS))
-        for name, value in values.items():
-            if name not in self.controls:
-                raise InvalidParameterError(name, value, "a control of the panel: " + ", ".join(self.controls))
-            w = self.controls[name]
-            lo, hi = getattr(w, "min", None), getattr(w, "max", None)  # sliders would clamp silently
-            if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and not lo <= value <= hi:
-                raise InvalidParameterError(name, value, f"a value in [{lo}, {hi}] (the control's range)")
-        old = {name: self.controls[name].value for name in values}
-        try:
-            for name, value in values.items():
-                self.controls[name].value = tuple(value) if name == "pipeline" else value
-        except Exception as e:  # traitlets rejects mistyped values and unknown options: say which control
-            for n, v in old.items():
-                self.controls[n].value = v
-            raise InvalidParameterError(name, value, f"a value the control accepts ({e})") from None
+        self.controls.set(**values)
         if method is not None:
             self.tabs.selected_index = TABS.index(method)
         return self
@@ -327,20 +186,37 @@ class Panel:
         method = method or self.method
         if method == "pipeline":
             chosen = set(self.controls["pipeline"].value)
-            return tuple(m for m in M.PIPELINE_ORDER if m in chosen)
+            return tuple(m for m in PIPELINE_ORDER if m in chosen)
         return (method,)
 
     def problems(self, method: str | None = None, action: str = "run") -> list[str]:
         """Everything that keeps ``action`` (run, sweep, sensitivity) from starting now."""
         method = method or self.method
-        s = self.settings()
-        out = M.problems(s, self._steps(method), self.base)
+        steps = self._steps(method)
+        out = [] if steps else ["pipeline: choose at least one step"]
+        if {"quantize", "sparsify"} <= set(steps):
+            out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
+                       "choose one (prune then quantize keeps the pruned zeros)")
+        for step in steps:
+            configs, bad = self.controls.step(step, self.train, self.test)
+            out += bad
+            why = "quantize" in configs and M.group_size_problem(self.base, configs["quantize"])
+            if why:
+                out.append(f"quantize: {why}")
+        device, backend = self.controls["device"].value, self.controls["backend"].value
+        try:
+            resolve_device(device)
+            why = M.backend_problem(backend, device)
+            if why:
+                out.append(f"backend: {why}")
+        except SlimkitError as e:
+            out.append(f"device: {e}")
         if action == "sweep":
             if method == "pipeline":
                 out.append("sweep: choose a single method tab (quantize, prune, distill or sparsify)")
             else:
                 try:
-                    M.parse_values(s[f"{method}_sweep"], M.SWEEP_PARAM[method])
+                    out += self.controls.sweep(method, self.train, self.test)[1]
                 except SlimkitError as e:
                     out.append(f"sweep: {e}")
         if action == "sensitivity" and method not in ("quantize", "prune", "sparsify"):
@@ -348,17 +224,14 @@ class Panel:
         return out
 
     def _changed(self, change=None) -> None:
-        c = self.controls
-        c["group_size"].disabled = c["granularity"].value != "per_group"
-        c["sparsify_sparsity"].disabled = c["sparsify_mode"].value != "sparsity"
-        c["threshold"].disabled = c["sparsify_mode"].value != "threshold"
+        self.controls.update()
         self._validate()
 
     def _validate(self) -> list[str]:
         """Show what is wrong with the settings and enable only the buttons that can start."""
         msgs = self.problems()
         self.messages.value = _html_list(msgs)
-        busy = self.runner.busy
+        busy = self.worker.busy
         for action, b in self.buttons.items():
             b.disabled = busy or bool(msgs if action == "run" else self.problems(action=action))
         return msgs
@@ -384,17 +257,17 @@ class Panel:
 
     def stop(self) -> None:
         """Ask the running job to stop at its next step (its partial work is discarded)."""
-        if self.runner.busy:
-            self.runner.stop()
+        if self.worker.busy:
+            self.worker.stop()
             self.status.value = "stopping..."
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the running job ends; False if ``timeout`` seconds passed first."""
-        return self.runner.wait(timeout)
+        return self.worker.wait(timeout)
 
     @property
     def busy(self) -> bool:
-        return self.runner.busy
+        return self.worker.busy
 
     def _click(self, action: str) -> None:
         try:
@@ -402,8 +275,20 @@ class Panel:
         except SlimkitError:  # a button never raises into the kernel; _launch said why in the panel
             pass
 
+    def _job(self, action: str, method: str):
+        """The job ``action`` starts, with everything it needs read from the controls now."""
+        where = {"device": self.controls["device"].value, "backend": self.controls["backend"].value}
+        if action == "sweep":
+            plan, title = self.controls.sweep(method, self.train, self.test)[0], \
+                f"{method}: {SWEEP_PARAM[method].split('_')[-1]}"
+            return lambda stop: self._job_sweep(plan, where, stop, title)
+        steps = tuple(self.controls.plan(m, self.train, self.test) for m in self._steps(method))
+        if action == "sensitivity":
+            return lambda stop: self._job_sensitivity(steps[0], where, stop)
+        return lambda stop: self._job_run(steps, where, stop)
+
     def _launch(self, action: str, wait: bool | None):
-        if self.runner.busy:
+        if self.worker.busy:
             self.status.value = f"<span style='color:{RED}'>busy: stop the running job or wait for it</span>"
             raise PanelBusyError("the panel is busy: stop the running job or wait for it (panel.wait())")
         method = self.method
@@ -413,180 +298,47 @@ class Panel:
             self.messages.value = _html_list(msgs)
             self.status.value = f"<span style='color:{RED}'>not started: fix the settings</span>"
             raise InvalidParameterError(action, method, "valid settings: " + "; ".join(msgs))
-        job = {"run": self._job_run, "sweep": self._job_sweep, "sensitivity": self._job_sensitivity}[action]
-        settings = self.settings()
+        job = self._job(action, method)
         self.error, self.errors.value = None, ""
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.status.value = f"{action} {method}..."
         started = time.time()
 
-        def done(outcome: str, value) -> None:
+        def done(outcome: Status, value) -> None:
             took = time.time() - started
             self.stop_button.disabled = True
             self._validate()
-            self.progress.bar_style = {"done": "success", "stopped": "warning", "error": "danger"}[outcome]
-            if outcome == "done":
+            self.progress.bar_style = BAR_STYLE[outcome]
+            if outcome == Status.OK:
                 self.progress.value = 1.0
                 self.status.value = f"{action} finished in {took:.1f} s"
-            elif outcome == "stopped":
+            elif outcome == Status.INTERRUPTED:
                 self.status.value = f"stopped after {took:.1f} s: the model is as before, or as the last finished step"
             else:
                 self.error = value
-                self._show_error(value, self.runner.traceback)
+                self._show_error(value, self.worker.traceback)
             self.throttle.poke(force=True)
 
         for b in self.buttons.values():  # before the start: a job that fails at once re-enables them in done()
             b.disabled = True
         self.stop_button.disabled = False
-        self.runner.start(lambda stop: job(method, settings, stop), done)
+        self.worker.start(job, done)
         if wait is None:
             wait = not self.live
         if not wait:
             return None
-        self.runner.wait()
-        if self.runner.outcome == "error":
-            raise self.runner.value
-        if not self.live and _in_ipython():
+        self.worker.wait()
+        if self.worker.outcome == Status.FAILED:
+            raise self.worker.value
+        if not self.live and in_ipython():
             self._show_outputs(action)
-        return self.runner.value if self.runner.outcome == "done" else None
+        return self.worker.value if self.worker.outcome == Status.OK else None
 
     def _show_error(self, err: BaseException, tb: str = "") -> None:
         self.status.value = f"<span style='color:{RED}'>failed</span>"
         detail = f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>" if tb else ""
         self.errors.value = (f"<div style='color:{RED}'><b>{type(err).__name__}</b>: "
                              f"{html.escape(str(err))}</div>{detail}")
-
-    def _events(self, prefix: str = ""):
-        """A core callback: progress bar and curve points, pushed out through the throttle."""
-
-        def on_event(ev: Event) -> None:
-            if ev.total:
-                self._progress = min(1.0, ev.step / ev.total)
-            self._progress_text = f"{prefix}{ev.stage} {ev.step}/{ev.total or '?'}"
-            if ev.kind == "metrics" and ("loss" in ev.metrics or "val_accuracy" in ev.metrics):
-                self._epoch += 1
-                self.plots.add_epoch(self._epoch, ev.metrics)
-            self.throttle.poke(force=ev.kind == "end")
-
-        return on_event
-
-    def _refresh(self) -> None:
-        """Everything the throttle pushes to the front end at once."""
-        if self._progress is not None:
-            self.progress.value, self._progress = self._progress, None
-        if self.runner.busy and self._progress_text:
-            self.status.value = html.escape(self._progress_text)
-        self.plots.flush()
-
-    # -- jobs (worker thread) --------------------------------------------------------------
-
-    def _measure(self, method: str, settings: dict, model: nn.Module, reports: list, s: dict, t0: float,
-                 status: str = "done") -> Run:
-        """Accuracy, size and latency of ``model``; latency is timed alternating with the
-        original's on the same device and backend, so "x faster" compares like with like."""
-        note = ""
-        try:
-            timed = M.latencies([model] if model is self.base else [model, self.base], self._latency_x,
-                                s["device"], s["backend"])
-            latency, baseline = timed[0], timed[-1]
-        except Exception as e:  # the compressed model stands; say why it has no latency
-            latency = baseline = math.nan
-            note = f"latency with {s['backend']} on {s['device']} failed: {type(e).__name__}: {e}"
-        with self._lock:
-            rid = len(self.results)
-        return Run(rid, method, dict(settings), slimkit.evaluate(model, self.test)["accuracy"], slimkit.size(model),
-                   latency, baseline, status, time.time() - t0, any(r.simulated for r in reports), note, model,
-                   list(reports))
-
-    def _baseline(self, s: dict[str, Any]) -> Run:
-        if not self.results:
-            self._record(self._measure("original", {"device": s["device"], "backend": s["backend"]}, self.base,
-                                       [], s, time.time()), latest=False)
-        return self.results[0]
-
-    def _record(self, run: Run, latest: bool = True) -> Run:
-        with self._lock:
-            self.results.append(run)
-            if latest:
-                self.model = run.model
-        self.table.value = self.table_html()
-        self.plots.set_runs([{"id": r.id, "label": r.label, "accuracy": r.accuracy, "size_kib": r.size_bytes / 1024,
-                              "latency_ms": r.latency_ms} for r in self.results])
-        self.throttle.poke(force=True)
-        return run
-
-    def _settings_for(self, steps: tuple[str, ...], s: dict[str, Any]) -> dict[str, Any]:
-        out = {k: s[k] for step in steps for k in M.settings_of(step, s)}
-        out["device"], out["backend"] = s["device"], s["backend"]
-        return out
-
-    def _run_steps(self, steps: tuple[str, ...], s: dict[str, Any], stop, prefix: str = "") -> Run:
-        """Apply ``steps`` in order; a stop keeps the last finished step of a pipeline as a row."""
-        self._baseline(s)
-        t0 = time.time()
-        model, reports, finished = self.base, [], []
-        if "distill" in steps or ("prune" in steps and s["finetune_epochs"]):  # else keep the last curves
-            self._epoch = 0
-            self.plots.reset_curves(f"Training curves: run #{len(self.results)} {'+'.join(steps)}")
-        try:
-            for step in steps:
-                result = M.apply(step, model, s, self.train, self.test, callbacks=self._events(prefix), stop=stop)
-                model, finished = result.model, finished + [step]
-                reports.append(result.report)
-        except slimkit.Interrupted:
-            if finished:  # the pipeline's finished part is a result
-                done = tuple(finished)
-                self._record(self._measure("+".join(done), self._settings_for(done, s), model, reports, s, t0,
-                                           status=f"stopped after {done[-1]}"))
-            raise
-        run = self._record(self._measure("+".join(steps), self._settings_for(steps, s), model, reports, s, t0))
-        self._update_histogram()
-        return run
-
-    def _job_run(self, method: str, s: dict[str, Any], stop) -> Run:
-        return self._run_steps(self._steps(method), s, stop)
-
-    def _job_sweep(self, method: str, s: dict[str, Any], stop) -> list[Run]:
-        param = M.SWEEP_PARAM[method]
-        values = M.parse_values(s[f"{method}_sweep"], param)
-        self._baseline(s)
-        self.plots.start_sweep(f"{method}: {param.split('_')[-1]}")
-        runs = []
-        for i, v in enumerate(values):
-            run = self._run_steps((method,), {**s, param: v}, stop, prefix=f"sweep {i + 1}/{len(values)}: ")
-            runs.append(run)
-            self.plots.add_sweep_point(v, run.accuracy)
-            self._progress = (i + 1) / len(values)
-            self.throttle.poke(force=True)
-        return runs
-
-    def _job_sensitivity(self, method: str, s: dict[str, Any], stop) -> list[dict]:
-        """Accuracy drop (points) with one layer alone compressed; quantize adds SQNR (core's
-        ``quantization.sensitivity``, which swaps one fake-quantized layer in at a time)."""
-        from slimkit.quant.api import sensitivity
-
-        base = 100 * self._baseline(s).accuracy
-        if method == "quantize":
-            rows = sensitivity(self.base, self.test, s["bits"], s["granularity"], s["scheme"],
-                               group_size=s["group_size"] if s["granularity"] == "per_group" else None,
-                               callbacks=self._events(), stop=stop)
-            hover = [f"weight SQNR {r['weight_sqnr_db']:.1f} dB, output SQNR {r['output_sqnr_db']:.1f} dB"
-                     for r in rows]
-            self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
-                                       f"quantize {s['bits']}-bit, one layer at a time", hover)
-        else:
-            rows = []
-            for i, name in enumerate(self._layers):
-                self._progress_text = f"sensitivity {name} ({i + 1}/{len(self._layers)})"
-                result = M.apply(method, self.base, s, self.train, self.test, stop=stop, include=[name])
-                score = 100 * slimkit.evaluate(result.model, self.test)["accuracy"]
-                rows.append({"name": name, "score": score, "drop": base - score})
-                self._progress = (i + 1) / len(self._layers)
-                self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
-                                           f"{method}, one layer at a time")
-                self.throttle.poke()
-        self.sensitivity_rows = rows
-        return rows
 
     # -- results and plots ---------------------------------------------------------------
 
@@ -597,24 +349,20 @@ class Panel:
         return [r.row(runs[0]) for r in runs]
 
     def table_html(self) -> str:
-        rows = self.rows()
-        if not rows:
-            return "<i>results appear here after the first run</i>"
-        head = "".join(f"<th style='padding:2px 8px'>{html.escape(k)}</th>" for k in rows[0])
-        body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(str(v))}</td>"
-                                        for v in r.values()) + "</tr>" for r in rows)
-        return f"<table class='slimkit-results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return table_html(self.rows())
+
+    def _show_results(self) -> None:
+        """The table and the Pareto plot after a run was recorded."""
+        self.table.value = self.table_html()
+        self.plots.set_runs([{"id": r.id, "label": r.label, "accuracy": r.accuracy, "size_kib": r.size_bytes / 1024,
+                              "latency_ms": r.latency_ms} for r in self.results])
 
     def show_run(self, rid: int) -> Run:
         """Show one run's settings and per-layer report (what a click on the Pareto plot does)."""
         run = next((r for r in self.results if r.id == rid), None)
         if run is None:
             raise InvalidParameterError("rid", rid, f"a run id in 0..{len(self.results) - 1}")
-        reports = "".join(r._repr_html_() for r in run.reports)
-        self.detail.value = (f"<b>#{run.id} {html.escape(run.label)}</b><pre class='slimkit-settings'>"
-                             f"{html.escape(json.dumps(run.settings, indent=1, default=str))}</pre>"
-                             f"accuracy {run.accuracy:.2%}, {run.size_bytes / 1024:.1f} KiB, "
-                             f"{run.latency_ms:.2f} ms{reports}")
+        self.detail.value = run.detail_html()
         self.selected = run
         return run
 

@@ -168,6 +168,10 @@ def test_panel_in_jupyterlab(lab):
             panel = page.locator(".slimkit-panel")
             panel.wait_for(state="visible", timeout=30_000)
             page.wait_for_function(f"() => ({TABLE_ROWS})() === {ran + 1}", timeout=30_000)
+            # the figures render after the table (later still with the cores shared): wait for them
+            page.wait_for_function(f"""() => {{
+                const f = ({FIGURES})(); const k = Object.keys(f).find(t => t.startsWith('Pareto'));
+                return k && f[k][0].x.length > 0; }}""", timeout=30_000)
             before = page.evaluate(FIGURES)
             assert len(_figure(before, "Pareto")[0]["x"]) == ran + 1  # one point per row
 

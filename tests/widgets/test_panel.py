@@ -9,6 +9,7 @@ import torch
 
 import slimkit
 from slimkit.errors import InvalidParameterError, InvalidTypeError, NothingToCompressError
+from slimkit.events import Status
 from slimkit.quant.layers import QuantConv2d, QuantLinear
 
 from conftest import assert_unchanged, state_snapshot
@@ -31,7 +32,7 @@ def test_quantize_run_from_the_widgets(make_panel, click):
     panel.controls["bits"].value = 4
     click(panel, panel.run_button)
 
-    assert panel.runner.outcome == "done", panel.errors.value
+    assert panel.worker.outcome == Status.OK, panel.errors.value
     assert [r.method for r in panel.results] == ["original", "quantize"]
     quantized = panel.results[1]
     assert panel.model is quantized.model and panel.model is not panel.base
@@ -140,7 +141,7 @@ def test_stop_leaves_the_model_as_before(make_panel, wait_until):
     panel.stop_button.click()
     assert panel.wait(120)
 
-    assert panel.runner.outcome == "stopped"
+    assert panel.worker.outcome == Status.INTERRUPTED
     assert [r.method for r in panel.results] == ["original"]  # nothing half-done was recorded
     assert panel.model is panel.base
     assert_unchanged(panel.base, before)
@@ -160,7 +161,7 @@ def test_stop_in_a_pipeline_keeps_the_last_finished_step(make_panel, wait_until)
     # the plots are live: the distillation epoch is drawn while the job still runs
     assert panel.busy and len(trace(panel.plots.curves, "loss").x) >= 1
     panel.stop()
-    assert panel.wait(120) and panel.runner.outcome == "stopped"
+    assert panel.wait(120) and panel.worker.outcome == Status.INTERRUPTED
 
     last = panel.results[-1]
     assert last.method == "distill" and last.status == "stopped after distill"
@@ -181,7 +182,7 @@ def test_an_error_shows_in_the_panel_and_it_stays_usable(make_panel, click, monk
     panel.set("quantize", bits=4)
     click(panel, panel.run_button)  # a button never raises into the kernel
 
-    assert panel.runner.outcome == "error" and isinstance(panel.error, RuntimeError)
+    assert panel.worker.outcome == Status.FAILED and isinstance(panel.error, RuntimeError)
     assert "RuntimeError" in panel.errors.value and "kernel of doom" in panel.errors.value
     assert "traceback" in panel.errors.value
     assert "failed" in panel.status.value and panel.progress.bar_style == "danger"
@@ -193,7 +194,7 @@ def test_an_error_shows_in_the_panel_and_it_stays_usable(make_panel, click, monk
 
     monkeypatch.undo()
     click(panel, panel.run_button)
-    assert panel.runner.outcome == "done" and not panel.errors.value
+    assert panel.worker.outcome == Status.OK and not panel.errors.value
     assert panel.results[-1].method == "quantize"
 
 
@@ -203,7 +204,7 @@ def test_validation_blocks_a_run_before_anything_starts(make_panel, click):
     assert "group_size=7" in panel.messages.value and "features.0 (9 values per channel)" in panel.messages.value
     assert panel.run_button.disabled and not panel.controls["group_size"].disabled
     click(panel, panel.run_button)  # a click on the disabled button reaches Python anyway
-    assert panel.runner.outcome is None and panel.results == []
+    assert panel.worker.outcome is None and panel.results == []
     assert "not started" in panel.status.value
     with pytest.raises(InvalidParameterError, match="group_size=7"):
         panel.run()

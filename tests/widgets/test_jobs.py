@@ -7,7 +7,8 @@ import time
 import pytest
 
 from slimkit.errors import Interrupted
-from slimkit.widgets.runner import Runner, Throttle
+from slimkit.events import Status
+from slimkit.widgets.jobs import Throttle, Worker
 
 
 class FakeClock:
@@ -46,12 +47,12 @@ def test_throttle_flushes_again_after_the_interval_and_on_force():
     assert seen == [0.0, 5.0, 16.0] and t._timer is None
 
 
-def test_runner_outcomes():
-    r = Runner()
+def test_worker_outcomes():
+    r = Worker()
     ended = []
     r.start(lambda stop: 42, lambda outcome, value: ended.append((outcome, value, r.busy)))
-    assert r.wait(30) and r.outcome == "done" and r.value == 42
-    assert ended == [("done", 42, False)]  # busy is already False when on_done re-enables buttons
+    assert r.wait(30) and r.outcome == Status.OK and r.value == 42
+    assert ended == [(Status.OK, 42, False)]  # busy is already False when on_done re-enables buttons
 
     def until_stopped(stop):
         while True:
@@ -64,9 +65,9 @@ def test_runner_outcomes():
     with pytest.raises(RuntimeError, match="already running"):
         r.start(lambda stop: 1)
     r.stop()
-    assert r.wait(30) and r.outcome == "stopped"
+    assert r.wait(30) and r.outcome == Status.INTERRUPTED
 
     r.start(lambda stop: 1 / 0)
-    assert r.wait(30) and r.outcome == "error" and isinstance(r.value, ZeroDivisionError)
+    assert r.wait(30) and r.outcome == Status.FAILED and isinstance(r.value, ZeroDivisionError)
     assert "ZeroDivisionError" in r.traceback
     assert r._thread is not threading.current_thread()

@@ -1,0 +1,309 @@
+"""The panel's controls, built from the verbs' configs: one widget per declared setting.
+
+A setting's kind picks the widget (int/float: slider over a short range, else a text box;
+choice: dropdown, re-reading the registry so ``register_score`` adds to it; bool: checkbox;
+names: comma-separated globs), its help becomes the tooltip. Validation is constructing the
+config, so the panel holds no second copy of the core's checks. What only the panel has
+(student width, fine-tune epochs, which data...) is declared the same way in small configs here.
+
+Control names are the field names; a name an earlier tab already uses gets its group's prefix
+(``sparsify_sparsity``, ``prune_include``); fine-tuning's are always ``finetune_*``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as W
+
+import slimkit
+from slimkit.config import Config, Setting, choice, flag, integer, number
+from slimkit.errors import InvalidParameterError, SlimkitError
+
+
+@dataclass(frozen=True)
+class QuantizePanel(Config):
+    """quantize settings that are not QuantConfig's: calibration data is an argument of its own."""
+
+    activations: bool = flag(False, "calibrate activations on the training data (int8 inputs)",
+                             label="calibrate activations (int8 inputs)")
+
+
+@dataclass(frozen=True)
+class PrunePanel(Config):
+    finetune_epochs: int = integer(2, 0, 10_000, "fine-tune epochs after pruning, on the training data (0: none)",
+                                   label="fine-tune epochs")
+
+
+@dataclass(frozen=True)
+class DistillPanel(Config):
+    width: float = number(0.5, 0, 1, "the student: slimkit.shrink(model, width)", low_open=True,
+                          label="student width")
+    fraction: float = number(1.0, 0, 1, "fraction of the training data distilled on", low_open=True,
+                             label="train fraction")
+
+
+@dataclass(frozen=True)
+class SparsifyPanel(Config):
+    sparsify_mode: str = choice("sparsity", ("sparsity", "threshold"),
+                                "zero the smallest fraction of each layer, or every |w| below a threshold",
+                                label="zero by")
+
+
+@dataclass(frozen=True)
+class Group:
+    """The controls of one config on a tab. ``prefix``: always prefix the names (nested configs)."""
+
+    key: str
+    cls: type[Config]
+    skip: tuple[str, ...] = ()
+    prefix: bool = False
+
+
+# tab -> its groups, in display order (also the naming order: earlier tabs keep bare names)
+TAB_GROUPS: dict[str, tuple[Group, ...]] = {
+    # keep='auto' needs a metric; data and val_data are the panel's splits; finetune_epochs allows 0
+    "quantize": (Group("quantize", slimkit.QuantConfig, skip=("max_drop",)), Group("quantize_panel", QuantizePanel)),
+    "prune": (Group("prune", slimkit.PruneConfig), Group("prune_panel", PrunePanel),
+              Group("finetune", slimkit.Finetune, skip=("epochs",), prefix=True)),
+    "distill": (Group("distill_panel", DistillPanel), Group("distill", slimkit.DistillConfig)),
+    "sparsify": (Group("sparsify_panel", SparsifyPanel), Group("sparsify", slimkit.SparsifyConfig)),
+}
+METHODS = tuple(TAB_GROUPS)
+PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
+
+# the panel's starting values where they differ from the configs' defaults
+DEFAULTS = {"epochs": 5, "sparsify_sparsity": 0.9, "threshold": 0.01, "format": "auto"}
+
+# a control that applies only given another's value; disabled, its setting is unset (None)
+DEPENDS = {"group_size": ("granularity", "per_group"), "sparsify_sparsity": ("sparsify_mode", "sparsity"),
+           "threshold": ("sparsify_mode", "threshold")}
+
+# what a sweep varies on each tab (a control name)
+SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature", "sparsify": "sparsify_sparsity"}
+SWEEP_DEFAULTS = {"quantize": "8, 6, 4, 3, 2", "prune": "0.5, 0.7, 0.8, 0.9, 0.95", "distill": "1, 2, 4, 8",
+                  "sparsify": "0.5, 0.8, 0.9, 0.95"}
+# the settings a results row always shows for each method (with any other changed from its default)
+SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activations"),
+           "prune": ("sparsity", "score", "structured", "finetune_epochs"),
+           "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
+           "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
+STYLE = dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Where a control's value goes: ``group.key`` config's field ``field``."""
+
+    group: str
+    field: str
+    setting: Setting
+    default: Any
+
+
+def _widget(name: str, spec: Spec) -> W.ValueWidget:
+    s, value = spec.setting, spec.default
+    kw = dict(description=s.label or name, tooltip=s.help, **STYLE)
+    ranged = s.low is not None and s.high is not None and s.high != float("inf")
+    if s.kind == "bool":
+        return W.Checkbox(value, description=kw["description"], tooltip=s.help, indent=False)
+    if s.kind == "choice":
+        return W.Dropdown(options=s.options(), value=value, **kw)
+    if value is None or s.kind == "names":  # None is a value here: typed as text, empty means None
+        return W.Text("", placeholder="(none: automatic)" if s.kind != "names" else "name globs, comma separated",
+                      **kw)
+    if s.kind == "int":
+        small = ranged and s.high - s.low <= 16
+        return W.IntSlider(value, min=int(s.low), max=int(s.high), **kw) if small else W.IntText(value, **kw)
+    if s.kind == "float" and ranged and s.low >= 0 and s.high <= 1:  # fractions
+        step = 0.01
+        return W.FloatSlider(value, min=s.low + step * s.low_open, max=s.high - step * s.high_open, step=step, **kw)
+    return W.FloatText(value, **kw)
+
+
+def _text(value: Any) -> str:
+    """What a text control shows for ``value``."""
+    if value is None:
+        return ""
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _parse(name: str, setting: Setting, text: str) -> Any:
+    """A text control's value as its setting takes it: "" is None; globs become a list."""
+    text = text.strip()
+    if not text:
+        return None
+    if setting.kind == "names":
+        return [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return int(text) if setting.kind == "int" else float(text)
+    except ValueError:
+        raise InvalidParameterError(name, text, setting.allowed()) from None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One compression step as it will run: its configs, read from the controls at the click
+    (the controls may change while the job runs), and the settings its results row shows."""
+
+    method: str
+    configs: dict[str, Config]
+    settings: dict[str, Any]
+
+
+def parse_values(text: str, name: str, kind: str) -> list[float]:
+    """"8, 6, 4" -> [8, 6, 4] (ints for an int setting); the configs check the values."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InvalidParameterError(f"sweep values for {name}", part, "numbers separated by commas") from None
+        out.append(int(value) if value.is_integer() and kind == "int" else value)
+    if not out:
+        raise InvalidParameterError(f"sweep values for {name}", text, "at least one number")
+    return out
+
+
+class Controls:
+    """Every control of the panel by name (``widgets``), and the configs they make."""
+
+    def __init__(self, devices: list[str], backends: list[str]):
+        self.specs: dict[str, Spec] = {}
+        self.widgets: dict[str, W.ValueWidget] = {}
+        self.pages: dict[str, list[str]] = {}
+        for tab, groups in TAB_GROUPS.items():
+            page = self.pages[tab] = []
+            for g in groups:
+                for field, (setting, default) in g.cls.settings().items():
+                    if setting.kind == "any" or field in g.skip:
+                        continue
+                    name = f"{g.key}_{field}" if g.prefix or field in self.specs else field
+                    spec = self.specs[name] = Spec(g.key, field, setting, DEFAULTS.get(name, default))
+                    self.widgets[name] = _widget(name, spec)
+                    page.append(name)
+            name = f"{tab}_sweep"
+            self.widgets[name] = W.Text(SWEEP_DEFAULTS[tab], description=f"sweep {SWEEP_PARAM[tab].split('_')[-1]}",
+                                        tooltip="values the Sweep button runs, comma separated", **STYLE)
+            page.append(name)
+        self.widgets["pipeline"] = W.SelectMultiple(options=PIPELINE_ORDER, value=("prune", "quantize"), rows=4,
+                                                    description="steps (in order)", **STYLE)
+        self.widgets["device"] = W.Dropdown(options=devices, value="cpu" if "cpu" in devices else devices[0],
+                                            description="device", **STYLE)
+        self.widgets["backend"] = W.Dropdown(options=backends, value="eager", description="backend (latency)", **STYLE)
+        self.update()
+
+    def __getitem__(self, name: str) -> W.ValueWidget:
+        return self.widgets[name]
+
+    def update(self) -> None:
+        """Enable the controls whose setting applies given the others (group size only per group)."""
+        for name, (other, needed) in DEPENDS.items():
+            self.widgets[name].disabled = self.widgets[other].value != needed
+
+    def raw(self) -> dict[str, Any]:
+        """Every control's value as shown (text unparsed)."""
+        out = {name: w.value for name, w in self.widgets.items()}
+        out["pipeline"] = tuple(out["pipeline"])
+        return out
+
+    def value(self, name: str) -> Any:
+        """A control's value as its setting takes it (None while the control is disabled)."""
+        w, spec = self.widgets[name], self.specs.get(name)
+        if spec is None or isinstance(w, W.Checkbox | W.Dropdown):
+            return w.value
+        if w.disabled:
+            return None
+        return _parse(name, spec.setting, w.value) if isinstance(w, W.Text) else w.value
+
+    def names(self, group: str) -> dict[str, str]:
+        """field -> control name for one config group."""
+        return {spec.field: name for name, spec in self.specs.items() if spec.group == group}
+
+    def config(self, group: str, override: dict[str, Any] | None = None, **extra) -> Config:
+        """The group's config from the controls (``override``: control name -> value, e.g. one
+        value of a sweep); a bad value raises the config's error."""
+        override = override or {}
+        names = self.names(group)
+        values = {f: override[n] if n in override else self.value(n) for f, n in names.items()}
+        cls = next(g.cls for groups in TAB_GROUPS.values() for g in groups if g.key == group)
+        return cls(**values, **extra)
+
+    def step(self, method: str, train, test, override: dict[str, Any] | None = None
+             ) -> tuple[dict[str, Config], list[str]]:
+        """The configs one step of ``method`` runs with (fine-tuning's only with epochs > 0), and
+        what is wrong with the settings, one message per config that refused them."""
+        configs, problems = {}, []
+        for g in TAB_GROUPS[method]:
+            extra = {}
+            if g.key == "finetune":
+                epochs = getattr(configs.get("prune_panel"), "finetune_epochs", 0)
+                if not epochs:
+                    continue
+                extra = dict(data=train, epochs=epochs, val_data=test)
+            try:
+                configs[g.key] = self.config(g.key, override, **extra)
+            except SlimkitError as e:
+                problems.append(f"{method}: {e}")
+        return configs, problems
+
+    def plan(self, method: str, train, test, override: dict[str, Any] | None = None) -> Step:
+        configs, _ = self.step(method, train, test, override)
+        return Step(method, configs, self.shown(method, configs))
+
+    def sweep(self, method: str, train, test) -> tuple[list[tuple[float, Step]], list[str]]:
+        """One step per value of the tab's sweep box, and what is wrong with any of them."""
+        param = SWEEP_PARAM[method]
+        problems, plan = [], []
+        for v in parse_values(self.widgets[f"{method}_sweep"].value, param, self.specs[param].setting.kind):
+            configs, bad = self.step(method, train, test, {param: v})
+            problems += [f"sweep: {b}" for b in bad if f"sweep: {b}" not in problems]
+            plan.append((v, Step(method, configs, self.shown(method, configs))))
+        return plan, problems
+
+    def shown(self, method: str, configs: dict[str, Config]) -> dict[str, Any]:
+        """The settings of one step as its results row and run record show them, by control
+        name: the method's summary (applicable ones), then any other setting changed."""
+        out = {}
+        for name in SUMMARY[method]:
+            spec = self.specs[name]
+            if not self.widgets[name].disabled and spec.group in configs:
+                out[name] = getattr(configs[spec.group], spec.field)
+        for key, config in configs.items():
+            names = self.names(key)
+            for f, v in config.changed().items():
+                if f in names:
+                    out.setdefault(names[f], v)
+        return out
+
+    def set(self, **values) -> None:
+        """Set controls by name, as a user would. All or nothing: a bad name or value raises and
+        leaves every control as it was."""
+        for name, value in values.items():
+            if name not in self.widgets:
+                raise InvalidParameterError(name, value, "a control of the panel: " + ", ".join(self.widgets))
+            w = self.widgets[name]
+            lo, hi = getattr(w, "min", None), getattr(w, "max", None)  # sliders would clamp silently
+            if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and not lo <= value <= hi:
+                raise InvalidParameterError(name, value, f"a value in [{lo}, {hi}] (the control's range)")
+        old = {name: self.widgets[name].value for name in values}
+        try:
+            for name, value in values.items():
+                w = self.widgets[name]
+                if name == "pipeline":
+                    value = tuple(value)
+                elif isinstance(w, W.Text) and name in self.specs:
+                    value = _text(value)
+                w.value = value
+        except Exception as e:  # traitlets rejects mistyped values and unknown options: say which control
+            for n, v in old.items():
+                self.widgets[n].value = v
+            raise InvalidParameterError(name, value, f"a value the control accepts ({e})") from None
+
