@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ArtifactError, InvalidParameterError, check_module
+from .jsonsafe import Limits, Violation, strict_loads, walk
 from .nn import set_module
 
 FORMAT = "slimkit-artifact"
@@ -171,21 +171,6 @@ def size(model: nn.Module) -> int:
 
 # --- reading and validating metadata -----------------------------------------------------------
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError(f"duplicate key among {sorted(k for k, _ in pairs)[:5]}")
-    return out
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _parse(raw: str) -> Any:
-    return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The artifact's JSON metadata, without loading tensors (and so not yet checksum-verified)."""
     from safetensors import safe_open
@@ -200,7 +185,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if raw is None:
         raise ArtifactError(f"{path} is a safetensors file but not a slimkit artifact")
     try:
-        meta = _parse(raw)
+        meta = strict_loads(raw)
     except (ValueError, RecursionError) as e:  # bad JSON, NaN, duplicate keys, absurd nesting or ints
         raise ArtifactError(f"{path} has corrupt slimkit metadata: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -260,26 +245,19 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _check_json(where: str, v: Any, depth: int = 0) -> None:
+_LIMITS = Limits(depth=9, int_range=(-_BIG, _BIG), max_str=256, max_len=4096, leaves_too=True)
+_WORDS = {"depth": "is nested too deeply", "int": "holds the out-of-range int {}",
+          "float": "holds the non-finite number {}", "len": "holds a container of {} items",
+          "str": "holds a string of {} characters", "type": "holds a {}"}
+
+
+def _check_json(where: str, v: Any) -> None:
     """Bound a spec or builder value: finite numbers, ints within +-2**40, small containers."""
-    if depth > 8:
-        raise ArtifactError(f"{where} is nested too deeply")
-    if isinstance(v, bool) or v is None:
-        return
-    if isinstance(v, int):
-        if abs(v) > _BIG:
-            raise ArtifactError(f"{where} holds the out-of-range int {v}")
-    elif isinstance(v, float):
-        if not math.isfinite(v):
-            raise ArtifactError(f"{where} holds the non-finite number {v}")
-    elif isinstance(v, str):
-        if len(v) > 256:
-            raise ArtifactError(f"{where} holds a string of {len(v)} characters")
-    elif isinstance(v, (list, dict)):
-        if len(v) > 4096:
-            raise ArtifactError(f"{where} holds a container of {len(v)} items")
-        for k, x in (v.items() if isinstance(v, dict) else enumerate(v)):
-            _check_json(f"{where}[{k!r}]", x, depth + 1)
+    try:
+        walk(v, where, _LIMITS)
+    except Violation as e:
+        shown = len(e.value) if e.kind in ("len", "str") else type(e.value).__name__ if e.kind == "type" else e.value
+        raise ArtifactError(f"{e.where} " + _WORDS[e.kind].format(shown)) from None
 
 
 def _check_spec(path, name: str, entry: Any) -> tuple[str, dict]:
