@@ -80,8 +80,8 @@ def slug(params: dict[str, Any], max_len: int = 80) -> str:
 
 def plan_run(notebook: str | Path, params: dict[str, Any] | None = None, *, out: str | Path = "runs",
              name: str | None = None, sweep: str | None = None, device: str | None = None,
-            cell_timeout: float | None = None, html: bool = False, kernel_name: str = KERNEL_NAME,
-            threads: int | None = None) -> RunSpec:
+             cell_timeout: float | None = None, html: bool = False, kernel_name: str = KERNEL_NAME,
+             threads: int | None = None) -> RunSpec:
     """Validate ``params`` against the notebook's parameters cell and plan the run directory.
 
     Unknown names, wrong types and out-of-range values raise here, before any kernel starts.
@@ -105,8 +105,9 @@ def plan_run(notebook: str | Path, params: dict[str, Any] | None = None, *, out:
         name = f"{re.sub(r'[^A-Za-z0-9._-]', '_', notebook.stem).lstrip('.')[:60]}-{run_id}"
     check_name("name", name)
     run_dir = (Path(out) / name).resolve()
-    spec = RunSpec(str(notebook), full, overrides, str(run_dir), run_id, key, sweep, kernel_name,
-                   cell_timeout, html=html, threads=threads)
+    spec = RunSpec(notebook=str(notebook), params=full, overrides=overrides, run_dir=str(run_dir), run_id=run_id,
+                   key=key, sweep=sweep, kernel_name=kernel_name, cell_timeout=cell_timeout, html=html,
+                   threads=threads)
     check_not_source(spec)
     return spec
 
@@ -281,7 +282,7 @@ def _finish(spec: RunSpec, record: Record) -> None:
     run_dir = Path(spec.run_dir)
     if spec.html and spec.output_notebook.exists():
         try:
-            from ..runs.html import export_html
+            from .html import export_html
 
             export_html(spec.output_notebook, spec.output_notebook.with_suffix(".html"))
         except Exception as exc:  # the report is a convenience; the run's status stands
@@ -302,7 +303,7 @@ def run(notebook: str | Path, params: dict[str, Any] | None = None, *, store: Ru
 
 
 def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
-    """Execute a prepared run and record it (in ``store``, default: OUT/records.sqlite or
+    """Execute a planned run and record it (in ``store``, default: OUT/records.sqlite or
     ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace."""
     own = store is None
     with claim(spec):  # a refused directory leaves no record
