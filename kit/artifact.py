@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ArtifactError, InvalidParameterError, check_module
+from .artifact_checks import check_aliases, check_json, check_spec
+from .jsonsafe import strict_loads
 from .nn import set_module
 
 FORMAT = "slimkit-artifact"
@@ -171,21 +172,6 @@ def size(model: nn.Module) -> int:
 
 # --- reading and validating metadata -----------------------------------------------------------
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError(f"duplicate key among {sorted(k for k, _ in pairs)[:5]}")
-    return out
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _parse(raw: str) -> Any:
-    return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The artifact's JSON metadata, without loading tensors (and so not yet checksum-verified)."""
     from safetensors import safe_open
@@ -200,7 +186,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if raw is None:
         raise ArtifactError(f"{path} is a safetensors file but not a slimkit artifact")
     try:
-        meta = _parse(raw)
+        meta = strict_loads(raw)
     except (ValueError, RecursionError) as e:  # bad JSON, NaN, duplicate keys, absurd nesting or ints
         raise ArtifactError(f"{path} has corrupt slimkit metadata: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -221,91 +207,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-# Spec fields shared by the built-in and slimkit layers, with the values they allow. A spec is
-# checked against this table before any constructor sees it; other fields still get _check_json.
-_BIG = 2**40  # no real dimension is larger; bounds every int a spec or builder may hold
-_DIMS = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
-         "num_features")
-
-
-def _is_int(v: Any, lo: int = 0) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= _BIG
-
-
-def _int_list(lo: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(x, lo) for x in v)
-
-
-_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{d: (_is_int, "an int >= 0") for d in _DIMS},
-    "groups": (lambda v: _is_int(v, 1), "an int >= 1"),
-    "kernel_size": (_int_list(1), "a list of ints >= 1"),
-    "stride": (_int_list(1), "a list of ints >= 1"),
-    "dilation": (_int_list(1), "a list of ints >= 1"),
-    "normalized_shape": (_int_list(1), "a list of ints >= 1"),
-    "shape": (_int_list(0), "a list of ints >= 0"),
-    "padding": (lambda v: v in ("same", "valid") or _int_list(0)(v), "'same', 'valid' or a list of ints >= 0"),
-    "padding_mode": (lambda v: v in ("zeros", "reflect", "replicate", "circular"), "a torch padding mode"),
-    "padding_idx": (lambda v: v is None or _is_int(v), "null or an int >= 0"),
-    "eps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
-    "momentum": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
-                 "null or a number in [0, 1]"),
-    "bits": (lambda v: _is_int(v, 1) and v <= 32, "an int in [1, 32]"),
-    "group_size": (lambda v: v is None or _is_int(v, 1), "null or an int >= 1"),
-    **{b: (lambda v: isinstance(v, bool), "true or false") for b in ("elementwise_affine", "affine")},
-    # a flag, or (sparse layers) null or [shape, dtype] of a stored bias
-    "bias": (lambda v: isinstance(v, bool) or v is None or (
-        isinstance(v, list) and len(v) == 2 and _int_list(0)(v[0]) and isinstance(v[1], str)),
-             "true, false, null or [shape, dtype]"),
-}
-
-
-def _check_json(where: str, v: Any, depth: int = 0) -> None:
-    """Bound a spec or builder value: finite numbers, ints within +-2**40, small containers."""
-    if depth > 8:
-        raise ArtifactError(f"{where} is nested too deeply")
-    if isinstance(v, bool) or v is None:
-        return
-    if isinstance(v, int):
-        if abs(v) > _BIG:
-            raise ArtifactError(f"{where} holds the out-of-range int {v}")
-    elif isinstance(v, float):
-        if not math.isfinite(v):
-            raise ArtifactError(f"{where} holds the non-finite number {v}")
-    elif isinstance(v, str):
-        if len(v) > 256:
-            raise ArtifactError(f"{where} holds a string of {len(v)} characters")
-    elif isinstance(v, (list, dict)):
-        if len(v) > 4096:
-            raise ArtifactError(f"{where} holds a container of {len(v)} items")
-        for k, x in (v.items() if isinstance(v, dict) else enumerate(v)):
-            _check_json(f"{where}[{k!r}]", x, depth + 1)
-
-
-def _check_spec(path, name: str, entry: Any) -> tuple[str, dict]:
-    if not (isinstance(entry, dict) and set(entry) == {"kind", "spec"} and isinstance(entry["spec"], dict)):
-        raise ArtifactError(f"{path}: layer {name!r} is not {{'kind': str, 'spec': dict}}")
-    kind, spec = entry["kind"], entry["spec"]
-    if not isinstance(kind, str) or kind not in _KINDS:
-        raise ArtifactError(f"{path}: layer {name!r} has unknown kind {kind!r}; known: {sorted(_KINDS)}")
-    _check_json(f"{path}: layer {name!r} spec", spec)
-    for field, v in spec.items():
-        ok, allowed = _FIELDS.get(field, (None, ""))
-        if ok is not None and not ok(v):
-            raise ArtifactError(f"{path}: layer {name!r} ({kind}) has {field}={v!r}; allowed: {allowed}")
-    return kind, spec
-
-
-def _check_aliases(path, aliases: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """An alias names a state-dict key that is not stored and points at one that is: it can
-    neither shadow a stored tensor nor chain to another alias."""
-    for key, target in aliases.items():
-        if key in tensors:
-            raise ArtifactError(f"{path} is corrupt: alias {key!r} would replace the stored tensor of that name")
-        if not isinstance(target, str) or target not in tensors:
-            raise ArtifactError(f"{path} is corrupt: alias {key!r} points to missing tensor {target!r}")
-
-
 # --- rebuilding ------------------------------------------------------------------------------
 
 def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
@@ -316,7 +217,7 @@ def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
         return copy.deepcopy(model)
     builder = meta.get("builder")
     if builder and builder["name"] in BUILDERS:
-        _check_json(f"{path}: builder kwargs", builder["kwargs"])
+        check_json(f"{path}: builder kwargs", builder["kwargs"])
         try:
             return build(builder["name"], **builder["kwargs"])
         except Exception as e:  # kwargs the builder does not take
@@ -331,7 +232,7 @@ def _replace_layers(path, skeleton: nn.Module, meta: dict) -> None:
     """Swap in each layer the compression changed. Only existing submodules are replaced: a
     name cannot add attributes (or reach ``__class__`` and the like)."""
     for name, entry in meta["modules"].items():
-        kind, spec = _check_spec(path, name, entry)
+        kind, spec = check_spec(path, name, entry, _KINDS)
         if not _has_module(skeleton, name):
             raise ArtifactError(f"{path}: the model has no layer {name!r}; "
                                 "is it the architecture the artifact was saved from?")
@@ -426,7 +327,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if _digest(tensors, meta) != meta["sha256"]:
         raise ArtifactError(f"{path} is corrupt or was edited: its tensors and metadata do not match "
                             "the recorded checksum")
-    _check_aliases(path, meta["aliases"], tensors)
+    check_aliases(path, meta["aliases"], tensors)
     state = {**tensors, **{key: tensors[target] for key, target in meta["aliases"].items()}}
     _validate(path, meta, model, state)
     skeleton = _base(path, meta, model)

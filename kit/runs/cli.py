@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, SlimkitError
+from ..events import Status
 
 
 def _store(args):
-    from ..runs.records import RunStore, default_path
+    from .records import RunStore, default_path
 
     return RunStore(args.records or default_path(args.out))
 
 
 def _params(args) -> dict[str, Any]:
     """-f file first, then -p NAME VALUE pairs (typed by the notebook's parameters cell)."""
-    from ..runs.params import read_params_file, read_signature
+    from .params import read_params_file, read_signature
 
     sig = read_signature(args.notebook)
     params: dict[str, Any] = read_params_file(args.file) if args.file else {}
@@ -46,22 +47,22 @@ def _check_device(device: str | None) -> None:
 
 
 def cmd_run(args) -> int:
-    from ..runs.runner import prepare, run_spec
+    from .runner import plan_run, run_spec
 
     _check_device(args.device)
-    spec = prepare(args.notebook, _params(args), out=args.out, name=args.name, device=args.device,
+    spec = plan_run(args.notebook, _params(args), out=args.out, name=args.name, device=args.device,
                    cell_timeout=args.cell_timeout, html=not args.no_html, kernel_name=args.kernel)
     with _store(args) as store:  # opened only once the parameters are known to be good
         record = run_spec(spec, store)
     print(f"{record.status}: {record.output_dir} ({record.duration_s:.1f} s)")
     if record.error:
         print(f"error: {record.error}", file=sys.stderr)
-    return 0 if record.status == "ok" else 1
+    return 0 if record.status == Status.OK else 1
 
 
 def cmd_sweep(args) -> int:
-    from ..runs.records import table
-    from ..runs.sweep import dask_executors, dask_workers_alive, default_name, load_grid, plan, run_sweep
+    from .records import table
+    from .sweep import dask_executors, dask_workers_alive, default_name, load_grid, plan, run_sweep
 
     name = args.name or default_name(args.notebook, args.grid)
     specs = plan(args.notebook, load_grid(args.grid), out=args.out, sweep=name, device=args.device,
@@ -91,11 +92,11 @@ def cmd_sweep(args) -> int:
         if client is not None:
             client.close()
     print(table(records))
-    return 0 if all(r.status == "ok" for r in records) else 1
+    return 0 if all(r.status == Status.OK for r in records) else 1
 
 
 def _where(items: list[str] | None) -> dict[str, Any]:
-    from ..runs.params import parse_value
+    from .params import parse_value
 
     out = {}
     for item in items or []:
@@ -107,7 +108,7 @@ def _where(items: list[str] | None) -> dict[str, Any]:
 
 
 def cmd_runs(args) -> int:
-    from ..runs.records import table
+    from .records import table
 
     with _store(args) as store:
         store.reap()  # a killed sweep's runs show as interrupted, not running forever
@@ -121,7 +122,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..runs.html import compare, markdown_table, comparison_rows
+    from .compare import compare_runs, comparison_rows
+    from .html import markdown_table
 
     with _store(args) as store:
         if args.ids:
@@ -135,7 +137,7 @@ def cmd_compare(args) -> int:
     if not records:
         print("no runs to compare", file=sys.stderr)
         return 1
-    paths = compare(records, args.compare_out, x=args.x, y=args.y, metrics=args.metric or None)
+    paths = compare_runs(records, args.compare_out, x=args.x, y=args.y, metrics=args.metric or None)
     rows = comparison_rows(records, args.metric or None)
     print(markdown_table(rows, [c for c in rows[0] if c != "hardware"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -143,7 +145,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from ..runs.params import read_signature
+    from .params import read_signature
 
     print(read_signature(args.notebook).help())
     return 0
@@ -156,15 +158,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_kernel(args) -> int:
-    from ..runs.runner import ensure_kernel
+    from .kernel import ensure_kernel
 
     print(f"kernel {ensure_kernel(args.name)!r} installed for {sys.executable} in {sys.prefix}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runs.records import STATUSES
-    from ..runs.runner import KERNEL_NAME
+    from .records import STATUSES
+    from .kernel import KERNEL_NAME
 
     p = argparse.ArgumentParser(prog="slimkit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

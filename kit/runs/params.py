@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError
+from ..jsonsafe import Limits, Violation, walk
 
 # annotation -> python types accepted (int is a float; bool is not an int)
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -39,6 +40,7 @@ INT_RANGE = (-2**63, 2**63 - 1)
 PLAIN = (f"plain JSON data (str, int, float, bool, None, and lists and dicts with str keys of those) "
          f"within the limits: ints within 64 bits, finite floats, strings of at most {MAX_STR:,} characters, "
          f"nesting at most {MAX_DEPTH} deep, at most {MAX_ITEMS:,} items in all")
+_LIMITS = Limits(depth=MAX_DEPTH, int_range=INT_RANGE, max_str=MAX_STR, max_total=MAX_ITEMS, max_key=MAX_STR)
 
 
 class NotebookParameterError(SlimkitError, ValueError):
@@ -161,42 +163,12 @@ def check_plain(name: str, value: Any, *, allow_inf: bool = False) -> Any:
     inside the value) and :data:`PLAIN`. Every parameter value passes here before papermill writes
     it into a notebook: -p, -f files, sweep grids and the Python API. ``allow_inf``: a top-level
     float may be infinite (papermill writes ``float('inf')``; a float parameter's own check refuses NaN)."""
-    count = 0
-
-    def plain(v: Any, where: str, depth: int) -> Any:
-        nonlocal count
-        kind = type(v)  # exact types: a subclass may change how papermill formats it
-        if v is None or kind is bool:
-            return v
-        if kind is int:
-            if not INT_RANGE[0] <= v <= INT_RANGE[1]:
-                raise InvalidParameterError(where, _Shown(v), PLAIN)
-            return v
-        if kind is float:
-            if not math.isfinite(v) and not (allow_inf and depth == 0 and not math.isnan(v)):
-                raise InvalidParameterError(where, v, PLAIN)
-            return v
-        if kind is str:
-            if len(v) > MAX_STR:
-                raise InvalidParameterError(where, _Shown(v), PLAIN)
-            return v
-        if kind not in (list, tuple, dict):
-            raise InvalidTypeError(where, v, PLAIN)
-        if depth >= MAX_DEPTH:
-            raise InvalidParameterError(where, _Shown(v), PLAIN)
-        count += len(v)
-        if count > MAX_ITEMS:
-            raise InvalidParameterError(name, _Shown(value), PLAIN)
-        if kind is dict:
-            for k in v:
-                if type(k) is not str:
-                    raise InvalidTypeError(f"{where} key", k, PLAIN)
-                if len(k) > MAX_STR:
-                    raise InvalidParameterError(f"{where} key", _Shown(k), PLAIN)
-            return {k: plain(x, f"{where}[{k!r}]", depth + 1) for k, x in v.items()}
-        return [plain(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
-
-    return plain(value, name, 0)
+    try:
+        return walk(value, name, _LIMITS, top_inf=allow_inf)
+    except Violation as v:
+        if v.kind == "type":
+            raise InvalidTypeError(v.where, v.value, PLAIN) from None
+        raise InvalidParameterError(v.where, v.value if v.kind == "float" else _Shown(v.value), PLAIN) from None
 
 
 def parse_value(text: str, name: str = "value") -> Any:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, check_choice
+from ..events import Status
 
-STATUSES = ("running", "ok", "failed", "interrupted")
+STATUSES = tuple(s.value for s in Status)  # stored as these words
 DEFAULT_PATH = Path("runs") / "records.sqlite"
 
 _SCHEMA = """
@@ -74,7 +75,7 @@ class Record:
     key: str
     notebook: str
     params: dict[str, Any]
-    status: str = "running"
+    status: str = Status.RUNNING  # a Status; a plain str when read back from the database
     sweep: str | None = None
     notebook_sha256: str | None = None
     seed: int | None = None
@@ -213,16 +214,16 @@ class RunStore:
 
     def finished(self, key: str, sweep: str | None = None) -> Record | None:
         """The latest successful run with this key (in this sweep), if any: what resuming skips."""
-        row = self._con.execute("SELECT * FROM runs WHERE key = ? AND status = 'ok' AND sweep IS ? "
-                                "ORDER BY finished_at DESC LIMIT 1", (key, sweep)).fetchone()
+        row = self._con.execute("SELECT * FROM runs WHERE key = ? AND status = ? AND sweep IS ? "
+                                "ORDER BY finished_at DESC LIMIT 1", (key, Status.OK, sweep)).fetchone()
         return _record(row) if row else None
 
-    def mark_unfinished(self, ids: list[str], status: str = "interrupted", error: str = "") -> None:
+    def mark_unfinished(self, ids: list[str], status: Status = Status.INTERRUPTED, error: str = "") -> None:
         """Runs still ``running`` among ``ids`` become ``status`` (a sweep stopped under them)."""
         with self._write() as con:
             for run_id in ids:
-                con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? "
-                            "WHERE id = ? AND status = 'running'", (status, error, time.time(), run_id))
+                con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = ?",
+                            (status, error, time.time(), run_id, Status.RUNNING))
 
     def reap(self, sweep: str | None = None) -> int:
         """Mark ``running`` rows whose owner is gone as ``interrupted``; returns how many.
@@ -233,15 +234,15 @@ class RunStore:
         owner (written before owners were recorded) count as gone too: the caller holds the
         sweep's lock, so nothing else can be running them.
         """
-        rows = self._con.execute("SELECT id, owner_pid, owner_host FROM runs WHERE status = 'running'"
+        rows = self._con.execute("SELECT id, owner_pid, owner_host FROM runs WHERE status = ?"
                                  + (" AND sweep IS ?" if sweep is not None else ""),
-                                 (sweep,) if sweep is not None else ()).fetchall()
+                                 (Status.RUNNING, sweep) if sweep is not None else (Status.RUNNING,)).fetchall()
         host = socket.gethostname()
         gone = [r for r in rows if (r["owner_pid"] is None and sweep is not None)
                 or (r["owner_host"] == host and r["owner_pid"] is not None and not pid_alive(r["owner_pid"]))]
         for r in gone:
             who = f"pid {r['owner_pid']} on {r['owner_host']}" if r["owner_pid"] else "an earlier slimkit"
-            self.mark_unfinished([r["id"]], "interrupted", f"the process that ran it ({who}) is gone")
+            self.mark_unfinished([r["id"]], Status.INTERRUPTED, f"the process that ran it ({who}) is gone")
         return len(gone)
 
     def query(self, *, status: str | None = None, notebook: str | None = None, sweep: str | None = None,

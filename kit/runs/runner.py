@@ -1,6 +1,6 @@
 """Headless notebook runs: papermill underneath, one directory and one record per run.
 
-``prepare`` checks the parameters against the notebook's ``parameters`` cell (no kernel yet);
+``plan_run`` checks the parameters against the notebook's ``parameters`` cell (no kernel yet);
 ``execute`` runs it and returns the run's :class:`~slimkit.runs.records.Record` (it is the function a
 sweep ships to worker processes or Dask workers, so it takes and returns plain picklable data
 and never touches the database); ``run`` does both and writes the record.
@@ -11,48 +11,33 @@ notebook, which runs with the run directory as its working directory), ``status.
 a failing cell, a cell timeout, a dead kernel or a kernel that never started are failures,
 whatever the notebook's metadata says, and the partly executed notebook is kept.
 
-A run owns its directory while it runs: it holds an exclusive lock on ``.slimkit-run.lock``
-there (released by the OS if the process dies, so a killed run leaves no stale claim). A
-directory is reused only when it is empty or holds a finished run of the same notebook and
-parameters whose notebook was not edited since (what rerunning or resuming a sweep does).
-The kernel gets the run id in ``$SLIMKIT_RUN_ID``; :func:`save_metrics` writes it into
-``metrics.json`` and metrics of another run are never credited to this one.
+A run owns its directory while it runs (:mod:`slimkit.runs.folders`). Its kernel
+(:mod:`slimkit.runs.kernel`) gets the run id in ``$SLIMKIT_RUN_ID``; :func:`save_metrics` writes
+it into ``metrics.json`` and metrics of another run are never credited to this one.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_int, check_positive
-from ..runs.params import read_signature
-from ..runs.records import Record, RunStore, default_path, jsonable
+from ..errors import InvalidParameterError, InvalidTypeError, check_int, check_positive
+from ..events import Status
+from .folders import check_name, check_not_source, claim, sha256_file
+from .kernel import (KERNEL_NAME, KERNEL_START_ATTEMPTS, RUN_ID_ENV, KernelDidNotStart, describe_error, ensure_kernel,
+                     kernel_options)
+from .params import read_signature
+from .records import Record, RunStore, default_path, jsonable
 
-KERNEL_NAME = "slimkit"
 METRICS_FILE = "metrics.json"
-LOCK_FILE = ".slimkit-run.lock"
-RUN_ID_ENV = "SLIMKIT_RUN_ID"
-KERNEL_START_ATTEMPTS = 2  # a kernel that dies before any cell ran is started once more
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-NAME_RULE = "a plain folder name: letters, digits, '.', '_' and '-', not starting with a dot, at most 100 characters"
-
-
-class RunFolderError(SlimkitError, ValueError):
-    """The run directory cannot be used: in use by another run, or holding something else."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +78,10 @@ def slug(params: dict[str, Any], max_len: int = 80) -> str:
     return text
 
 
-def prepare(notebook: str | Path, params: dict[str, Any] | None = None, *, out: str | Path = "runs",
-            name: str | None = None, sweep: str | None = None, device: str | None = None,
-            cell_timeout: float | None = None, html: bool = False, kernel_name: str = KERNEL_NAME,
-            threads: int | None = None) -> RunSpec:
+def plan_run(notebook: str | Path, params: dict[str, Any] | None = None, *, out: str | Path = "runs",
+             name: str | None = None, sweep: str | None = None, device: str | None = None,
+             cell_timeout: float | None = None, html: bool = False, kernel_name: str = KERNEL_NAME,
+             threads: int | None = None) -> RunSpec:
     """Validate ``params`` against the notebook's parameters cell and plan the run directory.
 
     Unknown names, wrong types and out-of-range values raise here, before any kernel starts.
@@ -120,116 +105,11 @@ def prepare(notebook: str | Path, params: dict[str, Any] | None = None, *, out: 
         name = f"{re.sub(r'[^A-Za-z0-9._-]', '_', notebook.stem).lstrip('.')[:60]}-{run_id}"
     check_name("name", name)
     run_dir = (Path(out) / name).resolve()
-    spec = RunSpec(str(notebook), full, overrides, str(run_dir), run_id, key, sweep, kernel_name,
-                   cell_timeout, html=html, threads=threads)
-    _check_not_source(spec)
+    spec = RunSpec(notebook=str(notebook), params=full, overrides=overrides, run_dir=str(run_dir), run_id=run_id,
+                   key=key, sweep=sweep, kernel_name=kernel_name, cell_timeout=cell_timeout, html=html,
+                   threads=threads)
+    check_not_source(spec)
     return spec
-
-
-def check_name(what: str, name: Any) -> str:
-    """``name`` if it is a plain folder name (nothing that leaves the parent folder), else an error."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidParameterError(what, name, NAME_RULE)
-    return name
-
-
-def _check_not_source(spec: RunSpec) -> None:
-    """The executed notebook must not overwrite its source (symlinks resolved)."""
-    if spec.output_notebook.resolve() == Path(spec.notebook).resolve():
-        raise RunFolderError(f"run folder {spec.run_dir} is the folder of the notebook {spec.notebook}: the run "
-                             f"would overwrite it; choose another --out or --name")
-
-
-@contextmanager
-def claim(spec: RunSpec) -> Iterator[Path]:
-    """Own ``spec``'s run directory while the block runs, or raise :class:`RunFolderError`.
-
-    Created if missing; the claim is an exclusive ``flock`` on its lock file, which names the
-    run holding it. Once held, the directory must be empty or hold a finished run of the same
-    notebook and parameters (see :func:`_check_reusable`).
-    """
-    import fcntl
-
-    run_dir = Path(spec.run_dir)
-    try:
-        fd = _open_lock(spec, run_dir)
-    except OSError as e:
-        raise RunFolderError(f"run folder {run_dir} cannot be used: {e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another run"
-            raise RunFolderError(f"run folder {run_dir} is in use by {holder}; wait for it to finish or "
-                                 f"choose another --name") from None
-        _check_reusable(spec, run_dir)  # again: it may have changed before the lock was ours
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"run {spec.run_id} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
-        yield run_dir
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _open_lock(spec: RunSpec, run_dir: Path) -> int:
-    """The run directory's lock file, opened (the directory created if missing)."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        if not run_dir.is_dir():
-            raise RunFolderError(f"run folder {run_dir} exists and is not a folder; choose another --name") from None
-        _check_not_source(spec)
-        _check_reusable(spec, run_dir)  # before a lock file is added to someone else's folder
-    return os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-
-
-def _check_reusable(spec: RunSpec, run_dir: Path) -> None:
-    """Refuse a directory that holds anything but a finished run of the same notebook and
-    parameters, or whose executed notebook was edited after that run."""
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
-    if not entries:
-        return
-    status = _read_json(run_dir / "status.json")
-    key = status.get("key") or _read_json(run_dir / "record.json").get("key")
-    if key != spec.key:
-        what = "a run of other parameters or another notebook" if key else \
-            "files that are not a slimkit run (" + ", ".join(entries[:4]) + ("...)" if len(entries) > 4 else ")")
-        raise RunFolderError(f"run folder {run_dir} already holds {what}; choose another --name or "
-                             f"remove the folder")
-    output = spec.output_notebook
-    if status.get("output_sha256") and output.exists() and _sha256(output) != status["output_sha256"]:
-        raise RunFolderError(f"{output} was changed after its run; rerunning would overwrite it: move it "
-                             f"or choose another --name")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def ensure_kernel(name: str = KERNEL_NAME) -> str:
-    """Install a kernelspec ``name`` for this interpreter into ``sys.prefix`` if it is missing.
-
-    Installed with ``--sys-prefix`` semantics, and looked up with the environment's path
-    preferred (``JUPYTER_PREFER_ENV_PATH``), so a user-level kernelspec of the same name that
-    points at another Python cannot win.
-    """
-    os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(name)
-        if spec.argv and os.path.realpath(spec.argv[0]) == os.path.realpath(sys.executable):
-            return name
-    except NoSuchKernel:
-        pass
-    from ipykernel.kernelspec import install
-
-    install(kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
-    return name
 
 
 def _git_commit(path: Path) -> str | None:
@@ -245,22 +125,9 @@ def _git_commit(path: Path) -> str | None:
         return None
 
 
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _describe(exc: BaseException) -> str:
-    """One readable error for the record: the cell's exception, or what killed the run."""
-    ename = getattr(exc, "ename", None)
-    if ename:  # PapermillExecutionError: the notebook's own exception
-        return f"cell {getattr(exc, 'exec_count', '?')} raised {ename}: {getattr(exc, 'evalue', '')}".strip()
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
-
-
 def new_record(spec: RunSpec) -> Record:
     return Record(id=spec.run_id, key=spec.key, notebook=spec.notebook, params=spec.params, sweep=spec.sweep,
-                  seed=spec.params.get("seed"), device=spec.params.get("device"), status="running",
+                  seed=spec.params.get("seed"), device=spec.params.get("device"), status=Status.RUNNING,
                   started_at=time.time(), output_dir=spec.run_dir)
 
 
@@ -276,7 +143,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def execute(spec: RunSpec) -> Record:
-    """Run one prepared notebook (in this process, or a pool/Dask worker) and describe it.
+    """Run one planned notebook (in this process, or a pool/Dask worker) and describe it.
     Raises :class:`RunFolderError`, before anything runs, if the run directory cannot be claimed."""
     with claim(spec):
         return _execute(spec)
@@ -292,39 +159,35 @@ def _execute(spec: RunSpec) -> Record:
     for stale in (METRICS_FILE, "status.json", "record.json"):  # a rerun into the same directory
         (run_dir / stale).unlink(missing_ok=True)
     record = new_record(spec)
-    record.notebook_sha256 = _sha256(spec.notebook)
+    record.notebook_sha256 = sha256_file(spec.notebook)
     record.git_commit = _git_commit(Path(spec.notebook))
     record.hardware = fingerprint()
     record.versions = dict(record.hardware["packages"])  # the fingerprint has just read them
-    if spec.threads:  # set in the kernel's environment (_kernel_options)
+    if spec.threads:  # set in the kernel's environment (kernel.py)
         record.hardware["torch_threads"] = spec.threads
     record.host = socket.gethostname()
     # through JSON: a default that is an expression (params._Unevaluated, a str subclass) is its text
     plain = json.loads(json.dumps(spec.params, default=str))
     (run_dir / "params.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
-    _write_json(run_dir / "status.json", {"status": "running", "run_id": spec.run_id, "key": spec.key,
+    _write_json(run_dir / "status.json", {"status": Status.RUNNING, "run_id": spec.run_id, "key": spec.key,
                                           "started_at": record.started_at})
     t0 = time.perf_counter()
     try:
         _papermill(spec)
-        record.status = "ok"
+        record.status = Status.OK
     except KeyboardInterrupt:
-        record.status, record.error = "interrupted", "KeyboardInterrupt"
+        record.status, record.error = Status.INTERRUPTED, "KeyboardInterrupt"
         raise
     except Exception as exc:  # a failed run is a result, recorded; never a crash of the sweep
-        record.status, record.error = "failed", _describe(exc)
+        record.status, record.error = Status.FAILED, describe_error(exc)
     finally:
         record.finished_at = time.time()
         record.duration_s = time.perf_counter() - t0
         record.metrics = _read_metrics(run_dir, spec.run_id)
-        if record.status == "ok" and "_error" in record.metrics:
-            record.status, record.error = "failed", record.metrics["_error"]
+        if record.status == Status.OK and "_error" in record.metrics:
+            record.status, record.error = Status.FAILED, record.metrics["_error"]
         _finish(spec, record)
     return record
-
-
-class KernelDidNotStart(SlimkitError, RuntimeError):
-    """The kernel died or failed before any cell ran, on every attempt."""
 
 
 def _papermill(spec: RunSpec) -> None:
@@ -335,7 +198,7 @@ def _papermill(spec: RunSpec) -> None:
     kernel = ensure_kernel(spec.kernel_name)
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         cells: list[int] = []
-        with _kernel_options(spec) as options:
+        with kernel_options(spec) as options:
             try:
                 pm.execute_notebook(
                     spec.notebook, str(spec.output_notebook), parameters=spec.overrides, kernel_name=kernel,
@@ -349,47 +212,7 @@ def _papermill(spec: RunSpec) -> None:
                     raise
                 if attempt == KERNEL_START_ATTEMPTS:
                     raise KernelDidNotStart(f"the kernel failed before any cell ran, {attempt} times: "
-                                            f"{_describe(exc)}") from exc
-
-
-@contextmanager
-def _kernel_options(spec: RunSpec) -> Iterator[dict[str, Any]]:
-    """papermill engine options for one kernel: its environment (run id, threads) and, on Linux,
-    the ``ipc`` transport with the connection file and sockets in a private temporary folder.
-    With TCP, jupyter_client picks free ports and the kernel binds them later: another process
-    can take one in between (ZMQError: Address already in use). A socket file cannot be taken."""
-    from traitlets.config import Config
-
-    env = {RUN_ID_ENV: spec.run_id}
-    if spec.threads:  # the kernel's torch reads these at import
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
-    manager: dict[str, Any] = {"extra_env": env}
-    folder = tempfile.mkdtemp(prefix="slimkit-kernel-") if sys.platform.startswith("linux") else None
-    if folder:
-        manager.update(transport="ipc", connection_file=os.path.join(folder, "kernel.json"))
-    try:
-        yield {"kernel_manager_class": _kernel_manager_class(), "config": Config({"RunKernelManager": manager})}
-    finally:
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-@functools.cache
-def _kernel_manager_class() -> type:
-    """nbclient's kernel manager, starting the kernel with ``extra_env`` added to this environment
-    (papermill offers no way to pass a kernel's environment; created on first use, as importing
-    jupyter_client is slow)."""
-    from jupyter_client import AsyncKernelManager
-    from traitlets import Dict
-
-    class RunKernelManager(AsyncKernelManager):
-        extra_env = Dict(config=True, help="variables added to the kernel's environment")
-
-        async def start_kernel(self, **kw: Any) -> None:
-            kw["env"] = {**kw.get("env", os.environ), **self.extra_env}
-            await super().start_kernel(**kw)
-
-    return RunKernelManager
+                                            f"{describe_error(exc)}") from exc
 
 
 # --- the notebook's side of a run ---------------------------------------------------------------
@@ -459,7 +282,7 @@ def _finish(spec: RunSpec, record: Record) -> None:
     run_dir = Path(spec.run_dir)
     if spec.html and spec.output_notebook.exists():
         try:
-            from ..runs.html import export_html
+            from .html import export_html
 
             export_html(spec.output_notebook, spec.output_notebook.with_suffix(".html"))
         except Exception as exc:  # the report is a convenience; the run's status stands
@@ -468,19 +291,19 @@ def _finish(spec: RunSpec, record: Record) -> None:
     _write_json(run_dir / "status.json", {
         "status": record.status, "error": record.error, "run_id": record.id, "key": spec.key,
         "notebook": record.notebook, "output_notebook": str(output),
-        "output_sha256": _sha256(output) if output.exists() else None,  # an edit after the run shows
+        "output_sha256": sha256_file(output) if output.exists() else None,  # an edit after the run shows
         "started_at": record.started_at, "finished_at": record.finished_at, "duration_s": record.duration_s})
     _write_json(run_dir / "record.json", record.to_dict())
 
 
 def run(notebook: str | Path, params: dict[str, Any] | None = None, *, store: RunStore | None = None,
         **options: Any) -> Record:
-    """Validate, execute and record one run; returns its record (status "ok" or "failed")."""
-    return run_spec(prepare(notebook, params, **options), store)
+    """Validate, execute and record one run; returns its record (status ok or failed)."""
+    return run_spec(plan_run(notebook, params, **options), store)
 
 
 def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
-    """Execute a prepared run and record it (in ``store``, default: OUT/records.sqlite or
+    """Execute a planned run and record it (in ``store``, default: OUT/records.sqlite or
     ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace."""
     own = store is None
     with claim(spec):  # a refused directory leaves no record
@@ -490,7 +313,7 @@ def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
             try:
                 record = _execute(spec)
             except KeyboardInterrupt:
-                store.mark_unfinished([spec.run_id], "interrupted", "KeyboardInterrupt")
+                store.mark_unfinished([spec.run_id], Status.INTERRUPTED, "KeyboardInterrupt")
                 raise
             store.put(record)
             return record

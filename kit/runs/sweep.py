@@ -7,7 +7,8 @@ when submitted and updated when it ends, so a sweep that is interrupted can be s
 and skips the runs that already finished (same notebook, same parameters, same sweep).
 
 A sweep holds a lock file in its folder while it runs, so the same sweep started twice refuses
-(or waits) instead of running everything twice; the lock of a dead process is taken over.
+(or waits) instead of running everything twice; the lock of a dead process is taken over
+(:mod:`slimkit.runs.lock`).
 SIGTERM stops a sweep like Ctrl-C: nothing new starts, the local pool's workers and their
 kernels are killed, unfinished runs are recorded ``interrupted``. Pool workers also die with
 the sweep's process if it is killed outright, and resuming marks the ``running`` rows it left
@@ -25,16 +26,12 @@ A grid file (YAML)::
 from __future__ import annotations
 
 import itertools
-import json
-import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
@@ -42,19 +39,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_positive
+from ..errors import InvalidParameterError, InvalidTypeError, check_positive
+from ..events import Status
 from ..hardware import usable_cores
-from ..runs.records import Record, RunStore, default_path, pid_alive, varying_keys
-from ..runs.params import check_plain, load_yaml_file
-from ..runs.runner import RunSpec, check_name, execute, new_record, prepare, slug
+from .lock import sweep_lock
+from .params import check_plain, load_yaml_file
+from .records import Record, RunStore, default_path, varying_keys
+from .runner import RunSpec, check_name, execute, new_record, plan_run, slug
 
-log = logging.getLogger("slimkit.runs.sweep")
-LOCK_FILE = ".sweep.lock"
 DEFAULT_WORKER_TIMEOUT_S = 300.0
-
-
-class SweepLockedError(SlimkitError, RuntimeError):
-    """The same sweep is already running (its folder is locked by a live process)."""
 
 
 def load_grid(grid: str | Path | dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,79 +193,13 @@ def plan(notebook: str | Path, combos: list[dict[str, Any]], *, out: str | Path 
     specs = []
     for params in combos:
         label = {k: v for k, v in params.items() if k in varying} or params
-        spec = prepare(notebook, params, out=Path(out) / sweep, name=slug(label), sweep=sweep,
-                       device=device, **options)
+        spec = plan_run(notebook, params, out=Path(out) / sweep, name=slug(label), sweep=sweep,
+                        device=device, **options)
         specs.append(spec)
     dirs = [s.run_dir for s in specs]
     if len(set(dirs)) != len(dirs):
         raise InvalidParameterError("grid", combos, "distinct combinations (two runs share a directory)")
     return specs
-
-
-@contextmanager
-def sweep_lock(folder: str | Path, *, wait: bool = False, poll_s: float = 2.0) -> Iterator[Path]:
-    """Hold the lock of the sweep in ``folder`` (a file naming this process's pid, host and start).
-
-    A lock held by a live process raises :class:`SweepLockedError`, or with ``wait`` is waited
-    for; one whose process is gone (same host, pid dead) is taken over with a warning.
-    """
-    path = Path(folder) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(), "token": uuid.uuid4().hex}
-    waiting = False
-    while not _create_lock(path, mine):
-        owner = _read_lock(path)
-        if owner is None:  # released meanwhile
-            continue
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started_at", 0)))
-        who = f"pid {owner.get('pid')} on {owner.get('host')}, started {since}"
-        if owner.get("host") == mine["host"] and not pid_alive(int(owner.get("pid") or 0)):
-            _remove_stale(path, owner)
-            log.warning("taking over the lock of sweep %s: its owner (%s) is gone", folder, who)
-        elif not wait:
-            raise SweepLockedError(f"sweep {folder} is already running ({who}): wait for it to finish, start "
-                                   f"with --wait (wait=True), or, if that process is gone, delete {path}")
-        else:
-            if not waiting:
-                log.warning("waiting for sweep %s to finish (%s)", folder, who)
-                waiting = True
-            time.sleep(poll_s)
-    try:
-        yield path
-    finally:
-        if _read_lock(path) == mine:
-            path.unlink(missing_ok=True)
-
-
-def _create_lock(path: Path, content: dict[str, Any]) -> bool:
-    # link() is exclusive like O_EXCL, and the lock appears with its content: never seen half-written
-    tmp = path.with_name(f"{path.name}.{content['token']}")
-    tmp.write_text(json.dumps(content))
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-
-
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _remove_stale(path: Path, owner: dict[str, Any]) -> None:
-    """Delete a dead owner's lock, unless another process has already replaced it with its own."""
-    import fcntl
-
-    with open(path.with_name(path.name + ".guard"), "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # two processes taking over at once: one deletes, one sees the new lock
-        if _read_lock(path) == owner:
-            path.unlink()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -389,7 +316,7 @@ def _execute_all(todo: list[RunSpec], store: RunStore, results: dict[str, Record
     """Submit ``todo``, record each run as it ends (into ``results`` too); on an interrupt or
     when no worker is left, record the rest and stop the pool if it is ours."""
     futures: dict[Future, RunSpec] = {}
-    stopped = ("interrupted", "the sweep stopped before this run finished")
+    stopped = (Status.INTERRUPTED, "the sweep stopped before this run finished")
     try:
         for spec in todo:
             store.put(new_record(spec))
@@ -403,13 +330,13 @@ def _execute_all(todo: list[RunSpec], store: RunStore, results: dict[str, Record
                     record = fut.result()
                 except Exception as exc:  # the worker itself died (e.g. BrokenProcessPool)
                     record = new_record(spec)
-                    record.status, record.error = "failed", f"worker failed: {type(exc).__name__}: {exc}"
+                    record.status, record.error = Status.FAILED, f"worker failed: {type(exc).__name__}: {exc}"
                 store.put(record)
                 results[spec.run_id] = record
                 if on_done:
                     on_done(record)
         except _NoWorkers as exc:
-            stopped = ("failed", str(exc))
+            stopped = (Status.FAILED, str(exc))
     finally:
         with _signals_deferred():
             unfinished = [s.run_id for s in todo if s.run_id not in results]

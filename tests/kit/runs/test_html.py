@@ -6,6 +6,7 @@ import nbformat
 import pytest
 
 from slimkit.runs import html as reporting
+from slimkit.runs.compare import compare_runs
 from slimkit.runs.records import Record
 
 PAYLOADS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))",
@@ -65,7 +66,7 @@ def _record(i, name):
 def test_compare_report_escapes_every_user_string(tmp_path):
     pytest.importorskip("plotly")
     bad = PAYLOADS[0]
-    paths = reporting.compare([_record(i, bad) for i in range(3)], tmp_path, x="accuracy", y="size", title=bad)
+    paths = compare_runs([_record(i, bad) for i in range(3)], tmp_path, x="accuracy", y="size", title=bad)
     parsed = _parse(_markdown_html(paths["md"].read_text()))
     assert "script" not in parsed.tags and bad in parsed.cells
     page = paths["html"].read_text()

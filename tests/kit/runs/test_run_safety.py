@@ -199,10 +199,10 @@ def store(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "..", ".hidden", "a/b", "", "x" * 101, "a b", "a\nb"])
 def test_a_run_name_must_be_a_plain_folder_name(nb, tmp_path, name):
-    from slimkit.runs.runner import prepare
+    from slimkit.runs.runner import plan_run
 
     with pytest.raises(InvalidParameterError, match="a plain folder name: letters, digits"):
-        prepare(nb, out=tmp_path / "runs", name=name)
+        plan_run(nb, out=tmp_path / "runs", name=name)
 
 
 def test_cli_name_cannot_escape_out(nb, tmp_path, fake_papermill, capsys):
@@ -255,9 +255,10 @@ def test_a_finished_run_is_replaced_only_by_the_same_parameters_and_never_when_e
 
 
 def test_two_runs_claiming_one_folder_at_once_one_wins(nb, tmp_path):
-    from slimkit.runs.runner import claim, prepare
+    from slimkit.runs.folders import claim
+    from slimkit.runs.runner import plan_run
 
-    specs = [prepare(nb, out=tmp_path, name="same") for _ in range(2)]
+    specs = [plan_run(nb, out=tmp_path, name="same") for _ in range(2)]
     ready, release = threading.Barrier(2), threading.Event()
     outcome = {}
 
@@ -283,11 +284,12 @@ def test_two_runs_claiming_one_folder_at_once_one_wins(nb, tmp_path):
 
 
 def test_a_run_into_a_folder_in_use_is_refused_before_it_is_recorded(nb, tmp_path, fake_papermill, store):
-    from slimkit.runs.runner import claim, prepare, run_spec
+    from slimkit.runs.folders import claim
+    from slimkit.runs.runner import plan_run, run_spec
 
-    with claim(prepare(nb, out=tmp_path, name="busy")):
+    with claim(plan_run(nb, out=tmp_path, name="busy")):
         with pytest.raises(SlimkitError, match="is in use by run"):
-            run_spec(prepare(nb, out=tmp_path, name="busy"), store)
+            run_spec(plan_run(nb, out=tmp_path, name="busy"), store)
     assert store.count() == 0 and fake_papermill == []
 
 
@@ -360,12 +362,13 @@ def test_kernels_use_ipc_with_a_private_connection_folder_on_linux(nb, tmp_path)
     import stat
     import sys
 
-    from slimkit.runs.runner import _kernel_options, prepare
+    from slimkit.runs.kernel import kernel_options
+    from slimkit.runs.runner import plan_run
 
     if not sys.platform.startswith("linux"):
         pytest.skip("ipc transport is used on Linux")
-    spec = prepare(nb, out=tmp_path, name="r", threads=2)
-    with _kernel_options(spec) as options:
+    spec = plan_run(nb, out=tmp_path, name="r", threads=2)
+    with kernel_options(spec) as options:
         manager = options["config"]["RunKernelManager"]
         folder = os.path.dirname(manager["connection_file"])
         assert manager["transport"] == "ipc" and stat.S_IMODE(os.stat(folder).st_mode) == 0o700

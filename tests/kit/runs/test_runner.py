@@ -9,7 +9,7 @@ from notebook_factory import PARAMS, make_notebook
 
 from slimkit.errors import InvalidParameterError, InvalidTypeError
 from slimkit.runs.records import RunStore
-from slimkit.runs.runner import prepare, run
+from slimkit.runs.runner import plan_run, run
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_bad_parameters_fail_before_any_kernel_and_leave_nothing(tiny, tmp_path,
         with pytest.raises(InvalidParameterError):
             run(tiny, params, out=tmp_path / "runs", store=store)
     with pytest.raises(InvalidParameterError, match="device"):
-        prepare(make_notebook(tmp_path / "nodev.ipynb", "x: float = 0.5"), out=tmp_path, device="cpu")
+        plan_run(make_notebook(tmp_path / "nodev.ipynb", "x: float = 0.5"), out=tmp_path, device="cpu")
     assert not (tmp_path / "runs").exists() and store.count() == 0
 
 

@@ -18,7 +18,8 @@ from notebook_factory import make_notebook
 
 from slimkit.errors import InvalidParameterError, InvalidTypeError
 from slimkit.runs.records import Record, RunStore, pid_alive
-from slimkit.runs.sweep import LOCK_FILE, SweepLockedError, load_grid, plan, run_sweep, sweep_lock
+from slimkit.runs.lock import LOCK_FILE, SweepLockedError, sweep_lock
+from slimkit.runs.sweep import load_grid, plan, run_sweep
 
 # a run that holds until the test removes its `hold` file (so the test decides when runs end)
 HOLD_PARAMS = '''x: float = 0.5  # in [0, 1)
