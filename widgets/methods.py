@@ -34,23 +34,15 @@ def splits(data) -> tuple[Any, Any]:
 
 
 def group_size_problem(model: nn.Module, config: slimkit.QuantConfig) -> str | None:
-    """Why ``config``'s explicit group size cannot quantize ``model`` (quantize would say so
-    only once it runs)."""
-    if config.granularity != "per_group" or config.group_size is None:
-        return None
-    g = config.group_size
-    bad = [f"{n} ({k} values per channel)" for n, k in values_per_channel(model) if k % g]
-    if not bad:
-        return None
-    return (f"group_size={g} must divide the values per output channel of every layer; it does not for "
-            + ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    """Why ``config`` cannot quantize ``model`` (e.g. a group size that does not divide a layer),
+    asked of quantize's own planning before anything runs; None when it can."""
+    from slimkit.quant.plan import layouts
 
-
-def values_per_channel(model: nn.Module) -> list[tuple[str, int]]:
-    from slimkit.nn import WEIGHTED
-
-    return [(n, m.weight[0].numel()) for n, m in model.named_modules()
-            if isinstance(m, WEIGHTED) and not isinstance(m, nn.Embedding)]
+    try:
+        layouts(model, config)
+    except slimkit.SlimkitError as e:
+        return str(e)
+    return None
 
 
 def devices() -> list[str]:
@@ -82,12 +74,6 @@ def backend_problem(backend: str, device: str) -> str | None:
     return info[backend]["why_not"]
 
 
-def _kw(config: Config, **more) -> dict[str, Any]:
-    """A verb's keywords from its config: the settings changed from their defaults (the verbs'
-    keyword names are the fields), plus the first one (prune's ``sparsity`` is required)."""
-    return {config.first: getattr(config, config.first), **config.changed(), **more}
-
-
 def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test, *, callbacks=None, stop=None,
           include: list[str] | None = None) -> slimkit.Result:
     """Run one method on ``model`` with its ``configs`` (see ``Controls.step``); the input is
@@ -97,29 +83,26 @@ def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test
     only = {} if include is None else {"include": include}
     if method == "quantize":
         calibrate = train if configs["quantize_panel"].activations else None  # quantize uses <= 512 rows
-        return slimkit.quantize(model, **_kw(configs["quantize"], activations=calibrate, **only), **run)
+        return slimkit.quantize(model, configs["quantize"], activations=calibrate, **only, **run)
     if method == "prune":
-        finetune = configs["finetune"].changed() if "finetune" in configs and include is None else None
-        return slimkit.prune(model, **_kw(configs["prune"], data=train, finetune=finetune, **only), **run)
+        finetune = configs.get("finetune") if include is None else None
+        return slimkit.prune(model, configs["prune"], data=train, finetune=finetune, **only, **run)
     if method == "sparsify":
-        return slimkit.sparsify(model, **_kw(configs["sparsify"], **only), **run)
+        return slimkit.sparsify(model, configs["sparsify"], **only, **run)
     if method == "distill":
         panel = configs["distill_panel"]
         student = slimkit.shrink(model, panel.width)
         data = train if panel.fraction >= 1 else subset(train, panel.fraction)
-        return slimkit.distill(model, student, data, **_kw(configs["distill"], val_data=test), **run)
+        return slimkit.distill(model, student, data, configs["distill"], val_data=test, **run)
     raise InvalidParameterError("method", method, "one of quantize, prune, distill, sparsify")
 
 
 def sensitivity(model: nn.Module, test, config: slimkit.QuantConfig, *, callbacks=None, stop=None) -> list[dict]:
-    """The core's per-layer quantization sensitivity with the settings it takes from ``config``."""
-    import inspect
+    """The core's per-layer quantization sensitivity with the settings changed in ``config``
+    (the rest, e.g. its fast simulated mode, stay the core's defaults)."""
+    from slimkit.quant.sensitivity import sensitivity as core
 
-    from slimkit.quant.api import sensitivity as core
-
-    takes = inspect.signature(core).parameters
-    kw = {k: v for k, v in _kw(config).items() if k in takes}
-    return core(model, test, **kw, callbacks=callbacks, stop=stop)
+    return core(model, test, **config.changed(), callbacks=callbacks, stop=stop)
 
 
 def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu",
@@ -130,7 +113,7 @@ def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu",
 
     Eager runs through ``slimkit.measure.latency`` (on CPU the models themselves, no copy);
     other backends compile copies with ``slimkit.accel.prepare``, which raises when the
-    backend cannot handle a model, and ``accel.compare`` times them.
+    backend cannot handle a model, and ``accel.time_variants`` times them.
     """
     from slimkit.measure import latency
 
@@ -140,11 +123,11 @@ def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu",
             timed = latency({str(i): m for i, m in enumerate(models)}, x, device=device, num_threads=None)
             errors = list(timed["errors"].values())
             return list(timed["ms"].values()), (why + errors[0] if errors else "")
-        from slimkit.accel import compare, prepare
+        from slimkit.accel import prepare, time_variants
 
         dev = resolve_device(device)
         runs = {str(i): prepare(m, x, backend=backend, device=dev) for i, m in enumerate(models)}
-        timed = compare(runs, x, rounds=15, fingerprint=False)
+        timed = time_variants(runs, x, rounds=15, fingerprint=False)
         return [1000 * timed[k].median_s for k in runs], ""
     except Exception as e:  # the compressed model stands; say why it has no latency
         return [math.nan] * len(models), f"{why}{type(e).__name__}: {e}"

@@ -23,14 +23,15 @@ from ..config import signature
 from ..errors import InvalidParameterError, NothingToCompressError, check_module
 from ..events import as_progress
 from ..metrics import sqnr
-from ..nn import (is_target, matches, named_targets, own_param_count, param_modules, set_module, tensor_bytes,
+from ..nn import (is_target, matches, own_param_count, param_modules, set_module, tensor_bytes,
                   unselected_reason)
 from ..report import Action, Compute, LayerReport, Report, Result
 from .build import copy_module, quantize_layer, share_weight
 from .calibrate import calibrate, input_range
 from .config import QuantConfig
-from .plan import (NOT_QUANTIZED, TARGET_TYPES, LayerPlan, check_finite, layout, module_paths, plan_layer,
+from .plan import (NOT_QUANTIZED, TARGET_TYPES, LayerPlan, check_finite, module_paths, plan_layer,
                    structural_skips, tie_groups, tie_skips, weight_count, weight_param)
+from .plan import layouts as plan_layouts
 from .sensitivity import auto_keep
 
 def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, metric=None,
@@ -76,10 +77,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
     progress = as_progress(callbacks, stop)
 
-    targets = list(named_targets(model, TARGET_TYPES, include=config.include, exclude=config.exclude,
-                                 method="quantize"))
-    # Validate every layer before any work: errors leave nothing half done.
-    layouts = {name: layout(name, layer, config) for name, layer in targets}
+    targets, layouts = plan_layouts(model, config)  # every layer checked before any work: nothing half done
     check_finite(targets)
     skip = structural_skips(model, targets)
     candidates = [n for n, _ in targets if n not in skip]

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidParameterError
-from ..nn import get_module, is_hf_conv1d, is_linear_like, linear_weight
+from ..nn import get_module, is_hf_conv1d, is_linear_like, linear_weight, named_targets
 from .affine import DEFAULT_GROUP_SIZE
 from .config import QuantConfig
 from .layers import int8_kernel_format
@@ -82,6 +82,15 @@ def layout(name: str, layer: nn.Module, config: QuantConfig) -> Layout:
     note = "" if size == DEFAULT_GROUP_SIZE else f"group_size={size}: the largest in [8, {DEFAULT_GROUP_SIZE}] " \
                                                  f"dividing its {n} values per channel"
     return Layout("per_group", size, note)
+
+
+def layouts(model: nn.Module, config: QuantConfig) -> tuple[list[tuple[str, nn.Module]], dict[str, Layout]]:
+    """The layers ``config`` targets in ``model`` and each one's layout. Raises the slimkit error
+    quantize would (a group size that does not divide a layer...) before any work: the panel
+    asks here to refuse settings up front."""
+    targets = list(named_targets(model, TARGET_TYPES, include=config.include, exclude=config.exclude,
+                                 method="quantize"))
+    return targets, {name: layout(name, layer, config) for name, layer in targets}
 
 
 def structural_skips(model: nn.Module, targets) -> dict[str, str]:

@@ -13,11 +13,11 @@ from ..data import batches
 from ..errors import InvalidTypeError, NothingToCompressError, check_module
 from ..events import as_progress
 from ..metrics import evaluate, sqnr
-from ..nn import named_targets, set_module
+from ..nn import set_module
 from .build import copy_module, quantize_layer
 from .calibrate import calibrate, input_range
 from .config import QuantConfig
-from .plan import TARGET_TYPES, layout, plan_layer
+from .plan import layouts as plan_layouts, plan_layer
 
 
 def metric_fn(metric) -> tuple[Callable[[nn.Module], float], object]:
@@ -51,9 +51,7 @@ def sensitivity(model: nn.Module, data_or_metric_fn, config: QuantConfig | None 
     score_fn, data = metric_fn(data_or_metric_fn)
     progress = as_progress(callbacks, stop)
     base_model = copy_module(model).eval()
-    targets = list(named_targets(base_model, TARGET_TYPES, include=config.include, exclude=config.exclude,
-                                 method="quantize"))
-    layouts = {name: layout(name, layer, config) for name, layer in targets}
+    targets, layouts = plan_layouts(base_model, config)
     base = float(score_fn(base_model))
     ref_out = _outputs(base_model, data) if data is not None else None
     act_stats = calibrate(base_model, activations, [n for n, _ in targets], progress) if activations is not None else {}
