@@ -13,14 +13,22 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
 from .artifact import load, save, size
 from .distillation import DistillConfig, distill, shrink
-from .errors import (ArtifactError, DeviceUnavailableError, IncompatibleModelsError, Interrupted,
-                     InvalidParameterError, InvalidTypeError, NothingToCompressError, SlimkitError)
+from .errors import (
+    ArtifactError,
+    DeviceUnavailableError,
+    IncompatibleModelsError,
+    Interrupted,
+    InvalidParameterError,
+    InvalidTypeError,
+    NothingToCompressError,
+    SlimkitError,
+)
 from .events import Event, Progress
 from .inputs import Inputs
 from .measure import compare, latency
-from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
 from .metrics import evaluate, sqnr
 from .pruning.api import prune
 from .pruning.config import Finetune, PruneConfig

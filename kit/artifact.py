@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import ArtifactError, InvalidParameterError, check_module
 from .artifact_checks import check_aliases, check_json, check_spec
+from .errors import ArtifactError, InvalidParameterError, check_module
 from .jsonsafe import strict_loads
 from .nn import set_module
 

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_fraction
+from .errors import (
+    InvalidParameterError,
+    InvalidTypeError,
+    SlimkitError,
+    check_fraction,
+)
 from .inputs import Inputs, ModelInputs, apply, tensors
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]

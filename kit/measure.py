@@ -30,8 +30,8 @@ from . import table
 from .artifact import size
 from .devices import resolve_device, synchronize
 from .errors import InvalidParameterError, InvalidTypeError, check_int, check_module
-from .nn import param_count
 from .metrics import evaluate
+from .nn import param_count
 
 
 @contextmanager

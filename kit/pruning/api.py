@@ -15,6 +15,7 @@ from ..events import as_progress
 from ..report import Result
 from ..training import cross_entropy
 from . import importance
+
 # PARAMETRIZATION_NOTE, in_model_order, plain_copy, schedule, is_prunable, keep_sparsity: still
 # importable from here, where they used to live
 from .common import PARAMETRIZATION_NOTE, Job, in_model_order, plain_copy, schedule  # noqa: F401

@@ -10,7 +10,14 @@ import torch.nn as nn
 from ..nn import WEIGHTED, is_target, named_targets, param_count, unselected_reason
 from ..report import Action, LayerReport, Report, Result
 from . import importance
-from .common import PARAMETRIZATION_NOTE, Job, add_history, in_model_order, mask_hook, plain_copy
+from .common import (
+    PARAMETRIZATION_NOTE,
+    Job,
+    add_history,
+    in_model_order,
+    mask_hook,
+    plain_copy,
+)
 
 # Weights pruned element-wise besides WEIGHTED: a transposed conv's weight is as prunable as a conv's.
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

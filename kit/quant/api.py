@@ -23,16 +23,35 @@ from ..config import signature
 from ..errors import InvalidParameterError, NothingToCompressError, check_module
 from ..events import as_progress
 from ..metrics import sqnr
-from ..nn import (is_target, matches, own_param_count, param_modules, set_module, tensor_bytes,
-                  unselected_reason)
+from ..nn import (
+    is_target,
+    matches,
+    own_param_count,
+    param_modules,
+    set_module,
+    tensor_bytes,
+    unselected_reason,
+)
 from ..report import Action, Compute, LayerReport, Report, Result
 from .build import copy_module, quantize_layer, share_weight
 from .calibrate import calibrate, input_range
 from .config import QuantConfig
-from .plan import (NOT_QUANTIZED, TARGET_TYPES, LayerPlan, check_finite, module_paths, plan_layer,
-                   structural_skips, tie_groups, tie_skips, weight_count, weight_param)
+from .plan import (
+    NOT_QUANTIZED,
+    TARGET_TYPES,
+    LayerPlan,
+    check_finite,
+    module_paths,
+    plan_layer,
+    structural_skips,
+    tie_groups,
+    tie_skips,
+    weight_count,
+    weight_param,
+)
 from .plan import layouts as plan_layouts
 from .sensitivity import auto_keep
+
 
 def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, metric=None,
              callbacks=None, stop=None, **settings) -> Result:

@@ -14,8 +14,18 @@ from ..report import Compute
 from .affine import QTensor, dequantize_tensor, quantize_tensor, storage_bits
 from .config import QuantConfig
 from .fakequant import FakeQuantInput
-from .layers import (QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose1d, QuantConvTranspose2d,
-                     QuantConvTranspose3d, QuantEmbedding, QuantLinear, QWeight, dtype_name)
+from .layers import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantConv3d,
+    QuantConvTranspose1d,
+    QuantConvTranspose2d,
+    QuantConvTranspose3d,
+    QuantEmbedding,
+    QuantLinear,
+    QWeight,
+    dtype_name,
+)
 from .plan import LayerPlan, has_int8_kernel, matrices
 from .rnn import QuantRNN
 

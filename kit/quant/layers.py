@@ -30,7 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifact import register_module
-from .affine import QTensor, activation_qparams, dequantize_tensor, pack, storage_bits, unpack
+from .affine import (
+    QTensor,
+    activation_qparams,
+    dequantize_tensor,
+    pack,
+    storage_bits,
+    unpack,
+)
 
 _TINY = 1e-12
 

@@ -17,7 +17,8 @@ from ..nn import set_module
 from .build import copy_module, quantize_layer
 from .calibrate import calibrate, input_range
 from .config import QuantConfig
-from .plan import layouts as plan_layouts, plan_layer
+from .plan import layouts as plan_layouts
+from .plan import plan_layer
 
 
 def metric_fn(metric) -> tuple[Callable[[nn.Module], float], object]:

@@ -62,7 +62,14 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .records import table
-    from .sweep import dask_executors, dask_workers_alive, default_name, load_grid, plan, run_sweep
+    from .sweep import (
+        dask_executors,
+        dask_workers_alive,
+        default_name,
+        load_grid,
+        plan,
+        run_sweep,
+    )
 
     name = args.name or default_name(args.notebook, args.grid)
     specs = plan(args.notebook, load_grid(args.grid), out=args.out, sweep=name, device=args.device,
@@ -122,8 +129,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from ..table import markdown_table
     from .compare import compare_runs, comparison_rows
-    from .html import markdown_table
 
     with _store(args) as store:
         if args.ids:
@@ -165,8 +172,8 @@ def cmd_kernel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .records import STATUSES
     from .kernel import KERNEL_NAME
+    from .records import STATUSES
 
     p = argparse.ArgumentParser(prog="slimkit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .html import markdown_table, plot_text
+from ..table import markdown_table
+from .html import plot_text
 from .records import Record, varying_keys
 
 

@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ..table import markdown_table, md_text  # noqa: F401  (the notebooks and the CLI import them from here)
+
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
@@ -57,33 +59,7 @@ def export_html(notebook: str | Path, html_path: str | Path | None = None) -> Pa
     return html_path
 
 
-# After HTML escaping, what Markdown itself would still act on: a pipe splits a table cell,
-# a backtick opens a code span, brackets make links and images, a backslash escapes the next
-# character, a newline ends the row. (``*`` and ``_`` only format, and are common in names.)
-_MD_SPECIALS = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
-                              "\n": " ", "\r": " "})
-
-
-def md_text(v: Any) -> str:
-    """``v`` as literal Markdown table text: renders as the characters it holds, never as HTML
-    (Markdown passes raw HTML through: a ``<script>`` in a run name would run in the report).
-    Quotes stay as they are: outside a tag they are text, and &#x27; would show in terminals."""
-    if v is None:
-        return ""
-    return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v), quote=False).translate(_MD_SPECIALS)
-
-
 def plot_text(v: Any) -> str:
     """``v`` for plotly titles, labels and hover text, which render a subset of HTML tags:
     shown literally. (Quotes stay: plotly decodes only a few named entities.)"""
     return html.escape(str(v), quote=False)
-
-
-def markdown_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
-    """A Markdown table of ``rows`` (columns: ``cols``, default every key in order of appearance).
-    Every header and cell is escaped (:func:`md_text`)."""
-    if cols is None:
-        cols = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(md_text(row.get(c)) for c in cols) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

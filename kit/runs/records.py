@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ArtifactError, check_choice
 from ..events import Status
+from ..table import plain, text
 
 STATUSES = tuple(s.value for s in Status)  # stored as these words
 DEFAULT_PATH = Path("runs") / "records.sqlite"
@@ -292,20 +293,7 @@ def table(records: list[Record], metrics: list[str] | None = None, params: list[
         metrics = sorted({k for r in records for k, v in r.metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in r.params})[:6]
     head = ["id", "status", "notebook", *params, *metrics, "seconds", "error"]
-    rows = [head]
-    for r in records:
-        rows.append([r.id, r.status, Path(r.notebook).name,
-                     *(_fmt(r.params.get(p)) for p in params), *(_fmt(r.metrics.get(m)) for m in metrics),
-                     _fmt(r.duration_s), (r.error or "").splitlines()[0][:60] if r.error else ""])
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    rows = [[r.id, r.status, Path(r.notebook).name,
+             *(plain(r.params.get(p)) for p in params), *(plain(r.metrics.get(m)) for m in metrics),
+             plain(r.duration_s), (r.error or "").splitlines()[0][:60] if r.error else ""] for r in records]
+    return text(head, rows)

@@ -32,8 +32,15 @@ from typing import Any
 from ..errors import InvalidParameterError, InvalidTypeError, check_int, check_positive
 from ..events import Status
 from .folders import check_name, check_not_source, claim, sha256_file
-from .kernel import (KERNEL_NAME, KERNEL_START_ATTEMPTS, RUN_ID_ENV, KernelDidNotStart, describe_error, ensure_kernel,
-                     kernel_options)
+from .kernel import (
+    KERNEL_NAME,
+    KERNEL_START_ATTEMPTS,
+    RUN_ID_ENV,
+    KernelDidNotStart,
+    describe_error,
+    ensure_kernel,
+    kernel_options,
+)
 from .params import read_signature
 from .records import Record, RunStore, default_path, jsonable
 

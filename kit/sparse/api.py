@@ -8,14 +8,24 @@ what runs at inference (a real sparse kernel, or the weight decompressed to dens
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn as nn
 
 from ..config import signature
 from ..errors import InvalidParameterError, NothingToCompressError, check_module
 from ..events import as_progress
-from ..nn import (WEIGHTED, is_hf_conv1d, is_linear_like, is_target, linear_weight, named_targets, set_module,
-                  tensor_bytes, unselected_reason)
+from ..nn import (
+    WEIGHTED,
+    is_hf_conv1d,
+    is_linear_like,
+    is_target,
+    linear_weight,
+    named_targets,
+    set_module,
+    tensor_bytes,
+    unselected_reason,
+)
 from ..pruning.common import PARAMETRIZATION_NOTE, in_model_order, plain_copy
 from ..report import Action, LayerReport, Report, Result
 from .config import EXECUTION_CHOICES, FORMAT_CHOICES, SparsifyConfig  # noqa: F401  (EXECUTION_CHOICES re-exported)

@@ -23,7 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import InvalidParameterError, InvalidTypeError, check_choice, check_positive
+from ..errors import (
+    InvalidParameterError,
+    InvalidTypeError,
+    check_choice,
+    check_positive,
+)
 from ..zoo.models import cache_dir, register_builder, tag_builder
 
 ATTENTION = ("sdpa", "eager")
