@@ -64,7 +64,7 @@ def claim(spec: RunSpec) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another run"
+            holder = _holder(fd) or "another run"
             raise RunFolderError(f"run folder {run_dir} is in use by {holder}; wait for it to finish or "
                                  f"choose another --name") from None
         _check_reusable(spec, run_dir)  # again: it may have changed before the lock was ours
@@ -73,6 +73,19 @@ def claim(spec: RunSpec) -> Iterator[Path]:
         yield run_dir
     finally:
         os.close(fd)  # releases the lock
+
+
+def _holder(fd: int, wait_s: float = 2.0) -> str:
+    """Who holds the lock, as its holder wrote it. The holder writes its name just after taking
+    the lock, so a run that lost the race by microseconds waits briefly for the name."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.02)
 
 
 def _open_lock(spec: RunSpec, run_dir: Path) -> int:
