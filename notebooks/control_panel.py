@@ -44,9 +44,9 @@ seed: int = 0  # seeds the digits model (seed 0 is cached; others train one firs
 import json
 
 from slimkit.data import load_digits
-from slimkit.zoo import pretrained_digits
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets import Panel
+from slimkit.zoo import pretrained_digits
 
 notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
 data = load_digits(seed=0)  # the split the digits models were trained on

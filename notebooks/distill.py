@@ -33,7 +33,9 @@
 # %% tags=["parameters"]
 seed: int = 0  # seeds the teacher's training, fine-tuning and distillation
 device: str = "cpu"  # where latency is measured: cpu, cuda or cuda:N (accuracy is computed on the CPU)
-arch: str = "cnn"  # the digits teacher: one of cnn, mlp
+latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
+timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
+timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
 
 width: float = 0.5  # student width relative to the teacher, in (0, 1]
 temperature: float = 4.0  # softens both distributions, in (0, 100]
@@ -43,10 +45,7 @@ epochs: int = 6  # training epochs, in [1, 500]
 lr: float = 0.005  # learning rate (Adam), in (0, 1]
 fraction: float = 1.0  # share of the training set used (soft targets matter most on little data), in (0, 1]
 baseline: bool = True  # also train the same student on labels only
-
-latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
-timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
-timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
+arch: str = "cnn"  # the digits teacher: one of cnn, mlp
 
 # %%
 from IPython.display import Markdown, display
@@ -54,17 +53,17 @@ from plotly.subplots import make_subplots
 
 import slimkit
 from slimkit.data import load_digits
-from slimkit.zoo import pretrained_digits
 from slimkit.runs.html import markdown_table
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import show_static
+from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
-data = load_digits(seed=0)  # the split the cached teachers were trained on: the test set stays unseen
-teacher = pretrained_digits(arch, seed=seed)  # trained here on scikit-learn's digits, cached after the first run
+# the digits split the cached teachers were trained on (the test set stays unseen), and the teacher,
+# trained here on scikit-learn's digits and cached after the first run
+data, teacher = load_digits(seed=0), pretrained_digits(arch, seed=seed)
 teacher_acc = slimkit.evaluate(teacher, data.test)["accuracy"]
-print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, "
-      f"{slimkit.size(teacher):,} bytes saved, test accuracy {teacher_acc:.1%}")
+print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, test accuracy {teacher_acc:.1%}")
 
 # %%
 from slimkit.data import subset

@@ -35,7 +35,9 @@
 # %% tags=["parameters"]
 seed: int = 0  # seeds the teacher's training, fine-tuning and distillation
 device: str = "cpu"  # where latency is measured: cpu, cuda or cuda:N (accuracy is computed on the CPU)
-arch: str = "cnn"  # the digits teacher: one of cnn, mlp
+latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
+timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
+timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
 
 quant_bits: list = [8, 4]  # weight bits of the quantized variants (per-channel, symmetric), each in 2..8
 prune_sparsity: float = 0.9  # unstructured pruning: fraction of the weights zeroed, in [0, 1)
@@ -50,28 +52,25 @@ distill_lr: float = 0.005  # distillation learning rate (Adam), in (0, 1]
 temperature: float = 4.0  # distillation temperature, in (0, 100]
 alpha: float = 0.7  # weight of the teacher's soft targets (0: labels only), in [0, 1]
 sparse_format: str = "auto"  # how the pruned weights are stored: one of auto, csr, bitmask
-
-latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
-timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
-timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
+arch: str = "cnn"  # the digits teacher: one of cnn, mlp
 
 # %%
 from IPython.display import Markdown, display
 
 import slimkit
 from slimkit.data import load_digits
-from slimkit.zoo import pretrained_digits
-from slimkit.runs.html import markdown_table
 from slimkit.runs.figures import pareto_figure
+from slimkit.runs.html import markdown_table
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import show_static
+from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
-data = load_digits(seed=0)  # the split the cached teachers were trained on: the test set stays unseen
-teacher = pretrained_digits(arch, seed=seed)  # trained here on scikit-learn's digits, cached after the first run
+# the digits split the cached teachers were trained on (the test set stays unseen), and the teacher,
+# trained here on scikit-learn's digits and cached after the first run
+data, teacher = load_digits(seed=0), pretrained_digits(arch, seed=seed)
 teacher_acc = slimkit.evaluate(teacher, data.test)["accuracy"]
-print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, "
-      f"{slimkit.size(teacher):,} bytes saved, test accuracy {teacher_acc:.1%}")
+print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, test accuracy {teacher_acc:.1%}")
 
 # %% [markdown]
 # ## The results, as they come

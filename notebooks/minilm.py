@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 import slimkit
-from slimkit.zoo import fidelity, load_minilm
-from slimkit.zoo.minilm import bundled_sentences, reference_embeddings, tokenize
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import show_static
+from slimkit.zoo import fidelity, load_minilm
+from slimkit.zoo.minilm import bundled_sentences, reference_embeddings, tokenize
 
 dev = notebook_setup(seed, device)
 fp32 = load_minilm()
@@ -88,7 +88,6 @@ fig.add_bar(x=[l.name for l in layers], y=[l.sqnr_db for l in layers], name="SQN
 fig.update_xaxes(showticklabels=False, row=1, col=2)
 fig.update_layout(template="plotly_white", height=400, showlegend=False, title=f"MiniLM int{bits} {granularity}")
 show_static(fig)
-
 
 # %% tags=["nbval-ignore-output"]
 class Ids(torch.nn.Module):

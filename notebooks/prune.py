@@ -34,7 +34,9 @@
 # %% tags=["parameters"]
 seed: int = 0  # seeds the teacher's training, fine-tuning and distillation
 device: str = "cpu"  # where latency is measured: cpu, cuda or cuda:N (accuracy is computed on the CPU)
-arch: str = "cnn"  # the digits teacher: one of cnn, mlp
+latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
+timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
+timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
 
 sparsity: float = 0.8  # fraction of weights (or, structured, of units) removed, in [0, 1)
 score: str = "magnitude"  # importance score: one of magnitude, fisher, obd, random
@@ -44,10 +46,7 @@ steps: int = 1  # prune in this many steps (cubic schedule), fine-tuning in betw
 finetune_epochs: int = 1  # fine-tuning epochs per step (0: none), in [0, 100]
 scores: list = ["magnitude", "fisher", "obd", "random"]  # scores compared at the end (no fine-tuning)
 score_sparsities: list = [0.5, 0.9]  # sparsities of that comparison
-
-latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
-timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
-timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
+arch: str = "cnn"  # the digits teacher: one of cnn, mlp
 
 # %%
 import plotly.graph_objects as go
@@ -55,17 +54,17 @@ from IPython.display import Markdown, display
 
 import slimkit
 from slimkit.data import load_digits
-from slimkit.zoo import pretrained_digits
 from slimkit.runs.html import markdown_table
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import show_static
+from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
-data = load_digits(seed=0)  # the split the cached teachers were trained on: the test set stays unseen
-teacher = pretrained_digits(arch, seed=seed)  # trained here on scikit-learn's digits, cached after the first run
+# the digits split the cached teachers were trained on (the test set stays unseen), and the teacher,
+# trained here on scikit-learn's digits and cached after the first run
+data, teacher = load_digits(seed=0), pretrained_digits(arch, seed=seed)
 teacher_acc = slimkit.evaluate(teacher, data.test)["accuracy"]
-print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, "
-      f"{slimkit.size(teacher):,} bytes saved, test accuracy {teacher_acc:.1%}")
+print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, test accuracy {teacher_acc:.1%}")
 
 # %% [markdown]
 # ## Prune with this notebook's parameters

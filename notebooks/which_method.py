@@ -32,7 +32,9 @@
 # %% tags=["parameters"]
 seed: int = 0  # seeds the teacher's training, fine-tuning and distillation
 device: str = "cpu"  # where latency is measured: cpu, cuda or cuda:N (accuracy is computed on the CPU)
-arch: str = "cnn"  # the digits teacher: one of cnn, mlp
+latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
+timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
+timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
 
 max_drop: float = 1.0  # accuracy budget: the largest drop from the teacher allowed, in points, in [0, 100]
 max_size_kib: float = 0.0  # size budget of the saved artifact in KiB (0: no limit), in [0, 1e9]
@@ -45,28 +47,25 @@ finetune_epochs: int = 1  # fine-tuning epochs after each pruning, in [0, 100]
 finetune_lr: float = 0.001  # fine-tuning learning rate (Adam), in (0, 1]
 distill_epochs: int = 3  # distillation epochs per student, in [1, 500]
 distill_lr: float = 0.005  # distillation learning rate (Adam), in (0, 1]
-
-latency_batch: int = 64  # inputs per timed forward pass, in [1, 4096]
-timing_rounds: int = 7  # timed rounds, models alternating within each (the median is reported), in [1, 1000]
-timing_threads: int = 1  # torch threads while timing (0: torch's default), in [0, 256]
+arch: str = "cnn"  # the digits teacher: one of cnn, mlp
 
 # %%
 from IPython.display import Markdown, display
 
 import slimkit
 from slimkit.data import load_digits
-from slimkit.zoo import pretrained_digits
-from slimkit.runs.html import markdown_table
 from slimkit.runs.figures import pareto_figure
+from slimkit.runs.html import markdown_table
 from slimkit.runs.runner import notebook_setup, save_metrics
 from slimkit.widgets.plots import show_static
+from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
-data = load_digits(seed=0)  # the split the cached teachers were trained on: the test set stays unseen
-teacher = pretrained_digits(arch, seed=seed)  # trained here on scikit-learn's digits, cached after the first run
+# the digits split the cached teachers were trained on (the test set stays unseen), and the teacher,
+# trained here on scikit-learn's digits and cached after the first run
+data, teacher = load_digits(seed=0), pretrained_digits(arch, seed=seed)
 teacher_acc = slimkit.evaluate(teacher, data.test)["accuracy"]
-print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, "
-      f"{slimkit.size(teacher):,} bytes saved, test accuracy {teacher_acc:.1%}")
+print(f"{arch} teacher: {sum(p.numel() for p in teacher.parameters()):,} parameters, test accuracy {teacher_acc:.1%}")
 
 # %% [markdown]
 # ## Try every setting

@@ -30,7 +30,8 @@ def execute(nb, name: str):
 
     ensure_kernel(KERNEL)
     with tempfile.TemporaryDirectory() as tmp:  # what the notebook writes (metrics.json) stays out
-        NotebookClient(nb, kernel_name=KERNEL, timeout=900, resources={"metadata": {"path": tmp}}).execute()
+        NotebookClient(nb, kernel_name=KERNEL, timeout=900, store_widget_state=False,  # the panel: ~100 kB
+                       resources={"metadata": {"path": tmp}}).execute()
     for i, cell in enumerate(nb.cells):
         cell.id = f"{name}-{i:02d}"  # stable ids: regenerating does not churn the diff
         cell.metadata.pop("execution", None)
