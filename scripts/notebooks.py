@@ -40,6 +40,7 @@ def execute(nb, name: str):
         if IGNORE in cell.metadata.get("tags", []):
             cell.outputs = []
             continue
+        cell.outputs = coalesce(cell.outputs)
         for out in cell.outputs:
             if out.output_type == "stream" and out.name == "stderr":
                 raise RuntimeError(f"{name}.py cell {i} writes to stderr, which nbval would compare: "
@@ -47,6 +48,18 @@ def execute(nb, name: str):
             if out.output_type == "error":
                 raise RuntimeError(f"{name}.py cell {i} failed: {out.ename}: {out.evalue}")
     return nb
+
+
+def coalesce(outputs: list) -> list:
+    """Consecutive prints as one stream output: how the kernel split them depends on timing."""
+    merged = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if last is not None and out.output_type == last.output_type == "stream" and out.name == last.name:
+            last.text += out.text
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(names: list[str]) -> None:
