@@ -1,6 +1,7 @@
 """What a method did, layer by layer: the second half of every method's result."""
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -127,12 +128,23 @@ class Report:
         extra = "".join(f"\n{k}: {v}" for k, v in self.summary.items())
         return title + "\n" + "\n".join(lines) + extra
 
+    def to_markdown(self) -> str:
+        """A Markdown table with a row for every layer (the notebooks show it with
+        ``display(Markdown(report.to_markdown()))``). Cells are escaped: a layer name or note
+        renders as the characters it holds, never as HTML or Markdown syntax."""
+        head = ["layer", "kind", "action", "params", "bytes", "sparsity", "SQNR", "note"]
+        rows = [[l.name, l.kind, l.action, f"{l.params_before:,} → {l.params_after:,}",
+                 f"{l.bytes_before:,} → {l.bytes_after:,}",
+                 "" if l.sparsity is None else f"{l.sparsity:.1%}",
+                 "" if l.sqnr_db is None else f"{l.sqnr_db:.1f} dB", l.reason] for l in self.layers]
+        lines = ["| " + " | ".join(map(_md_cell, r)) + " |" for r in [head, *rows]]
+        lines.insert(1, "|" + "---|" * len(head))
+        return "\n".join(lines) + "\n"
+
     def __str__(self) -> str:
         return self.table()
 
     def _repr_html_(self) -> str:
-        import html
-
         cells = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                 l.name, l.kind, l.action, l.params_before, l.params_after, l.bytes_before, l.bytes_after,
@@ -151,6 +163,18 @@ class Result(NamedTuple):
 
     model: nn.Module
     report: Report
+
+
+# Markdown table syntax a cell must not carry: a pipe ends the cell, a backtick opens a code span,
+# brackets make links, a backslash escapes, a newline ends the row. (The rule of
+# slimkit.runs.html.md_text, which the core may not import.)
+_MD_SPECIALS = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
+                              "\n": " ", "\r": " "})
+
+
+def _md_cell(v: Any) -> str:
+    """``v`` as literal Markdown table text (raw HTML escaped: Markdown would pass it through)."""
+    return html.escape(str(v), quote=False).translate(_MD_SPECIALS)
 
 
 def _jsonable(o: Any) -> Any:
