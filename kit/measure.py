@@ -220,3 +220,11 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[table.Colu
     ``columns``: (key, heading, format) triples; extra keys such as a "note" may be added."""
     head, cells = table.formatted(rows, columns or COLUMNS)
     return table.text(head, cells, align="l" + "r" * (len(head) - 1))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
+    """Indices of the points no other point beats in both coordinates (smaller is better)."""
+    def beaten(a: tuple[float, float]) -> bool:
+        return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
+
+    return {i for i, p in enumerate(points) if not beaten(p)}

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .config import Word
 from .nn import own_param_count, param_count, param_modules, tensor_bytes
+from .table import markdown, text
 
 
 class Action(Word):
@@ -111,22 +112,15 @@ class Report:
     def table(self) -> str:
         """A plain-text table (the CLI and ``print(report)``)."""
         head = ["layer", "kind", "action", "params", "bytes", "sparsity", "SQNR dB", "note"]
-        rows = [head]
-        for l in self.layers:
-            rows.append([
-                l.name, l.kind, l.action,
-                f"{l.params_before}->{l.params_after}" if l.params_before != l.params_after else str(l.params_after),
-                f"{l.bytes_before}->{l.bytes_after}",
-                "" if l.sparsity is None else f"{l.sparsity:.1%}",
-                "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}",
-                l.reason,
-            ])
-        widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        rows = [[l.name, l.kind, l.action,
+                 f"{l.params_before}->{l.params_after}" if l.params_before != l.params_after else str(l.params_after),
+                 f"{l.bytes_before}->{l.bytes_after}",
+                 "" if l.sparsity is None else f"{l.sparsity:.1%}",
+                 "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}",
+                 l.reason] for l in self.layers]
         title = f"{self.method} {self.params}" + ("  [SIMULATED: fake-quant in fp32]" if self.simulated else "")
         extra = "".join(f"\n{k}: {v}" for k, v in self.summary.items())
-        return title + "\n" + "\n".join(lines) + extra
+        return title + "\n" + text(head, rows) + extra
 
     def to_markdown(self) -> str:
         """A Markdown table with a row for every layer (the notebooks show it with
@@ -137,9 +131,7 @@ class Report:
                  f"{l.bytes_before:,} → {l.bytes_after:,}",
                  "" if l.sparsity is None else f"{l.sparsity:.1%}",
                  "" if l.sqnr_db is None else f"{l.sqnr_db:.1f} dB", l.reason] for l in self.layers]
-        lines = ["| " + " | ".join(map(_md_cell, r)) + " |" for r in [head, *rows]]
-        lines.insert(1, "|" + "---|" * len(head))
-        return "\n".join(lines) + "\n"
+        return markdown(head, rows) + "\n"
 
     def __str__(self) -> str:
         return self.table()
@@ -168,15 +160,6 @@ class Result(NamedTuple):
 # Markdown table syntax a cell must not carry: a pipe ends the cell, a backtick opens a code span,
 # brackets make links, a backslash escapes, a newline ends the row. (The rule of
 # slimkit.runs.html.md_text, which the core may not import.)
-_MD_SPECIALS = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
-                              "\n": " ", "\r": " "})
-
-
-def _md_cell(v: Any) -> str:
-    """``v`` as literal Markdown table text (raw HTML escaped: Markdown would pass it through)."""
-    return html.escape(str(v), quote=False).translate(_MD_SPECIALS)
-
-
 def _jsonable(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

@@ -60,8 +60,8 @@ from IPython.display import Markdown, display
 import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.figures import pareto_figure
-from slimkit.runs.html import markdown_table
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.table import markdown_table
 from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 

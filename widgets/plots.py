@@ -21,6 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from slimkit.measure import pareto_front
 from slimkit.runs.html import plot_text  # user strings in titles, ticks and hover: shown as text
 
 HEIGHT = 300
@@ -198,15 +199,6 @@ class Plots:
 
     def has_data(self, name: str) -> bool:
         return any(len(t.x or ()) for t in getattr(self, name).data)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
-    """Indices of points no other point beats in both coordinates (smaller is better)."""
-    front = set()
-    for i, (a, b) in enumerate(points):
-        if not any((c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(points) if j != i):
-            front.add(i)
-    return front
 
 
 # -- headless rendering -----------------------------------------------------------------

@@ -8,20 +8,13 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..measure import pareto_front
 from .html import plot_text
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
 # (key, scale to the axis unit, axis title) of the two panels, accuracy on the y axis of both
 _PANELS = (("size_bytes", 1 / 1024, "saved artifact (KiB, log scale)"),
            ("latency_ms", 1.0, "latency per batch (ms, log scale)"))
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
-    """Indices of the points no other point beats in both coordinates (smaller is better)."""
-    def beaten(a: tuple[float, float]) -> bool:
-        return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
-
-    return {i for i, p in enumerate(points) if not beaten(p)}
 
 
 def pareto_figure(points: Sequence[dict[str, Any]], title: str, device: Any = "cpu") -> go.Figure:

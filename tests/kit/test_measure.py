@@ -82,3 +82,8 @@ def test_compressed_models_count_the_parameters_they_store_in_buffers(mlp):
     assert param_count(q) == n and param_count(s) == n  # ...but every weight and bias is counted
     slim, _ = slimkit.prune(mlp, 0.5, structured=True, data=(torch.rand(4, 1, 8, 8), torch.zeros(4).long()))
     assert param_count(slim) < n / 2
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    assert compare.pareto_front([(1, 5), (2, 2), (3, 3), (5, 1), (2, 2)]) == {0, 1, 3, 4}  # ties both stay
+    assert compare.pareto_front([]) == set()

@@ -1,13 +1,8 @@
 """The figures the tutorials share (slimkit.runs.figures) and Report.to_markdown, which replaced
 the helpers pasted into the notebooks."""
 from slimkit.report import LayerReport, Report
-from slimkit.runs.figures import pareto_figure, pareto_front
-from slimkit.runs.html import markdown_table
-
-
-def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
-    assert pareto_front([(1, 5), (2, 2), (3, 3), (5, 1), (2, 2)]) == {0, 1, 3, 4}  # ties both stay
-    assert pareto_front([]) == set()
+from slimkit.runs.figures import pareto_figure
+from slimkit.table import markdown_table
 
 
 def test_pareto_figure_draws_each_group_and_the_front_on_both_panels():
