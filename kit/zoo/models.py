@@ -87,6 +87,10 @@ def cache_dir() -> Path:
 
 
 TRAIN_RECIPE = {"epochs": 30, "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "version": 1}
+# CPU float sums split across threads round differently with their number, so a teacher trained
+# with 1 thread differs from one trained with 2: training always uses this many, whoever calls
+# (a test that left torch at 1 thread trained a teacher the notebooks' stored outputs do not match).
+TRAIN_THREADS = 2
 
 
 def pretrained_digits(arch: str = "cnn", seed: int = 0, *, callbacks=None, stop=None,
@@ -94,6 +98,7 @@ def pretrained_digits(arch: str = "cnn", seed: int = 0, *, callbacks=None, stop=
     """A digits classifier trained here (deterministic by seed), cached after the first call."""
     from .. import artifact
     from ..data import load_digits
+    from ..measure import threads
     from ..training import fit
 
     check_choice("arch", arch, ("cnn", "mlp"))
@@ -110,7 +115,8 @@ def pretrained_digits(arch: str = "cnn", seed: int = 0, *, callbacks=None, stop=
         model = build(f"digits_{arch}")
     data = load_digits(seed=0)
     recipe = {k: v for k, v in TRAIN_RECIPE.items() if k != "version"}
-    fit(model, data.train, seed=seed, stage=f"train digits_{arch}", callbacks=callbacks, stop=stop, **recipe)
+    with threads(TRAIN_THREADS):
+        fit(model, data.train, seed=seed, stage=f"train digits_{arch}", callbacks=callbacks, stop=stop, **recipe)
     model.eval()
     artifact.save(model, path)  # atomic: concurrent runs never read a half-written cache file
     return model
