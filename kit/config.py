@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
-from .errors import InvalidParameterError, InvalidTypeError, check_choice, check_int
-
-KINDS = ("int", "float", "choice", "bool", "names", "any")
-
+from .errors import InvalidParameterError, InvalidTypeError, check_choice
 
 class Word(str, Enum):
     """A closed vocabulary (statuses, actions, execution kinds): typed for control flow, yet a str
@@ -72,11 +69,11 @@ class Setting:
         if value is None and (self.optional or self.kind == "names"):
             return None
         if self.kind == "int":
-            if self.wording and (isinstance(value, bool) or not isinstance(value, int)):
-                raise InvalidTypeError(name, value, self.wording)
-            if self.wording and not self.low <= value <= self.high:
-                raise InvalidParameterError(name, value, self.wording)
-            return check_int(name, value, int(self.low), int(self.high))
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidTypeError(name, value, self.allowed())
+            if not self.low <= value <= self.high:
+                raise InvalidParameterError(name, value, self.allowed())
+            return value
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidTypeError(name, value, self.allowed())

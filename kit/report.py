@@ -157,9 +157,6 @@ class Result(NamedTuple):
     report: Report
 
 
-# Markdown table syntax a cell must not carry: a pipe ends the cell, a backtick opens a code span,
-# brackets make links, a backslash escapes, a newline ends the row. (The rule of
-# slimkit.runs.html.md_text, which the core may not import.)
 def _jsonable(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

@@ -52,6 +52,12 @@ def md_text(v: Any) -> str:
     return html.escape(plain(v), quote=False).translate(_MD_SPECIALS)
 
 
+def plot_text(v: Any) -> str:
+    """``v`` for plotly titles, labels and hover text, which render a subset of HTML tags:
+    shown literally. (Quotes stay: plotly decodes only a few named entities.)"""
+    return html.escape(str(v), quote=False)
+
+
 def text(header: Sequence[Any], rows: Sequence[Sequence[Any]], *, align: str | None = None) -> str:
     """A plain-text table: columns two spaces apart, a dashed rule under the header, no trailing
     blanks. ``align``: one "l" or "r" per column (default: all left)."""

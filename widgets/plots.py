@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from slimkit.measure import pareto_front
-from slimkit.runs.html import plot_text  # user strings in titles, ticks and hover: shown as text
+from slimkit.table import plot_text  # user strings in titles, ticks and hover: shown as text
 
 HEIGHT = 300
 WIDTHS = {"curves": 500, "sweep": 500, "sensitivity": 500, "histogram": 500, "pareto": 620}

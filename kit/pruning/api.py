@@ -76,7 +76,6 @@ def _job(model: nn.Module, config: PruneConfig, data, loss_fn, tune: Finetune | 
     elif data is not None:
         batches(data)  # type check now, not halfway through
     if tune is not None:
-        batches(tune.data)
         importance.check_batch("finetune", model, tune.data, loss_fn)
     params = dict(sparsity=config.sparsity, score=config.score, structured=config.structured, scope=config.scope,
                   steps=config.steps, finetune=None if tune is None else {"epochs": tune.epochs, "lr": tune.lr},

@@ -31,7 +31,7 @@ def matrices(layer: nn.Module) -> dict[str, torch.Tensor]:
     stored transposed), the computed weight of a parametrized layer, each weight matrix of an RNN."""
     if isinstance(layer, nn.RNNBase):
         return {n: p for n, p in layer.named_parameters(recurse=False) if n.startswith("weight")}
-    return {"weight": linear_weight(layer) if is_linear_like(layer) else layer.weight}
+    return {"weight": linear_weight(layer)}  # the weight itself for anything but transformers' Conv1D
 
 
 def weight_count(layer: nn.Module) -> int:

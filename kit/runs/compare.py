@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..table import markdown_table
-from .html import plot_text
+from ..table import plot_text
 from .records import Record, varying_keys
 
 

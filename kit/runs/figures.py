@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..measure import pareto_front
-from .html import plot_text
+from ..table import plot_text
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
 # (key, scale to the axis unit, axis title) of the two panels, accuracy on the y axis of both

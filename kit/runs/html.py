@@ -1,4 +1,4 @@
-"""Reports from runs: a notebook as self-contained HTML, and text escaped for Markdown and plotly.
+"""Reports from runs: a notebook as self-contained HTML (its escaping helpers live in slimkit.table).
 
 Headless ``fig.show()`` stores only plotly's JSON mime type, which nbconvert's HTML ignores,
 and plotly's HTML renderers load plotly.js from a CDN (these machines may be offline).
@@ -8,11 +8,7 @@ themselves stay small. Notebook libraries are imported inside the functions.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
-from typing import Any
-
-from ..table import markdown_table, md_text  # noqa: F401  (the notebooks and the CLI import them from here)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
@@ -57,9 +53,3 @@ def export_html(notebook: str | Path, html_path: str | Path | None = None) -> Pa
     body, _ = exporter.from_notebook_node(nb)
     html_path.write_text(body, encoding="utf-8")
     return html_path
-
-
-def plot_text(v: Any) -> str:
-    """``v`` for plotly titles, labels and hover text, which render a subset of HTML tags:
-    shown literally. (Quotes stay: plotly decodes only a few named entities.)"""
-    return html.escape(str(v), quote=False)

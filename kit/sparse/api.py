@@ -28,8 +28,8 @@ from ..nn import (
 )
 from ..pruning.common import PARAMETRIZATION_NOTE, in_model_order, plain_copy
 from ..report import Action, LayerReport, Report, Result
-from .config import EXECUTION_CHOICES, FORMAT_CHOICES, SparsifyConfig  # noqa: F401  (EXECUTION_CHOICES re-exported)
-from .formats import format_bytes, holds_2_4
+from .config import SparsifyConfig
+from .formats import FORMATS, format_bytes, holds_2_4
 from .layers import SparseConv, SparseEmbedding, SparseLinear
 
 # Sparsity from which torch's CSR matmul beats dense on CPU (benchmarks/sparse_study.py:
@@ -238,7 +238,7 @@ class _Pass:
             "weight_bytes_bitmask": totals["bitmask"],
             "compression": totals["dense"] / max(totals["stored"], 1),
             "formats": {f: sum(l.details.get("format") == f for l in report.changed)
-                        for f in ("dense", *FORMAT_CHOICES[:3])},
+                        for f in ("dense", *FORMATS)},
             "execution": {e: executions.count(e) for e in sorted(set(executions))},
             "note": "layers that execute 'dense' decompress once on first use: storage shrinks, compute does not",
         }
@@ -258,7 +258,7 @@ def _impose_2_4(w: torch.Tensor) -> torch.Tensor:
 def _matrix(module: nn.Module) -> torch.Tensor:
     """The weight as sparse storage views it: (out, in) for Linear-likes (a Conv1D's is
     transposed), the stored weight otherwise."""
-    return linear_weight(module) if is_linear_like(module) else module.weight
+    return linear_weight(module)  # the weight itself for anything but transformers' Conv1D
 
 
 def _numel(tensors) -> int:

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 from ..config import Config, choice, names, number
 from ..errors import InvalidParameterError
+from .formats import FORMATS
 
-FORMAT_CHOICES = ("csr", "bitmask", "2:4", "auto")
+FORMAT_CHOICES = (*FORMATS, "auto")
 EXECUTION_CHOICES = ("auto", "dense", "sparse")
 
 

@@ -97,7 +97,7 @@ def run(seed: int = 0, device: str = "cpu", *, quick: bool = False, batch: int =
 
 
 def _run(seed, device, quick, batch, num_threads, callbacks, log) -> list[dict]:
-    from ..zoo.models import pretrained_digits
+    from .models import pretrained_digits
 
     settings = Settings.quick() if quick else Settings()
     digits = load_digits(seed=0)

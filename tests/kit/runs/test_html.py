@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 import nbformat
 import pytest
 
+from slimkit import table
 from slimkit.runs import html as reporting
 from slimkit.runs.compare import compare_runs
 from slimkit.runs.records import Record
@@ -50,7 +51,7 @@ def _markdown_html(md: str) -> str:
 def test_markdown_table_cells_render_as_their_literal_text():
     row = {f"col{i}": p for i, p in enumerate(PAYLOADS)}
     row[PAYLOADS[0]] = 1.5  # a header too
-    parsed = _parse(_markdown_html(reporting.markdown_table([row])))
+    parsed = _parse(_markdown_html(table.markdown_table([row])))
     assert set(parsed.tags) <= {"table", "thead", "tbody", "tr", "th", "td"}, parsed.tags
     head, cells = parsed.cells[:len(row)], parsed.cells[len(row):]
     assert head == list(row)
@@ -89,7 +90,7 @@ def test_exported_html_shows_payloads_as_text(tmp_path):
     import plotly.graph_objects as go
 
     bad = PAYLOADS[0] + PAYLOADS[1]
-    md = reporting.markdown_table([{"run": bad, "accuracy": 0.5}])
+    md = table.markdown_table([{"run": bad, "accuracy": 0.5}])
     fig = go.Figure(go.Scatter(x=[1], y=[2], name=bad, hovertext=[bad]), layout=dict(title=bad)).to_plotly_json()
     path = tmp_path / "r.ipynb"
     nbformat.write(_notebook_with_outputs(md, fig), path)
@@ -102,6 +103,6 @@ def test_exported_html_shows_payloads_as_text(tmp_path):
 
 
 def test_plot_text_and_md_text_leave_plain_values_alone():
-    assert reporting.md_text("val_accuracy 0.5 (int8)") == "val_accuracy 0.5 (int8)"
-    assert reporting.md_text(0.123456) == "0.1235" and reporting.md_text(None) == ""
-    assert reporting.plot_text('a "b" <i>') == 'a "b" &lt;i&gt;'
+    assert table.md_text("val_accuracy 0.5 (int8)") == "val_accuracy 0.5 (int8)"
+    assert table.md_text(0.123456) == "0.1235" and table.md_text(None) == ""
+    assert table.plot_text('a "b" <i>') == 'a "b" &lt;i&gt;'
