@@ -227,7 +227,7 @@ def check_entry(where: str, entry, payload: torch.Tensor) -> tuple[torch.dtype, 
         raise ArtifactError(f"{where} has unknown coder {coder!r}; known: {list(CODERS)}")
     if dtype not in DTYPES:
         raise ArtifactError(f"{where} has dtype {dtype!r}; coded tensors are one of {list(DTYPES)}")
-    if coder == "zstd" and symbols != "bytes" or symbols not in SYMBOLS or dtype not in SYMBOLS[symbols]:
+    if not (symbols == "bytes" if coder == "zstd" else symbols in SYMBOLS and dtype in SYMBOLS[symbols]):
         raise ArtifactError(f"{where}: {coder} cannot code {dtype} as {symbols!r}")
     if not (isinstance(shape, list) and len(shape) <= 8 and all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= _BIG for s in shape)):
@@ -265,7 +265,7 @@ def encode_all(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
         best = encode(t)
         if best is not None:
             payload, coded[key] = best
-            stored[key] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            stored[key] = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
     return stored, coded
 
 
