@@ -44,7 +44,7 @@ def test_round_trip_is_exact_and_never_larger(name):
 
 def test_the_smallest_candidate_is_kept():
     t = _tensors()["pruned int8"]
-    payload, entry = entropy.encode(t)
+    payload, _ = entropy.encode(t)
     flat = t.reshape(-1).numpy()
     others = [len(entropy._zstd_encode(flat.tobytes())), len(entropy._ans_encode(entropy._symbols(flat, "bytes")))]
     assert len(payload) == min(others)
