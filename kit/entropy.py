@@ -41,6 +41,7 @@ _MAX_TABLE = 2**16  # distinct symbols an ANS table may hold (wider tensors are 
 # zstd level 19 is up to 15% smaller than 9 on masks and packed indices, but 15x slower
 # (0.5 MB/s here): used up to 256 KiB a tensor, level 9 (10 MB/s) above
 _ZSTD_LEVELS = ((2**18, 19), (None, 9))
+_ZSTD_WINDOW = 2**23
 _BIG = 2**40
 
 
@@ -141,7 +142,8 @@ def _ans_encode(stream: np.ndarray) -> bytes | None:
     return bytes(head) + coder.get_compressed().astype("<u4").tobytes()
 
 
-def _ans_decode(payload: memoryview, n: int) -> np.ndarray:
+def _ans_decode(payload: memoryview, n: int, dtype=np.int64) -> np.ndarray:
+    """``n`` symbols as ``dtype`` (uint8 for 8-bit streams: a quarter of the memory of int64)."""
     import constriction
 
     k, pos = _get_varint(payload, 0)
@@ -162,11 +164,11 @@ def _ans_decode(payload: memoryview, n: int) -> np.ndarray:
         counts.append(c)
     if sum(counts) != n:
         raise ValueError(f"the counts add up to {sum(counts)}, not {n}")
-    table = np.array(values, dtype=np.int64)
+    table = np.array(values, dtype=np.int64).astype(dtype)  # a forged out-of-range symbol wraps: the digest sees it
     if k == 1:
         if pos != len(payload):
             raise ValueError("bytes after a one-symbol table")
-        return np.full(n, table[0], dtype=np.int64)
+        return np.full(n, table[0], dtype=dtype)
     if (len(payload) - pos) % 4:
         raise ValueError("the coded words are not whole 32-bit words")
     words = np.frombuffer(payload[pos:], dtype="<u4").astype(np.uint32)
@@ -186,7 +188,8 @@ def _zstd_encode(raw: bytes) -> bytes:
 def _zstd_decode(payload: memoryview, nbytes: int) -> bytes:
     import zstandard
 
-    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as r:
+    # the window a frame may ask for is bounded too (ours need at most 4 MiB: level 9's windowLog 22)
+    with zstandard.ZstdDecompressor(max_window_size=_ZSTD_WINDOW).stream_reader(io.BytesIO(payload)) as r:
         out = r.read(nbytes + 1)  # one byte more than declared proves a longer stream; never more
     if len(out) != nbytes:
         raise ValueError(f"decodes to {'more than ' if len(out) > nbytes else ''}{min(len(out), nbytes)} "
@@ -250,7 +253,8 @@ def decode(where: str, entry: dict, payload: torch.Tensor) -> torch.Tensor:
             flat = np.frombuffer(bytearray(_zstd_decode(buf, numel * dtype.itemsize)), dtype=np.uint8)
             flat = _unsymbols(flat, "bytes", entry["dtype"], numel)
         else:
-            flat = _unsymbols(_ans_decode(buf, _stream_len(symbols, numel)), symbols, entry["dtype"], numel)
+            narrow = np.uint8 if symbols in ("bytes", "nibbles") or entry["dtype"] == "uint8" else np.int64
+            flat = _unsymbols(_ans_decode(buf, _stream_len(symbols, numel), narrow), symbols, entry["dtype"], numel)
     except Exception as e:  # zstd, constriction and the table reader raise their own error types
         raise ArtifactError(f"{where} does not decode: {e}") from e
     return torch.from_numpy(np.ascontiguousarray(flat)).reshape(shape)

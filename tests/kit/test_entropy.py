@@ -134,3 +134,19 @@ def test_fuzzed_payloads_raise_or_decode_to_the_declared_shape():
             except ArtifactError:
                 continue
             assert out.shape == t.shape and out.dtype == t.dtype
+
+
+def test_zstd_frames_asking_for_a_large_window_are_refused():
+    """1000 zero bytes in a frame that declares a 128 MiB window: refused, not allocated."""
+    import io
+
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27)
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False) as w:
+        w.write(bytes(1000))
+    assert zstandard.get_frame_parameters(out.getvalue()).window_size == 2**27
+    entry = {"coder": "zstd", "symbols": "bytes", "dtype": "uint8", "shape": [1000]}
+    with pytest.raises(ArtifactError, match="too much memory"):
+        entropy.decode("t", entry, _bytes(out.getvalue()))
