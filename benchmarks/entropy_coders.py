@@ -45,7 +45,7 @@ def candidates(t: torch.Tensor) -> dict[str, int]:
     flat = t.contiguous().reshape(-1).numpy()
     raw = flat.tobytes()
     out = {"raw": len(raw), "zstd-9": len(zstandard.ZstdCompressor(level=9).compress(raw))}
-    if len(raw) <= 2**20:  # level 19 is 15x slower
+    if len(raw) <= 2**20:  # level 19 is 15x slower: not sized on larger tensors (then not shown)
         out["zstd-19"] = len(zstandard.ZstdCompressor(level=19).compress(raw))
     for symbols, dts in entropy.SYMBOLS.items():
         if dtype in dts:
@@ -73,16 +73,43 @@ def variants(arch: str):
     yield "sparse csr 90%", slimkit.sparsify(pruned, 0.0, format="csr").model
 
 
+def codebook_indices(model: torch.nn.Module, bits: int = 4) -> dict[str, torch.Tensor]:
+    """Stand-in for codebook quantization's stored indices until it lands: per weight, k-means
+    of the non-zero weights to 2**bits - 1 centroids, index 0 the exact zero, packed 8 // bits
+    per byte (low bits first), as a codebook layer stores them."""
+    from sklearn.cluster import KMeans
+
+    out = {}
+    for key, w in model.state_dict().items():
+        if not key.endswith("weight") or w.dim() < 2:
+            continue
+        flat = w.reshape(-1).numpy()
+        idx = np.zeros(flat.size, dtype=np.uint8)
+        nz = flat != 0
+        km = KMeans(2**bits - 1, n_init=1, random_state=0).fit(flat[nz].reshape(-1, 1))
+        idx[nz] = km.labels_.astype(np.uint8) + 1
+        per = 8 // bits
+        idx = np.pad(idx, (0, -idx.size % per)).reshape(-1, per)
+        packed = sum(idx[:, i].astype(np.uint16) << (bits * i) for i in range(per)).astype(np.uint8)
+        out[key + " indices"] = torch.from_numpy(packed)
+    return out
+
+
+def add(agg: dict, t: torch.Tensor) -> None:
+    """Add one tensor's candidate sizes to its kind's row (``c#``: on how many tensors ``c`` was sized)."""
+    agg["tensors"] += 1
+    for c, n in candidates(t).items():
+        agg[c] += n
+        agg[f"{c}#"] += 1
+
+
 def measure(name: str, model: torch.nn.Module, per_kind: dict) -> dict:
     t0 = time.perf_counter()
     coded = slimkit.size(model, entropy=True)
     seconds = time.perf_counter() - t0
     for key, t in model.state_dict().items():
         if entropy._dtype_name(t) and t.numel():
-            sizes = candidates(t)
-            agg = per_kind[(name, kind_of(key, t))]
-            for c, n in sizes.items():
-                agg[c] += n
+            add(per_kind[(name, kind_of(key, t))], t)
     return {"model": name, "plain": slimkit.size(model), "entropy": coded, "encode_s": seconds}
 
 
@@ -98,6 +125,11 @@ def main(argv=None) -> None:
             row = measure(f"digits {arch} {name}", model, per_kind)
             row["fp32"] = fp32
             files.append(row)
+        pruned = slimkit.prune(pretrained_digits(arch), 0.9).model
+        for bits in (4, 2):
+            row = (f"digits {arch} pruned 90% + {bits}-bit codebook (sketch)", f"indices ({bits}-bit packed)")
+            for t in codebook_indices(pruned, bits).values():
+                add(per_kind[row], t)
     if args.minilm:
         from slimkit.zoo import load_minilm
 
@@ -118,8 +150,9 @@ def main(argv=None) -> None:
             "huffman/values", "ans/values", "huffman/delta", "ans/delta"]
     print("| model | tensor kind | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
-    for (model, kind), sizes in per_kind.items():
-        best = min(v for k, v in sizes.items())
+    for (model, kind), agg in per_kind.items():
+        sizes = {c: n for c, n in agg.items() if agg.get(f"{c}#") == agg["tensors"]}  # sized on every tensor
+        best = min(sizes.values())
         cells = [("**{:,}**" if sizes[c] == best else "{:,}").format(sizes[c]) if c in sizes else "" for c in cols]
         print(f"| {model} | {kind} | " + " | ".join(cells) + " |")
 
