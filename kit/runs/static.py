@@ -183,7 +183,7 @@ def svg(figure: Any, width: float = 9.0) -> str:
                    fontsize=8, frameon=False)
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "slimkit", "svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")  # the legend in full
     return buf.getvalue()
 
 
