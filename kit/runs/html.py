@@ -59,8 +59,9 @@ def summary_html(record: Any) -> str:
     r = record.to_dict() if hasattr(record, "to_dict") else dict(record)
     e = html.escape
     status = str(r.get("status") or "?")
-    metrics = {k: v for k, v in (r.get("metrics") or {}).items()
-               if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    params = r.get("params") or {}
+    metrics = {k: v for k, v in (r.get("metrics") or {}).items()  # not echoes of a parameter (seed)
+               if not k.startswith("_") and k not in params and isinstance(v, (int, float)) and not isinstance(v, bool)}
     shown = list(metrics.items())[:KEY_METRICS]
     hw = r.get("hardware") or {}
     gpus = ", ".join(str(g.get("name", "?")) for g in hw.get("gpus", []) if isinstance(g, dict))
@@ -75,7 +76,7 @@ def summary_html(record: Any) -> str:
             ("duration", e(f"{duration:.1f} s" if isinstance(duration, (int, float)) else "?")),
             ("hardware", e(hardware)),
             ("parameters", ", ".join(f"<code>{e(str(k))} = {e(repr(v))}</code>"
-                                     for k, v in (r.get("params") or {}).items()) or "none"),
+                                     for k, v in params.items()) or "none"),
             ("key metrics", ", ".join(f"{e(k)} <b>{e(_number(v))}</b>" for k, v in shown)
              + (f" (+{len(metrics) - len(shown)} more in metrics.json)" if len(metrics) > len(shown) else "")
              or "none recorded")]
