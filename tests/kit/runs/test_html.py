@@ -144,7 +144,8 @@ def test_the_report_opens_with_an_escaped_summary_of_the_run(tmp_path):
     img = PAYLOADS[1]  # a file name holds no "/"
     rec = Record(id="20250101-000000-abcdef", key="k", notebook=f"/nb/{img}.ipynb", params={"bits": 4, "tag": bad},
                  status="failed", error=f"RuntimeError: {bad}", duration_s=12.34, output_dir="/runs/my-run",
-                 metrics={"accuracy": 0.9712, "size_bytes": 1024, "nan": float("nan"), bad: 1, "_error": "x", "bits": 4},
+                 metrics={"accuracy": 0.9712, "size_bytes": 1024, "nan": float("nan"), bad: 1, "_error": "x",
+                          "bits": 4},
                  hardware={"cpu_model": bad, "cpu_usable_cores": 2, "packages": {"torch": "2.13.0"}})
     path = tmp_path / "r.ipynb"
     nbformat.write(_notebook_with_outputs("# the notebook", _figure("f")), path)
