@@ -54,8 +54,8 @@ from plotly.subplots import make_subplots
 import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -100,7 +100,7 @@ for i, (name, r) in enumerate(runs.items()):
                     line=dict(color=color), row=1, col=2)
 fig.update_xaxes(title_text="epoch")
 fig.update_layout(template="plotly_white", height=400, title=f"student x{width:g}: distilled vs labels only")
-show_static(fig)
+show(fig)
 
 # %% tags=["nbval-ignore-output"]
 lat = slimkit.latency({"base": teacher, "new": runs["distilled"]["model"]}, data.test.X[:latency_batch],

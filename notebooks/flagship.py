@@ -61,8 +61,8 @@ import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.figures import pareto_figure
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -154,7 +154,7 @@ display(Markdown(markdown_table([{
 
 # %% tags=["nbval-ignore-output"]
 fig = pareto_figure(rows, "digits CNN: accuracy vs size and latency", dev)
-show_static(fig)  # a static figure: plotly JSON + offline HTML (no widget state, no CDN)
+show(fig)  # plotly JSON (interactive in JupyterLab) + a small SVG (reports, other viewers; no CDN)
 
 # %%
 metrics = {"seed": seed, "device": str(dev), "teacher_accuracy": teacher_acc}

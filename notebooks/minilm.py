@@ -54,7 +54,7 @@ from plotly.subplots import make_subplots
 
 import slimkit
 from slimkit.runs.runner import notebook_setup, save_metrics
-from slimkit.widgets.plots import show_static
+from slimkit.runs.static import show
 from slimkit.zoo import fidelity, load_minilm
 from slimkit.zoo.minilm import bundled_sentences, reference_embeddings, tokenize
 
@@ -87,7 +87,7 @@ fig.add_histogram(x=cos.tolist(), nbinsx=40, name="cosine", row=1, col=1)
 fig.add_bar(x=[l.name for l in layers], y=[l.sqnr_db for l in layers], name="SQNR", row=1, col=2)
 fig.update_xaxes(showticklabels=False, row=1, col=2)
 fig.update_layout(template="plotly_white", height=400, showlegend=False, title=f"MiniLM int{bits} {granularity}")
-show_static(fig)
+show(fig)
 
 # %% tags=["nbval-ignore-output"]
 class Ids(torch.nn.Module):

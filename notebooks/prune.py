@@ -55,8 +55,8 @@ from IPython.display import Markdown, display
 import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -111,7 +111,7 @@ for s in scores:
 fig.add_hline(y=100 * teacher_acc, line_dash="dot", annotation_text="unpruned")
 fig.update_layout(title="one-shot pruning without fine-tuning: accuracy vs sparsity",
                   xaxis_title="sparsity (%)", yaxis_title="test accuracy (%)", template="plotly_white", height=400)
-show_static(fig)
+show(fig)
 
 # %%
 metrics = {"seed": seed, "device": str(dev), "teacher_accuracy": teacher_acc, "accuracy": p["accuracy"],

@@ -54,8 +54,8 @@ from plotly.subplots import make_subplots
 import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -121,7 +121,7 @@ for label, w in (("fp32", before), (f"int{bits}", after)):
     fig.add_bar(x=((edges[:-1] + edges[1:]) / 2).tolist(), y=counts.tolist(), name=label, opacity=0.6,
                 row=1, col=2)
 fig.update_layout(barmode="overlay", template="plotly_white", height=400, title=f"int{bits} {granularity} {scheme}")
-show_static(fig)
+show(fig)
 
 # %% [markdown]
 # ## How many bits?
@@ -147,7 +147,7 @@ for g in ("per_tensor", "per_channel"):
 fig.add_hline(y=100 * teacher_acc, line_dash="dot", annotation_text="fp32")
 fig.update_layout(title="accuracy vs weight bits", xaxis_title="bits", yaxis_title="test accuracy (%)",
                   template="plotly_white", height=400)
-show_static(fig)
+show(fig)
 
 # %%
 metrics = {"seed": seed, "device": str(dev), "teacher_accuracy": teacher_acc, "accuracy": q["accuracy"],

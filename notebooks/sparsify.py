@@ -51,8 +51,8 @@ from IPython.display import Markdown, display
 import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -112,7 +112,7 @@ for f in ("csr", "bitmask", "auto"):
                     mode="lines+markers", name=f)
 fig.update_layout(title="saved size vs sparsity", xaxis_title="sparsity (%)", yaxis_title="KiB",
                   template="plotly_white", height=400)
-show_static(fig)
+show(fig)
 
 # %% tags=["nbval-ignore-output"]
 lat = slimkit.latency({"base": teacher, "new": sparse}, data.test.X[:latency_batch],

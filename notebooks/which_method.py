@@ -56,8 +56,8 @@ import slimkit
 from slimkit.data import load_digits
 from slimkit.runs.figures import pareto_figure
 from slimkit.runs.runner import notebook_setup, save_metrics
+from slimkit.runs.static import show
 from slimkit.table import markdown_table
-from slimkit.widgets.plots import show_static
 from slimkit.zoo import pretrained_digits
 
 dev = notebook_setup(seed, device)  # seeds every RNG, deterministic algorithms, checks the device exists
@@ -107,7 +107,7 @@ floor = 100 * teacher_acc - max_drop
 fig.add_hline(y=floor, line_dash="dash", line_color="red", annotation_text=f"budget: -{max_drop:g} points")
 if max_size_kib:
     fig.add_vline(x=max_size_kib, line_dash="dash", line_color="red", row=1, col=1)
-show_static(fig)
+show(fig)
 
 # %% [markdown]
 # ## The pick

@@ -15,8 +15,9 @@ status=0
 run="$OUT/flagship"
 echo
 echo "flagship run: $(( $(date +%s) - start )) s (setup excluded)"
-echo "  output notebook  $run/flagship.ipynb"
-echo "  HTML report      $run/flagship.html   (open in a browser; works offline)"
+size() { [ -f "$1" ] && du -h "$1" | cut -f1 || echo "missing"; }
+echo "  output notebook  $run/flagship.ipynb   ($(size "$run/flagship.ipynb"))"
+echo "  HTML report      $run/flagship.html   ($(size "$run/flagship.html"); open in a browser; works offline)"
 echo "  metrics          $run/metrics.json"
 echo "  run record       $run/record.json, and a row in $OUT/records.sqlite:  .venv/bin/slimkit runs --out $OUT"
 if [ "$status" -eq 0 ]; then

@@ -5,9 +5,10 @@ and store the outputs nbval compares against:
     .venv/bin/python scripts/notebooks.py prune       # just prune.ipynb
 
 Each notebook is executed once with its defaults in the project kernel (``slimkit``), in a scratch
-folder, and saved with its outputs, except those of cells tagged ``nbval-ignore-output`` (plots,
-timings: they differ run to run, and plots inline ~5 MB of plotly.js), which are saved empty.
-Compared outputs must be deterministic text: this refuses to store stderr or an error in them.
+folder, and saved with its outputs. Cells tagged ``nbval-ignore-output`` (plots, timings: they differ
+run to run) keep only their displays (tables, figures as SVG + plotly JSON, no HTML), so an opened
+notebook shows its latency table and plots: nbval does not compare them. Compared outputs must
+be deterministic text: this refuses to store stderr or an error in them.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 KERNEL = "slimkit"
 IGNORE = "nbval-ignore-output"
+# displays of an ignored cell worth storing: tables and figures (not widgets: their state is not stored)
+STATIC = {"text/markdown", "image/svg+xml", "image/png", "application/vnd.plotly.v1+json"}
 
 
 def execute(nb, name: str):
@@ -38,7 +41,7 @@ def execute(nb, name: str):
         if cell.cell_type != "code":
             continue
         if IGNORE in cell.metadata.get("tags", []):
-            cell.outputs = []
+            cell.outputs = [shown(out) for out in cell.outputs if STATIC & set(out.get("data", {}))]
             continue
         cell.outputs = coalesce(cell.outputs)
         for out in cell.outputs:
@@ -48,6 +51,12 @@ def execute(nb, name: str):
             if out.output_type == "error":
                 raise RuntimeError(f"{name}.py cell {i} failed: {out.ename}: {out.evalue}")
     return nb
+
+
+def shown(out):
+    """A display as stored: no HTML twin (a plotly figure's would inline ~4.8 MB of plotly.js)."""
+    out.data.pop("text/html", None)
+    return out
 
 
 def coalesce(outputs: list) -> list:

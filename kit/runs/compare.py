@@ -1,13 +1,12 @@
 """Comparison across run records (``slimkit compare``): a CSV and a Markdown table of the runs,
-and a scatter of one metric against another as offline HTML."""
+and a scatter of one metric against another (static SVG) with the table as offline HTML."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Any
 
-from ..table import markdown_table
-from ..table import plot_text
+from ..table import markdown_table, plain, plot_text
 from .records import Record, varying_keys
 
 
@@ -52,22 +51,38 @@ def compare_runs(records: list[Record], out_dir: str | Path, *, x: str | None = 
     numeric = [c for c in cols if c not in ("duration_s",) and any(
         isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows)]
     metric_cols = [c for c in numeric if any(c in r.metrics for r in records)]
+    for axis, value in (("--x", x), ("--y", y)):
+        if value is not None and value not in numeric:
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(axis, value, "a numeric metric of these runs: " + ", ".join(metric_cols)
+                                        if metric_cols else "a numeric metric, but these runs recorded none")
     x = x or (metric_cols[0] if metric_cols else None)
     y = y or next((c for c in metric_cols if c != x), None)
     if x and y:
-        paths["html"] = _scatter(rows, x, y, out_dir / "compare.html", title)
+        paths["html"] = _page(rows, cols, x, y, out_dir / "compare.html", title)
     return paths
 
 
-def _scatter(rows: list[dict[str, Any]], x: str, y: str, path: Path, title: str) -> Path:
+def _page(rows: list[dict[str, Any]], cols: list[str], x: str, y: str, path: Path, title: str) -> Path:
+    """compare.html: the scatter as a static SVG above the table, every value escaped; tens of kB,
+    nothing loaded from the network (plotly.js inlined would be ~4.8 MB)."""
+    import html
+
     import plotly.graph_objects as go
 
+    from .static import svg
+
     ok = [r for r in rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
-    fig = go.Figure(go.Scatter(
-        x=[r[x] for r in ok], y=[r[y] for r in ok], mode="markers+text",
-        text=[plot_text(r["id"][-6:]) for r in ok], textposition="top center",
-        hovertext=["<br>".join(plot_text(f"{k}={v}") for k, v in r.items() if k != "hardware") for r in ok]))
-    fig.update_layout(title=plot_text(title), xaxis_title=plot_text(x), yaxis_title=plot_text(y),
-                      template="plotly_white")
-    fig.write_html(path, include_plotlyjs=True, full_html=True)  # offline: plotly.js inlined
+    fig = go.Figure(go.Scatter(x=[r[x] for r in ok], y=[r[y] for r in ok], mode="markers+text",
+                               text=[plot_text(r["id"][-6:]) for r in ok]))
+    fig.update_layout(title=plot_text(title), xaxis_title=plot_text(x), yaxis_title=plot_text(y))
+    e = html.escape
+    head = "".join(f"<th>{e(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{e(plain(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    path.write_text(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+                    "<style>body{font:14px sans-serif;margin:16px}table{border-collapse:collapse}"
+                    "td,th{border:1px solid #ccc;padding:2px 6px}</style></head>"
+                    f"<body><h1>{e(title)}</h1>{svg(fig)}<table><tr>{head}</tr>{body}</table></body></html>\n",
+                    encoding="utf-8")
     return path

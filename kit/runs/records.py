@@ -286,14 +286,15 @@ def _record(row: sqlite3.Row) -> Record:
 
 
 def table(records: list[Record], metrics: list[str] | None = None, params: list[str] | None = None) -> str:
-    """A plain-text listing (``slimkit runs``): id, status, notebook, chosen params and metrics."""
+    """A plain-text listing (``slimkit runs``): id, name (the run directory: ``--name``), status,
+    notebook, the parameters that differ and metrics."""
     if params is None:  # the parameters that differ between the listed runs
         params = varying_keys(r.params for r in records)
     if metrics is None:  # numeric metrics, not echoes of a parameter (a notebook may record its seed)
         metrics = sorted({k for r in records for k, v in r.metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in r.params})[:6]
-    head = ["id", "status", "notebook", *params, *metrics, "seconds", "error"]
-    rows = [[r.id, r.status, Path(r.notebook).name,
+    head = ["id", "name", "status", "notebook", *params, *metrics, "seconds", "error"]
+    rows = [[r.id, Path(r.output_dir).name if r.output_dir else "", r.status, Path(r.notebook).name,
              *(plain(r.params.get(p)) for p in params), *(plain(r.metrics.get(m)) for m in metrics),
              plain(r.duration_s), (r.error or "").splitlines()[0][:60] if r.error else ""] for r in records]
     return text(head, rows)

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from .params import read_signature
 from .records import Record, RunStore, default_path, jsonable
 
 METRICS_FILE = "metrics.json"
+# told as each code cell starts: (cell i, of n, seconds since the run started, the cell's source)
+CellProgress = Callable[[int, int, float, str], None]
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def execute(spec: RunSpec) -> Record:
         return _execute(spec)
 
 
-def _execute(spec: RunSpec) -> Record:
+def _execute(spec: RunSpec, progress: CellProgress | None = None) -> Record:
     """:func:`execute` once the run directory is claimed."""
     import yaml
 
@@ -180,7 +183,7 @@ def _execute(spec: RunSpec) -> Record:
                                           "started_at": record.started_at})
     t0 = time.perf_counter()
     try:
-        _papermill(spec)
+        _papermill(spec, progress)
         record.status = Status.OK
     except KeyboardInterrupt:
         record.status, record.error = Status.INTERRUPTED, "KeyboardInterrupt"
@@ -197,12 +200,28 @@ def _execute(spec: RunSpec) -> Record:
     return record
 
 
-def _papermill(spec: RunSpec) -> None:
+def _code_cells(spec: RunSpec) -> int:
+    """Code cells papermill will run: the notebook's, plus its injected-parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(spec.notebook, as_version=4)
+    return sum(c.cell_type == "code" for c in nb.cells) + bool(spec.overrides)
+
+
+def _papermill(spec: RunSpec, progress: CellProgress | None = None) -> None:
     """Execute the notebook with papermill; a kernel that fails before any cell ran (e.g. it died
     before replying to kernel_info) is started once more, as no cell can have had an effect."""
     import papermill as pm
 
     kernel = ensure_kernel(spec.kernel_name)
+    total, t0 = (_code_cells(spec) if progress else 0), time.perf_counter()
+
+    def started(cell, cell_index) -> None:
+        if cell.cell_type == "code":
+            cells.append(cell_index)
+            if progress:
+                progress(len(cells), max(total, len(cells)), time.perf_counter() - t0, cell.source)
+
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         cells: list[int] = []
         with kernel_options(spec) as options:
@@ -211,7 +230,7 @@ def _papermill(spec: RunSpec) -> None:
                     spec.notebook, str(spec.output_notebook), parameters=spec.overrides, kernel_name=kernel,
                     cwd=spec.run_dir, progress_bar=False, execution_timeout=spec.cell_timeout,
                     start_timeout=spec.start_timeout, store_widget_state=False,
-                    on_cell_start=lambda cell, cell_index: cell.cell_type == "code" and cells.append(cell_index),
+                    on_cell_start=started,
                     **options)
                 return
             except Exception as exc:
@@ -291,7 +310,7 @@ def _finish(spec: RunSpec, record: Record) -> None:
         try:
             from .html import export_html
 
-            export_html(spec.output_notebook, spec.output_notebook.with_suffix(".html"))
+            export_html(spec.output_notebook, spec.output_notebook.with_suffix(".html"), record=record)
         except Exception as exc:  # the report is a convenience; the run's status stands
             record.metrics.setdefault("_html_error", str(exc))
     output = spec.output_notebook
@@ -309,16 +328,17 @@ def run(notebook: str | Path, params: dict[str, Any] | None = None, *, store: Ru
     return run_spec(plan_run(notebook, params, **options), store)
 
 
-def run_spec(spec: RunSpec, store: RunStore | None = None) -> Record:
+def run_spec(spec: RunSpec, store: RunStore | None = None, progress: CellProgress | None = None) -> Record:
     """Execute a planned run and record it (in ``store``, default: OUT/records.sqlite or
-    ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace."""
+    ``$SLIMKIT_RECORDS``): inserted as running first, so a killed run leaves a trace.
+    ``progress`` is called as each code cell starts (``slimkit run`` prints it)."""
     own = store is None
     with claim(spec):  # a refused directory leaves no record
         store = store or RunStore(default_path(Path(spec.run_dir).parent))
         try:
             store.put(new_record(spec))
             try:
-                record = _execute(spec)
+                record = _execute(spec, progress)
             except KeyboardInterrupt:
                 store.mark_unfinished([spec.run_id], Status.INTERRUPTED, "KeyboardInterrupt")
                 raise

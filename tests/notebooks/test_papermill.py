@@ -5,6 +5,7 @@ nbval blanks measured decimals (they vary in the last digit across CPUs), so the
 checked here, against thresholds with room for that variation."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -64,6 +65,8 @@ def _which_method(m):
     assert m["pick_size_bytes"] == min(t["size_bytes"] for t in fitting)  # the default objective: size
 
 
+MAX_OUTPUT_BYTES = 2 * 2**20  # output notebook and HTML report of a default run
+
 CLAIMS = {"flagship": _flagship, "quantize": _quantize, "prune": _prune, "distill": _distill,
           "sparsify": _sparsify, "minilm": _minilm, "which_method": _which_method}
 
@@ -71,7 +74,7 @@ CLAIMS = {"flagship": _flagship, "quantize": _quantize, "prune": _prune, "distil
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", repo_notebooks())
 def test_notebook_runs_headless_and_its_metrics_hold(notebook, kernel, tmp_path):
-    html = notebook.stem == "flagship"  # the README's main command: output notebook + HTML report
+    html = True  # as `slimkit run` does by default: output notebook + HTML report
     with RunStore(tmp_path / "records.sqlite") as store:
         record = run(notebook, out=tmp_path, name="run", store=store, kernel_name=kernel, html=html)
         assert record.status == "ok", record.error
@@ -85,7 +88,12 @@ def test_notebook_runs_headless_and_its_metrics_hold(notebook, kernel, tmp_path)
     if "seed" in metrics:
         assert metrics["seed"] == record.params["seed"] == record.seed
     CLAIMS.get(notebook.stem, lambda m: None)(metrics)
-    if html:
-        page = (run_dir / f"{notebook.stem}.html").read_text()
-        assert page.count("Plotly.newPlot") >= 1 and "accuracy vs saved size" in page
-        assert not re.findall(r'<script[^>]*src="https?://', page)  # nothing from a CDN (require.js, MathJax...)
+    # a default run's outputs stay small: figures as SVG, no plotly.js, no raw weights (issue 11)
+    sizes = {p.name: p.stat().st_size for p in (run_dir / notebook.name, run_dir / f"{notebook.stem}.html")}
+    assert all(size < MAX_OUTPUT_BYTES for size in sizes.values()), sizes
+    page = (run_dir / f"{notebook.stem}.html").read_text()
+    assert not re.findall(r'<script[^>]*src="https?://', page)  # nothing from a CDN (require.js, MathJax...)
+    assert "slimkit run report" in page and "Plotly.newPlot" not in page  # the summary header; static plots
+    if notebook.stem == "flagship":  # the Pareto plot, as an SVG image
+        svgs = [base64.b64decode(m).decode() for m in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", page)]
+        assert any("accuracy vs saved size" in s for s in svgs)

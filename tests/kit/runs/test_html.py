@@ -71,10 +71,18 @@ def test_compare_report_escapes_every_user_string(tmp_path):
     parsed = _parse(_markdown_html(paths["md"].read_text()))
     assert "script" not in parsed.tags and bad in parsed.cells
     page = paths["html"].read_text()
-    assert bad not in page
-    # plotly renders a subset of HTML in titles and hover text: the payload reaches it escaped
-    # (inside the figure's JSON, where plotly also writes "/" as \u002f)
-    assert page.count(r"&lt;script&gt;alert(1)&lt;\u002fscript&gt;") >= 4  # title, hover, axis...
+    assert bad not in page and "<script" not in page  # a static page: SVG plot and table, no script at all
+    cells = _parse(page).cells
+    assert bad in cells and f"run-{bad}-0" in cells  # the table: the payload is the literal text of its cells
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # title, heading, SVG title, cells
+    assert paths["html"].stat().st_size < 200_000
+
+
+def test_compare_refuses_an_unknown_axis_and_lists_the_metrics(tmp_path):
+    from slimkit.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="accuracy, .*size"):
+        compare_runs([_record(i, "n") for i in range(2)], tmp_path, x="acuracy", y="size")
 
 
 def _notebook_with_outputs(md: str, fig: dict) -> nbformat.NotebookNode:
@@ -86,20 +94,72 @@ def _notebook_with_outputs(md: str, fig: dict) -> nbformat.NotebookNode:
     return nb
 
 
-def test_exported_html_shows_payloads_as_text(tmp_path):
+def _figure(bad: str) -> dict:
     import plotly.graph_objects as go
 
+    return go.Figure(go.Scatter(x=[1], y=[2], name=bad, hovertext=[bad]), layout={"title": bad}).to_plotly_json()
+
+
+def test_exported_html_shows_payloads_as_text(tmp_path):
     bad = PAYLOADS[0] + PAYLOADS[1]
     md = table.markdown_table([{"run": bad, "accuracy": 0.5}])
-    fig = go.Figure(go.Scatter(x=[1], y=[2], name=bad, hovertext=[bad]), layout=dict(title=bad)).to_plotly_json()
     path = tmp_path / "r.ipynb"
-    nbformat.write(_notebook_with_outputs(md, fig), path)
+    nbformat.write(_notebook_with_outputs(md, _figure(bad)), path)
     page = reporting.export_html(path).read_text()
     assert "<img src=x" not in page and "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page  # visible text
+    assert "Plotly.newPlot" not in page  # the figure, as a static SVG image with its title as alt text
+    assert page.count('data-mime-type="image/svg+xml"') == 1
+    assert 'alt="&lt;figure: alert(1)&gt;"' in page  # unescaped tags in a plotly title drop out, as in plotly
+
+
+def test_interactive_export_keeps_plotly_with_its_json_escaped(tmp_path):
+    bad = PAYLOADS[0] + PAYLOADS[1]
+    path = tmp_path / "r.ipynb"
+    nbformat.write(_notebook_with_outputs("x", _figure(bad)), path)
+    page = reporting.export_html(path, interactive=True).read_text()
     # the figure's JSON sits inside a <script>: plotly escapes "<" and "/" there, so no string
     # from the figure can close that script element
-    assert "</script><img" not in page and r"\u003cscript\u003ealert(1)\u003c\u002fscript\u003e" in page
+    assert "Plotly.newPlot" in page and "</script><img" not in page
+    assert r"\u003cscript\u003ealert(1)\u003c\u002fscript\u003e" in page
+
+
+def test_a_notebook_holding_plotly_js_still_gives_a_small_report(tmp_path):
+    """A plotly output whose HTML inlines plotly.js (fig.show(), the panel's static plots) is
+    reported by its SVG: the report does not carry the ~4.8 MB script."""
+    import plotly.io as pio
+
+    fig = _figure("w")
+    nb = _notebook_with_outputs("x", fig)
+    nb.cells[0].outputs[1].data["text/html"] = pio.to_html(fig, include_plotlyjs=True, full_html=False)
+    path = tmp_path / "r.ipynb"
+    nbformat.write(nb, path)
+    assert path.stat().st_size > 3_000_000
+    report = reporting.export_html(path)
+    assert report.stat().st_size < 1_000_000 and "data:image/svg+xml;base64," in report.read_text()
+
+
+def test_the_report_opens_with_an_escaped_summary_of_the_run(tmp_path):
+    bad = PAYLOADS[0]
+    img = PAYLOADS[1]  # a file name holds no "/"
+    rec = Record(id="20250101-000000-abcdef", key="k", notebook=f"/nb/{img}.ipynb", params={"bits": 4, "tag": bad},
+                 status="failed", error=f"RuntimeError: {bad}", duration_s=12.34, output_dir="/runs/my-run",
+                 metrics={"accuracy": 0.9712, "size_bytes": 1024, "nan": float("nan"), bad: 1, "_error": "x",
+                          "bits": 4},
+                 hardware={"cpu_model": bad, "cpu_usable_cores": 2, "packages": {"torch": "2.13.0"}})
+    path = tmp_path / "r.ipynb"
+    nbformat.write(_notebook_with_outputs("# the notebook", _figure("f")), path)
+    page = reporting.export_html(path, record=rec).read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page
+    header = page[page.index('<section class="slimkit-summary"'):page.index("</section>")]
+    cells = _parse(header).cells
+    assert cells[0:2] == ["status", f"failed — RuntimeError: {bad}"]
+    assert "my-run" in cells[3] and f"{img}.ipynb" in cells[5] and cells[7] == "12.3 s"
+    assert cells[9] == f"{bad}, 2 cores, torch 2.13.0"
+    assert "bits = 4" in cells[11] and f"tag = '{bad}'" in cells[11]
+    assert "accuracy 0.9712" in cells[13] and "size_bytes 1024" in cells[13] and "nan n/a" in cells[13]
+    assert "_error" not in cells[13] and "bits" not in cells[13]  # private keys and parameter echoes left out
+    assert page.index("slimkit-summary") < page.index(">the notebook")  # it opens the report
 
 
 def test_plot_text_and_md_text_leave_plain_values_alone():

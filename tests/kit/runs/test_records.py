@@ -83,7 +83,7 @@ def test_table_lists_the_parameters_that_differ_and_numeric_metrics():
                   _record(2, params={"bits": 4, "seed": 0}, metrics={"accuracy": 0.97}, status="failed",
                          error="cell 3 raised RuntimeError: boom\nTraceback...")])
     head, rule, *rows = text.splitlines()
-    assert head.split() == ["id", "status", "notebook", "bits", "accuracy", "seconds", "error"]
+    assert head.split() == ["id", "name", "status", "notebook", "bits", "accuracy", "seconds", "error"]
     assert "0.98" in rows[0] and "prune.ipynb" in rows[0]
     assert rows[1].endswith("cell 3 raised RuntimeError: boom")
 

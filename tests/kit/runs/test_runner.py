@@ -1,4 +1,5 @@
 """Headless runs: parameter checking before any kernel, run directories, faults recorded as failed."""
+import base64
 import json
 import re
 import sys
@@ -94,7 +95,7 @@ def test_project_kernel_wins_over_a_user_kernelspec_of_the_same_name(tiny, tmp_p
     assert record.metrics["python"] == sys.executable
 
 
-def test_html_report_shows_plotly_figures_offline(tmp_path, store):
+def test_html_report_shows_plotly_figures_offline_and_small(tmp_path, store):
     nb = make_notebook(tmp_path / "plot.ipynb", "seed: int = 0  # seed", (
         "import plotly.graph_objects as go, plotly.io as pio\n"
         "pio.renderers.default = 'plotly_mimetype'\n"
@@ -102,9 +103,11 @@ def test_html_report_shows_plotly_figures_offline(tmp_path, store):
     record = run(nb, out=tmp_path, name="p", store=store, html=True)
     assert record.status == "ok", record.error
     html = (tmp_path / "p" / "plot.html").read_text()
-    assert "only-in-the-plot" in html and "Plotly.newPlot" in html
     assert not re.findall(r'<script[^>]*src="https?://', html)  # nothing from a CDN (require.js, MathJax...)
-    assert len(html) > 1_000_000  # plotly.js is inlined
+    # the figure as a static SVG image, with its legend; no plotly.js (~4.8 MB)
+    svgs = [base64.b64decode(m).decode() for m in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", html)]
+    assert any("only-in-the-plot" in s for s in svgs) and "Plotly.newPlot" not in html and len(html) < 1_000_000
+    assert "slimkit run report" in html and f"{record.id} (p)</td>" in html  # the summary header opens it
 
 
 # --- the notebook's side: setup and metrics ------------------------------------------------
