@@ -11,11 +11,10 @@ returns ``Result(model, report)``::
 """
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
-from .artifact import load, save, size
-from .distillation import DistillConfig, distill, shrink
 from .errors import (
     ArtifactError,
     DeviceUnavailableError,
@@ -26,17 +25,53 @@ from .errors import (
     NothingToCompressError,
     SlimkitError,
 )
-from .events import Event, Progress
-from .inputs import Inputs
-from .measure import compare, latency
-from .metrics import evaluate, sqnr
-from .pruning.api import prune
-from .pruning.config import Finetune, PruneConfig
-from .quant.api import quantize
-from .quant.config import QuantConfig
-from .report import LayerReport, Report, Result
-from .sparse.api import sparsify
-from .sparse.config import SparsifyConfig
+
+# The verbs import torch (seconds): they load on first use, so `import slimkit` and the `slimkit`
+# command's --help stay fast. NAME: module that defines it.
+_LAZY = {
+    "load": ".artifact", "save": ".artifact", "size": ".artifact",
+    "DistillConfig": ".distillation", "distill": ".distillation", "shrink": ".distillation",
+    "Event": ".events", "Progress": ".events", "Inputs": ".inputs",
+    "compare": ".measure", "latency": ".measure", "evaluate": ".metrics", "sqnr": ".metrics",
+    "prune": ".pruning.api", "Finetune": ".pruning.config", "PruneConfig": ".pruning.config",
+    "quantize": ".quant.api", "QuantConfig": ".quant.config",
+    "LayerReport": ".report", "Report": ".report", "Result": ".report",
+    "sparsify": ".sparse.api", "SparsifyConfig": ".sparse.config",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import_module(".zoo", __name__)  # registers the bundled builders (transformers stays lazy)
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a subpackage not imported yet (slimkit.zoo, slimkit.quant...), as an eager import made them
+        return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .artifact import load, save, size  # noqa: F401
+    from .distillation import DistillConfig, distill, shrink  # noqa: F401
+    from .events import Event, Progress  # noqa: F401
+    from .inputs import Inputs  # noqa: F401
+    from .measure import compare, latency  # noqa: F401
+    from .metrics import evaluate, sqnr  # noqa: F401
+    from .pruning.api import prune  # noqa: F401
+    from .pruning.config import Finetune, PruneConfig  # noqa: F401
+    from .quant.api import quantize  # noqa: F401
+    from .quant.config import QuantConfig  # noqa: F401
+    from .report import LayerReport, Report, Result  # noqa: F401
+    from .sparse.api import sparsify  # noqa: F401
+    from .sparse.config import SparsifyConfig  # noqa: F401
 
 try:
     __version__ = version("slimkit")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported when a module is checked, not with the package (CLI help)
+    import torch.nn as nn
 
 
 class SlimkitError(Exception):
@@ -61,6 +62,8 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
 
 
 def check_module(name: str, value: Any, allowed: str = "a torch.nn.Module") -> nn.Module:
+    import torch.nn as nn
+
     if not isinstance(value, nn.Module):
         raise InvalidTypeError(name, value, allowed)
     return value
