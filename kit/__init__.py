@@ -35,6 +35,7 @@ from .pruning.config import Finetune, PruneConfig
 from .quant.api import quantize
 from .quant.config import QuantConfig
 from .report import LayerReport, Report, Result
+from .sensitivity import sensitivity
 from .sparse.api import sparsify
 from .sparse.config import SparsifyConfig
 
@@ -45,7 +46,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "compare", "latency", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
+    "compare", "latency", "sensitivity", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
