@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import zoo  # noqa: F401  registers the bundled builders (transformers stays lazy)
 from .artifact import load, save, size
+from .autotune import autotune
 from .distillation import DistillConfig, distill, shrink
 from .errors import (
     ArtifactError,
@@ -46,7 +47,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "compare", "latency", "sensitivity", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
+    "compare", "latency", "sensitivity", "autotune", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",

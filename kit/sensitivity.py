@@ -151,7 +151,7 @@ def _plan(model, method, config, settings, data, layers) -> tuple[Callable, list
 
     def apply(name):
         out, report = sparsify(model, cfg, include=_one(name))
-        row = next(l for l in report.layers if l.name == name)
+        row = next(r for r in report.layers if r.name == name)
         return out, {"sparsity": row.sparsity, "bytes_before": row.bytes_before, "bytes_after": row.bytes_after}
     return apply, targets
 
