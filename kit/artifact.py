@@ -9,7 +9,10 @@ An artifact is one safetensors file. Its header metadata holds, as JSON:
 - ``sha256`` over the tensors (names, dtypes, shapes, bytes) AND every other metadata field
   (canonical JSON), so a corrupt, truncated or edited file is refused. It is a checksum, not a
   signature: whoever can write the file can recompute it, so ``load`` also validates everything
-  the metadata claims against the stored tensors before it allocates anything.
+  the metadata claims against the stored tensors before it allocates anything;
+- ``coded`` and ``decoded_sha256`` (version 3, ``save(..., entropy=True)``): integer tensors
+  stored entropy-coded as byte vectors (:mod:`slimkit.entropy`), each entry naming its coder,
+  dtype and shape, and a digest of the decoded tensors. Default saves stay version 2.
 
 ``model_class`` is informative only: no class named in a file is ever imported.
 
@@ -31,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from . import entropy as _entropy
 from .artifact_checks import check_aliases, check_json, check_spec
 from .errors import ArtifactError, InvalidParameterError, check_module
 from .jsonsafe import strict_loads
@@ -38,6 +42,7 @@ from .nn import set_module
 
 FORMAT = "slimkit-artifact"
 VERSION = 2  # v2: the checksum covers the metadata too (v1 files cannot be verified)
+CODED_VERSION = 3  # v3: v2 plus entropy-coded integer tensors (``coded``, ``decoded_sha256``)
 
 # kind -> (class, spec_fn, build_fn)
 _KINDS: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {}
@@ -133,8 +138,9 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def to_bytes(model: nn.Module, info: dict[str, Any] | None = None) -> bytes:
-    """The artifact as bytes: what :func:`save` writes and :func:`size` counts."""
+def to_bytes(model: nn.Module, info: dict[str, Any] | None = None, *, entropy: bool = False) -> bytes:
+    """The artifact as bytes: what :func:`save` writes and :func:`size` counts. ``entropy``:
+    integer tensors are entropy-coded, each with its smallest coder (a version-3 file)."""
     from safetensors.torch import save
 
     check_module("model", model)
@@ -151,23 +157,31 @@ def to_bytes(model: nn.Module, info: dict[str, Any] | None = None) -> bytes:
         meta = json.loads(json.dumps(meta, default=str, allow_nan=False))
     except ValueError as e:
         raise InvalidParameterError(f"info must hold JSON values with finite numbers: {e}") from e
+    if entropy:
+        decoded = tensors
+        tensors, coded = _entropy.encode_all(decoded)
+        meta.update(version=CODED_VERSION, coded=coded, decoded_sha256=_entropy.digest(decoded, coded))
     meta["sha256"] = _digest(tensors, meta)
     return save(tensors, metadata={"slimkit": json.dumps(meta)})
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, info: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as a compressed artifact (atomically). ``info`` is extra JSON metadata."""
+def save(model: nn.Module, path: str | os.PathLike, *, info: dict[str, Any] | None = None,
+         entropy: bool = False) -> Path:
+    """Write ``model`` as a compressed artifact (atomically). ``info`` is extra JSON metadata;
+    ``entropy=True`` entropy-codes its integer tensors (int8 weights, packed indices, masks,
+    sparse indices): smaller, loadable by slimkit versions that read version-3 artifacts."""
     path = Path(path)
-    data = to_bytes(model, info)
+    data = to_bytes(model, info, entropy=entropy)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
 
 
-def size(model: nn.Module) -> int:
-    """Bytes of the artifact ``save`` would write for ``model`` (index bytes included)."""
-    return len(to_bytes(model))
+def size(model: nn.Module, *, entropy: bool = False) -> int:
+    """Bytes of the artifact ``save`` would write for ``model`` (index bytes, metadata and, with
+    ``entropy``, the coders' tables included): the saved file's size exactly."""
+    return len(to_bytes(model, entropy=entropy))
 
 
 # --- reading and validating metadata -----------------------------------------------------------
@@ -194,9 +208,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("version") == 1:
         raise ArtifactError(f"{path} is a version-1 slimkit artifact, whose checksum does not cover its "
                             f"metadata, so it cannot be verified; re-save the model with this slimkit (v{VERSION})")
-    if meta.get("version") != VERSION:
-        raise ArtifactError(f"{path} has {FORMAT!r} v{meta.get('version')!r}; this slimkit reads v{VERSION}")
-    for key, kind in (("sha256", str), ("modules", dict), ("aliases", dict), ("model_class", str), ("info", dict)):
+    if meta.get("version") not in (VERSION, CODED_VERSION):
+        raise ArtifactError(f"{path} has {FORMAT!r} v{meta.get('version')!r}; "
+                            f"this slimkit reads v{VERSION} and v{CODED_VERSION}")
+    fields = (("sha256", str), ("modules", dict), ("aliases", dict), ("model_class", str), ("info", dict))
+    if meta["version"] == CODED_VERSION:
+        fields += (("coded", dict), ("decoded_sha256", str))
+    for key, kind in fields:
         if not isinstance(meta.get(key), kind):
             raise ArtifactError(f"{path} has corrupt slimkit metadata: {key!r} missing or not a {kind.__name__}")
     builder = meta.get("builder")
@@ -273,12 +291,13 @@ def _check_fits(path, skeleton: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 _GROWTH = 64  # compression takes off less than this (int4 is 8x, 90% sparse ~10x)
+_CODED_GROWTH = 512  # ... and entropy coding of pruned codebook indices another ~8x (Deep Compression: 49x)
 _SLACK = 256 * 2**20  # room for derived buffers (position ids, masks) of small models
 
 
-def _check_size(path, skeleton: nn.Module, what: str, stored: int) -> None:
+def _check_size(path, skeleton: nn.Module, what: str, stored: int, growth: int) -> None:
     need = _meta_bytes(skeleton)
-    if need > _GROWTH * stored + _SLACK:
+    if need > growth * stored + _SLACK:
         raise ArtifactError(f"{path}: its metadata asks for {what} of {need:,} bytes from {stored:,} "
                             "stored bytes; refused")
 
@@ -298,17 +317,18 @@ class _SkipInitOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _validate(path, meta: dict, model: nn.Module | None, state: dict[str, torch.Tensor]) -> None:
+def _validate(path, meta: dict, model: nn.Module | None, state: dict[str, torch.Tensor], stored: int) -> None:
     """Build the whole model on the meta device (shapes, no memory) and check it against the
     file before anything real is allocated: the final model must hold exactly the stored
-    tensors, and what is built on the way is bounded by the file's size."""
-    stored = sum(t.numel() * t.element_size() for t in state.values())
+    (for coded tensors: declared) tensors, and what is built on the way, decoded tensors
+    included, is bounded by the ``stored`` bytes."""
+    growth = _CODED_GROWTH if meta.get("coded") else _GROWTH
     with torch.device("meta"), _SkipInitOnMeta():
         skeleton = _base(path, meta, model)
-        _check_size(path, skeleton, "an original architecture", stored)
+        _check_size(path, skeleton, "an original architecture", stored, growth)
         _replace_layers(path, skeleton, meta)
         _check_fits(path, skeleton, state)
-        _check_size(path, skeleton, "a model", stored)  # stored tensors + buffers derived at build
+        _check_size(path, skeleton, "a model", stored, growth)  # stored tensors + buffers derived at build
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -328,8 +348,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise ArtifactError(f"{path} is corrupt or was edited: its tensors and metadata do not match "
                             "the recorded checksum")
     check_aliases(path, meta["aliases"], tensors)
+    coded = meta.get("coded", {})
+    shapes = {**tensors, **_entropy.declared(path, coded, tensors)}  # coded: meta tensors, no memory
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    stored += sum(tensors[target].numel() * tensors[target].element_size() for target in meta["aliases"].values())
+    _validate(path, meta, model, {**shapes, **{k: shapes[t] for k, t in meta["aliases"].items()}}, stored)
+    if coded:  # declared shapes now fit the bounded skeleton: decoding allocates no more than that
+        tensors = _entropy.decode_all(path, coded, tensors, meta["decoded_sha256"])
     state = {**tensors, **{key: tensors[target] for key, target in meta["aliases"].items()}}
-    _validate(path, meta, model, state)
     skeleton = _base(path, meta, model)
     _replace_layers(path, skeleton, meta)
     try:
