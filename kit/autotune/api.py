@@ -125,7 +125,7 @@ class _Job:
         self.run_key = key(fingerprint(self.model), objective, sorted(self.methods), epochs, train is not None,
                            self.grid, str(self.dev), _backend_name(backend), CAN)
         self.trials: list[dict] = []
-        self.best_model: nn.Module | None = None
+        self.best_model: tuple[str, nn.Module] | None = None
         self.stopped = ""
 
     # --- scores and measurements ------------------------------------------------------------
@@ -276,9 +276,9 @@ class _Job:
             row["ok"] = row["drop"] <= self.max_drop
             self.records.add(row)
         row = {**row, "trial": len(self.trials)}
-        self.trials.append(row)
         if m is not None and row["ok"] and self._better(row, self._best()):
-            self.best_model = m
+            self.best_model = (k, m)  # kept, so the pick is not built twice
+        self.trials.append(row)
         self.progress.emit("metrics", "autotune", len(self.trials), self.max_trials,
                            message=", ".join(f"{n}: {v}" for n, v in row["settings"].items()),
                            drop=row["drop"], score=row["score"], size_bytes=row["bytes"], size_ratio=row["size_ratio"],
@@ -302,8 +302,8 @@ class _Job:
             pick = min(self.trials, key=lambda t: (t["drop"], self._objective(t)))
         if pick is None:
             model = copy.deepcopy(self.model)
-        elif met and self.best_model is not None and self._best() is pick:
-            model = self.best_model
+        elif met and self.best_model is not None and self.best_model[0] == pick["key"]:
+            model = self.best_model[1]
         else:  # resumed from records, or the closest miss: rebuilt from its settings
             model = build(self.model, {n: Option(*o) for n, o in pick["options"].items()}, train=self.train,
                           epochs=self.epochs, teacher_distill="distill" in self.methods)

@@ -31,7 +31,8 @@ def test_size_pick_meets_the_budget_and_the_report_lists_every_trial(mlp, digits
     pick = report.trials[s["pick_trial"]]
     assert pick["ok"] and pick["drop"] <= 1.0
     assert min(t["bytes"] for t in report.trials if t["ok"]) == pick["bytes"]  # the smallest within budget
-    assert slimkit.size(model) == pick["bytes"] < slimkit.size(mlp)  # the model is the pick, its bytes measured
+    # the model is the pick, its bytes measured (entropy-coded: the file slimkit.save(entropy=True) writes)
+    assert slimkit.size(model, entropy=True) == pick["bytes"] < slimkit.size(mlp, entropy=True)
     acc = 100 * slimkit.evaluate(model, _test(digits))["accuracy"]
     assert acc == pytest.approx(pick["score"])
     assert set(report.pareto) <= {t["trial"] for t in report.trials} and pick["trial"] in report.pareto
@@ -76,7 +77,7 @@ def test_stop_returns_the_best_so_far(mlp, digits, tmp_path):
     model, report = _run(mlp, digits, max_drop=1.0, callbacks=flag, stop=flag, records=path)
     assert report.summary["stopped"] and report.summary["trials"] == 1
     first = report.trials[0]
-    assert report.summary["budget_met"] == first["ok"] and slimkit.size(model) == first["bytes"]
+    assert report.summary["budget_met"] == first["ok"] and slimkit.size(model, entropy=True) == first["bytes"]
 
 
 def test_max_trials_and_time_budget_end_the_search(mlp, digits):
