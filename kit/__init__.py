@@ -37,6 +37,7 @@ _LAZY = {
     "quantize": ".quant.api", "QuantConfig": ".quant.config",
     "LayerReport": ".report", "Report": ".report", "Result": ".report",
     "sparsify": ".sparse.api", "SparsifyConfig": ".sparse.config",
+    "sensitivity": ".sensitivity", "autotune": ".autotune",
 }
 
 
@@ -60,6 +61,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .artifact import load, save, size  # noqa: F401
+    from .autotune import autotune  # noqa: F401
     from .distillation import DistillConfig, distill, shrink  # noqa: F401
     from .events import Event, Progress  # noqa: F401
     from .inputs import Inputs  # noqa: F401
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .quant.api import quantize  # noqa: F401
     from .quant.config import QuantConfig  # noqa: F401
     from .report import LayerReport, Report, Result  # noqa: F401
+    from .sensitivity import sensitivity  # noqa: F401
     from .sparse.api import sparsify  # noqa: F401
     from .sparse.config import SparsifyConfig  # noqa: F401
 
@@ -80,7 +83,8 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "compare", "latency", "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
+    "compare", "latency", "sensitivity", "autotune",
+    "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
