@@ -29,6 +29,7 @@ from ..nn import (
     matches,
     own_param_count,
     param_modules,
+    refuse_compressed,
     set_module,
     tensor_bytes,
     unselected_reason,
@@ -108,6 +109,8 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     defaults to cross-entropy. The rows' SQNR is then measured on the trained codebooks.
     """
     check_module("model", model)
+    refuse_compressed(model, "quantize", "quantize the float model (prune or distill first: prune then quantize "
+                      "keeps the zeros exact); quantizing a sparse layer's values is not implemented")
     config = QuantConfig.build(config, settings)
     if config.auto_keep and metric is None:
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
@@ -180,6 +183,8 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     _unsupported_rows(model, report)
     report.cover(model, q)
     report.summary.update(_summary(report))
+    step = f"quantize {config.method} {config.bits}-bit"
+    report.chain(model, q, lambda row: step + (" (simulated)" if row.action == Action.SIMULATED else ""))
     return Result(q, report)
 
 
