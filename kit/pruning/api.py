@@ -11,8 +11,8 @@ import torch.nn as nn
 from ..config import signature
 from ..data import batches
 from ..errors import InvalidParameterError, InvalidTypeError, check_module
-from ..nn import refuse_compressed
 from ..events import as_progress
+from ..nn import refuse_compressed
 from ..report import Result
 from ..training import cross_entropy
 from . import importance

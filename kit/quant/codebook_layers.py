@@ -18,8 +18,8 @@ import math
 import torch
 
 from ..artifact import register_module
-from .codebook import Codebook, pack_bits, packed_bytes, unpack_bits
 from . import layers as affine_layers
+from .codebook import Codebook, pack_bits, packed_bytes, unpack_bits
 from .layers import QuantLinear, QWeight, float_dtype
 
 SCHEME = "codebook"

@@ -170,7 +170,8 @@ class LayerPlan:
 
 
 def has_int8_kernel(layer: nn.Module, config: QuantConfig, layout: Layout) -> bool:
-    return config.method == "affine" and is_linear_like(layer) and int8_kernel_format(config.bits, config.scheme, layout.granularity)
+    return (config.method == "affine" and is_linear_like(layer)
+            and int8_kernel_format(config.bits, config.scheme, layout.granularity))
 
 
 def plan_layer(name: str, layer: nn.Module, config: QuantConfig, layout: Layout, with_acts: bool) -> LayerPlan:

@@ -52,7 +52,8 @@ def test_more_bits_more_sqnr_and_beats_affine_per_tensor():
 
 def _expected_bytes(layer, bits):
     n = layer.weight.numel()
-    return packed_bytes(n, bits) + 4 * 2 ** bits + (0 if getattr(layer, "bias", None) is None else layer.bias.numel() * 4)
+    bias = getattr(layer, "bias", None)
+    return packed_bytes(n, bits) + 4 * 2 ** bits + (0 if bias is None else bias.numel() * 4)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
