@@ -31,10 +31,12 @@ from .errors import (
 from .events import as_progress
 from .inputs import Inputs
 from .metrics import OutputSelector, check_output, evaluate, flat, logits
-from .nn import param_count, param_modules
+from .nn import param_count, param_modules, refuse_compressed
 from .pruning import surgery
 from .pruning.common import plain_copy
+from .pruning.unstructured import keep_sparsity
 from .report import Action, LayerReport, Report, Result
+from .report import history as history_of
 from .training import fit
 
 
@@ -82,6 +84,8 @@ def distill(teacher: nn.Module, student: nn.Module, data, config: DistillConfig 
     """
     for name, m in (("teacher", teacher), ("student", student)):
         check_module(name, m)
+    refuse_compressed(student, "distill", "distill into the float student, then compress it (a compressed "
+                      "teacher is fine)", what="student")
     c = DistillConfig.build(config, settings)
     check_output(output)
     batches(data)  # type check before any work
@@ -102,8 +106,11 @@ def distill(teacher: nn.Module, student: nn.Module, data, config: DistillConfig 
         t_probs = soft_targets(x).reshape(s_logits.shape) if alpha > 0 else None
         return hinton_loss(s_logits, t_probs, y, T, alpha)
 
+    # a pruned student keeps its zeros while it learns (prune -> distill -> quantize composes)
+    pruned = any(step.startswith("prune") for steps in history_of(student).values() for step in steps)
     history = fit(work, data, epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay,
-                  seed=c.seed, loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress)
+                  seed=c.seed, loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress,
+                  after_step=keep_sparsity(work) if pruned else None)
 
     pt, ps = param_count(teacher), param_count(work)
     summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
@@ -114,7 +121,7 @@ def distill(teacher: nn.Module, student: nn.Module, data, config: DistillConfig 
     params = dict(temperature=T, alpha=alpha, noise=c.noise, noise_samples=c.noise_samples, epochs=c.epochs,
                   lr=c.lr, seed=c.seed)
     report = Report("distill", params, [_trained_row(n, m) for n, m in param_modules(work)], summary=summary)
-    return Result(work, report.cover(student, work))
+    return Result(work, report.cover(student, work).chain(student, work, "distill"))
 
 
 signature(distill, DistillConfig)

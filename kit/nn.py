@@ -100,6 +100,20 @@ def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
     yield from found
 
 
+def refuse_compressed(model: nn.Module, verb: str, advice: str, what: str = "model") -> None:
+    """Raise a clear error when ``model`` holds a layer a slimkit verb already replaced (integer,
+    codebook or sparse storage): ``verb`` acts on float weights. ``advice`` says which order works."""
+    from .errors import InvalidParameterError
+
+    for name, m in model.named_modules():
+        kind = getattr(type(m), "_slimkit_kind", None)
+        if name and kind:
+            state = "sparse" if kind.startswith("sparse.") else "quantized"
+            raise InvalidParameterError(what, f"<layer {name!r}: {type(m).__name__}>",
+                                        f"float layers: {verb} cannot follow a step that stored {name!r} "
+                                        f"{state} ({type(m).__name__}); {advice}")
+
+
 def unselected_reason(name: str, include: Iterable[str] | None, exclude: Iterable[str] | None) -> str:
     """Why ``named_targets`` left layer ``name`` out (for the "skipped" rows of a report)."""
     if exclude and matches(name, exclude):

@@ -53,6 +53,7 @@ class LayerReport:
     sqnr_db: float | None = None
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)  # every step this layer went through, oldest first
 
     @classmethod
     def same_size(cls, name: str, module: nn.Module, action: str, **kwargs: Any) -> "LayerReport":
@@ -103,6 +104,22 @@ class Report:
             self.summary["model_bytes_after"] = tensor_bytes(result)
         return self
 
+    def chain(self, model: nn.Module, result: nn.Module, step) -> "Report":
+        """Carry the per-layer history of compression steps from ``model`` to ``result``: each
+        changed layer gets ``step`` (a string, or ``step(row) -> str``) after what ``model``'s
+        history says of it; every row shows the whole history. ``result`` keeps it (the
+        :data:`HISTORY` attribute: layer name -> steps) so the next verb, and the panel, can read it."""
+        before = history(model)
+        after = {name: list(steps) for name, steps in before.items()}
+        for row in self.layers:
+            row.history = list(before.get(row.name, []))
+            if row.action not in (Action.SKIPPED, Action.KEPT_DENSE):
+                row.history.append(step(row) if callable(step) else step)
+                after[row.name] = row.history
+        setattr(result, HISTORY, after)
+        self.summary["steps"] = sorted({s for h in after.values() for s in h}, key=_order(after))
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=_jsonable))
 
@@ -148,6 +165,25 @@ class Report:
             "sparsity", "SQNR dB", "note"))
         flag = " <b>(simulated)</b>" if self.simulated else ""
         return f"<p>{html.escape(self.method)}{flag}</p><table><tr>{head}</tr>{cells}</table>"
+
+
+HISTORY = "_slimkit_history"
+
+
+def history(model: nn.Module) -> dict[str, list[str]]:
+    """The compression steps each layer of ``model`` went through (layer name -> steps, oldest
+    first), as slimkit's verbs record them; {} for a model no verb produced."""
+    h = getattr(model, HISTORY, None)
+    return h if isinstance(h, dict) else {}
+
+
+def _order(after: dict[str, list[str]]):
+    """Sort key: a step's first position in any layer's history (the order the steps ran)."""
+    first: dict[str, int] = {}
+    for steps in after.values():
+        for i, s in enumerate(steps):
+            first[s] = min(first.get(s, i), i)
+    return lambda s: first[s]
 
 
 class Result(NamedTuple):

@@ -12,6 +12,7 @@ from ..config import signature
 from ..data import batches
 from ..errors import InvalidParameterError, InvalidTypeError, check_module
 from ..events import as_progress
+from ..nn import refuse_compressed
 from ..report import Result
 from ..training import cross_entropy
 from . import importance
@@ -53,9 +54,23 @@ def prune(model: nn.Module, config: PruneConfig | float | None = None, *, data=N
         or the same as a dict; ``epochs`` per step. Pruned weights are held at zero while fine-tuning.
     """
     check_module("model", model)
+    refuse_compressed(model, "prune", "prune the float model first: prune then quantize keeps the zeros exact, "
+                      "prune then sparsify stores them sparse")
     config = PruneConfig.build(config, settings)
     job = _job(model, config, data, loss_fn, Finetune.of(finetune), callbacks, stop)
-    return (prune_units if config.structured else prune_weights)(model, job)
+    result = (prune_units if config.structured else prune_weights)(model, job)
+    how = f"{'structured ' if config.structured else ''}{config.score}"
+    result.report.chain(model, result.model, lambda row: f"prune {_share(row, config)} {how}")
+    return result
+
+
+def _share(row, config: PruneConfig) -> str:
+    """The fraction a row lost: its own sparsity (unstructured), else the units removed."""
+    if row.sparsity is not None:
+        return f"{row.sparsity:.0%}"
+    if row.params_before:
+        return f"{1 - row.params_after / row.params_before:.0%}"
+    return f"{config.sparsity:.0%}"
 
 
 signature(prune, PruneConfig)

@@ -44,18 +44,24 @@ class Job:
 
     def finetune(self, model: nn.Module, step: int, after_step=None) -> list[dict]:
         """Fine-tune after step ``step`` when asked (else nothing); the per-epoch history."""
-        tune = self.tune
-        if tune is None:
+        if self.tune is None:
             return []
-        try:
-            return fit(model, tune.data, epochs=tune.epochs, lr=tune.lr, batch_size=tune.batch_size,
-                       weight_decay=tune.weight_decay, seed=self.config.seed + step, loss_fn=self.loss_fn,
-                       val_data=tune.val_data, after_step=after_step, stage="finetune", callbacks=self.progress)
-        except SlimkitError:
-            raise
-        except Exception as e:  # a later batch the model cannot take (the first one was checked)
-            raise InvalidParameterError("finetune", "<a batch of finetune['data']>", "batches the model and "
-                                        f"loss_fn accept; fine-tuning raised {type(e).__name__}: {e}") from e
+        return finetune_fit(model, self.tune, self.loss_fn, self.progress, self.config.seed + step, after_step)
+
+
+def finetune_fit(model: nn.Module, tune: Finetune, loss_fn: Callable, progress: Progress, seed: int,
+                 after_step=None) -> list[dict]:
+    """``fit`` with ``tune``'s settings (stage "finetune"): what pruning's and quantization's
+    fine-tuning run. A batch that fails past the first (checked up front) is a slimkit error."""
+    try:
+        return fit(model, tune.data, epochs=tune.epochs, lr=tune.lr, batch_size=tune.batch_size,
+                   weight_decay=tune.weight_decay, seed=seed, loss_fn=loss_fn, val_data=tune.val_data,
+                   after_step=after_step, stage="finetune", callbacks=progress)
+    except SlimkitError:
+        raise
+    except Exception as e:  # a later batch the model cannot take (the first one was checked)
+        raise InvalidParameterError("finetune", "<a batch of finetune['data']>", "batches the model and "
+                                    f"loss_fn accept; fine-tuning raised {type(e).__name__}: {e}") from e
 
 
 def schedule(sparsity: float, step: int, steps: int) -> float:

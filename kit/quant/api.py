@@ -20,27 +20,37 @@ import torch
 import torch.nn as nn
 
 from ..config import signature
-from ..errors import InvalidParameterError, NothingToCompressError, check_module
+from ..errors import InvalidParameterError, InvalidTypeError, NothingToCompressError, check_module
 from ..events import as_progress
 from ..metrics import sqnr
 from ..nn import (
+    get_module,
     is_target,
     matches,
     own_param_count,
     param_modules,
+    refuse_compressed,
     set_module,
     tensor_bytes,
     unselected_reason,
 )
+from ..pruning.common import add_history
+from ..pruning.config import Finetune
+from ..pruning.importance import check_batch
 from ..report import Action, Compute, LayerReport, Report, Result
+from ..training import cross_entropy
 from .build import copy_module, quantize_layer, share_weight
 from .calibrate import calibrate, input_range
+from .centroids import train_centroids
+from .codebook_layers import CodebookWeight
 from .config import QuantConfig
 from .plan import (
     NOT_QUANTIZED,
     TARGET_TYPES,
     LayerPlan,
     check_finite,
+    matrices,
+    method_skips,
     module_paths,
     plan_layer,
     structural_skips,
@@ -54,7 +64,7 @@ from .sensitivity import auto_keep
 
 
 def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, metric=None,
-             callbacks=None, stop=None, **settings) -> Result:
+             finetune=None, loss_fn=None, callbacks=None, stop=None, **settings) -> Result:
     """Quantize the weights of every Linear (and transformers' Conv1D), Conv, ConvTranspose,
     Embedding and LSTM/GRU/RNN layer (and, with calibration data, their inputs) to ``bits`` bits.
     Returns ``Result(model, report)``; ``model`` is a copy in the input model's dtype (bf16 stays
@@ -89,16 +99,27 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     (mixed precision), or "auto": keep the most sensitive layers until ``metric`` (a callable
     model -> score, higher is better, or (X, y) data scored by accuracy in points) drops by at
     most ``max_drop``. act_bits: bits of simulated activation quantization (real ones are int8).
+    method: "affine" (the above) or "codebook": per layer, k-means over the non-zero weights to
+    2^bits shared values, stored as bit-packed indices + an fp32 codebook (pruned zeros keep the
+    reserved index 0 and stay exact zeros); storage is real, compute is SIMULATED (the weight is
+    gathered into float per call). scheme/granularity do not apply to it.
+    finetune: with method="codebook", ``dict(data=..., epochs=1, lr=1e-3, batch_size=64)`` (or a
+    ``slimkit.pruning.config.Finetune``) trains the centroids, indices fixed (Deep Compression):
+    each centroid gets the summed gradient of the weights sharing it. ``loss_fn(model, x, y)``
+    defaults to cross-entropy. The rows' SQNR is then measured on the trained codebooks.
     """
     check_module("model", model)
+    refuse_compressed(model, "quantize", "quantize the float model (prune or distill first: prune then quantize "
+                      "keeps the zeros exact); quantizing a sparse layer's values is not implemented")
     config = QuantConfig.build(config, settings)
     if config.auto_keep and metric is None:
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
     progress = as_progress(callbacks, stop)
+    tune, loss_fn = _check_finetune(model, config, finetune, loss_fn)
 
     targets, layouts = plan_layouts(model, config)  # every layer checked before any work: nothing half done
     check_finite(targets)
-    skip = structural_skips(model, targets)
+    skip = {**structural_skips(model, targets), **method_skips(targets, config)}
     candidates = [n for n, _ in targets if n not in skip]
 
     ranking = None
@@ -157,13 +178,50 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
         done += 1
         progress.emit("progress", "quantize", done, len(work), sqnr_db=w_sqnr)
     progress.emit("end", "quantize", done, len(work))
+    if tune is not None:
+        _finetune(model, q, report, tune, loss_fn, progress)
     _unsupported_rows(model, report)
     report.cover(model, q)
     report.summary.update(_summary(report))
+    step = f"quantize {config.method} {config.bits}-bit"
+    report.chain(model, q, lambda row: step + (" (simulated)" if row.action == Action.SIMULATED else ""))
     return Result(q, report)
 
 
 signature(quantize, QuantConfig)
+
+
+def _check_finetune(model, config: QuantConfig, finetune, loss_fn):
+    """(Finetune or None, loss_fn): checked, and the first batch tried, before any work."""
+    tune = Finetune.of(finetune)
+    if tune is None:
+        return None, loss_fn
+    if config.method != "codebook":
+        raise InvalidParameterError("finetune", "<given>", "None with method='affine' (fine-tuning trains the "
+                                    "shared values of method='codebook')")
+    if loss_fn is not None and not callable(loss_fn):
+        raise InvalidTypeError("loss_fn", loss_fn, "None or a callable loss_fn(model, x, y)")
+    loss_fn = loss_fn or cross_entropy
+    check_batch("finetune", model, tune.data, loss_fn)
+    return tune, loss_fn
+
+
+def _finetune(model, q, report: Report, tune, loss_fn, progress) -> None:
+    """Train the centroids of ``q`` and re-measure each codebook row's weight SQNR."""
+    history = train_centroids(q, tune, loss_fn, progress)
+    for row in report.layers:
+        new = get_module(q, row.name) if row.action == Action.QUANTIZED else None
+        new = getattr(new, "inner", new)  # FakeQuantInput wraps
+        if isinstance(new, CodebookWeight):
+            row.details["sqnr_db_before_finetune"] = row.sqnr_db
+            with torch.no_grad():
+                row.sqnr_db = sqnr(_flat_weights(get_module(model, row.name)), new.dequantized_weight().reshape(-1))
+    report.params["finetune"] = {"epochs": tune.epochs, "lr": tune.lr}
+    add_history(report.summary, history)
+
+
+def _flat_weights(layer) -> torch.Tensor:
+    return torch.cat([w.detach().reshape(-1) for w in matrices(layer).values()])
 
 
 def _first(out):

@@ -12,6 +12,8 @@ from ..metrics import sqnr
 from ..nn import is_hf_conv1d, is_linear_like, is_parametrized, unparametrize
 from ..report import Compute
 from .affine import QTensor, dequantize_tensor, quantize_tensor, storage_bits
+from .codebook import Codebook, codebook_tensor
+from .codebook_layers import CODEBOOK_CLASSES, CodebookWeight
 from .config import QuantConfig
 from .fakequant import FakeQuantInput
 from .layers import (
@@ -45,12 +47,19 @@ def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig) -> tu
     """The replacement module for one layer, its weight SQNR, and what to say about it."""
     bits, scheme, lay, act_range = config.bits, config.scheme, plan.layout, plan.act_range
     mats = {n: w.detach() for n, w in matrices(layer).items()}
-    qts = {n: quantize_tensor(w, bits, scheme, lay.granularity, 0, lay.group_size) for n, w in mats.items()}
-    deq = {n: dequantize_tensor(qt) for n, qt in qts.items()}
+    if config.method == "codebook":  # one codebook per weight matrix; zeros keep index 0
+        qts = {n: codebook_tensor(w, bits) for n, w in mats.items()}
+        deq = {n: qt.dequantize() for n, qt in qts.items()}
+    else:
+        qts = {n: quantize_tensor(w, bits, scheme, lay.granularity, 0, lay.group_size) for n, w in mats.items()}
+        deq = {n: dequantize_tensor(qt) for n, qt in qts.items()}
     w_sqnr = sqnr(_flat(mats.values()), _flat(deq.values()))
     dtype = next(iter(mats.values())).dtype
-    info = {"mode": "real" if plan.real else "simulated", "bits": bits, "scheme": scheme,
-            "granularity": lay.granularity}
+    info = {"mode": "real" if plan.real else "simulated", "bits": bits, "method": config.method}
+    if config.method == "codebook":
+        info["codebook_size"] = 2 ** bits
+    else:
+        info.update(scheme=scheme, granularity=lay.granularity)
     if lay.group_size:
         info["group_size"] = lay.group_size
     notes = [lay.note] if lay.note else []
@@ -69,7 +78,7 @@ def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig) -> tu
             info["execution"] += f"; input fake-quantized to int{config.act_bits} (SIMULATED)"
             info["activations"], info["compute"] = sim_acts, Compute.SIMULATED
             new = FakeQuantInput(config.act_bits, new, act_range)
-        if bits < 8 and storage_bits(bits) == 8:
+        if bits < 8 and storage_bits(bits) == 8 and config.method == "affine":
             notes.append(f"int{bits} values are stored one per int8 byte (only 2-4 bits are packed)")
     else:
         new = _float_copy(layer, deq)
@@ -85,29 +94,39 @@ def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig) -> tu
     return new, w_sqnr, info
 
 
-def _build_real(layer, qts: dict[str, QTensor], dtype: torch.dtype, act: str, act_range) -> nn.Module:
+def _build_real(layer, qts: dict[str, QTensor | Codebook], dtype: torch.dtype, act: str, act_range) -> nn.Module:
     qt = next(iter(qts.values()))
-    q = dict(bits=qt.bits, scheme=qt.scheme, granularity=qt.granularity, group_size=qt.group_size,
-             dtype=dtype_name(dtype))
+    if isinstance(qt, Codebook):  # the affine layer's codebook twin: same constructor, codebook storage
+        q = dict(bits=qt.bits, dtype=dtype_name(dtype), reserved_zero=qt.reserved_zero)
+    else:
+        q = dict(bits=qt.bits, scheme=qt.scheme, granularity=qt.granularity, group_size=qt.group_size,
+                 dtype=dtype_name(dtype))
     if isinstance(layer, nn.RNNBase):
         return QuantRNN.from_float(layer, qts, **q)
     q["qweight"] = qt
     if is_linear_like(layer):
-        out_f, in_f = qt.q.shape
-        return QuantLinear(in_f, out_f, act=act, bias=layer.bias is not None, bias_value=layer.bias,
-                           act_range=act_range, **q)
+        out_f, in_f = qt.idx.shape if isinstance(qt, Codebook) else qt.q.shape
+        return _twin(QuantLinear, qt)(in_f, out_f, act=act, bias=layer.bias is not None, bias_value=layer.bias,
+                                 act_range=act_range, **q)
     if isinstance(layer, nn.Embedding):
-        return QuantEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, **q)
-    cls = next(c for t, c in _QUANT_CONV.items() if isinstance(layer, t))
+        return _twin(QuantEmbedding, qt)(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, **q)
+    cls = _twin(next(c for t, c in _QUANT_CONV.items() if isinstance(layer, t)), qt)
     return cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                layer.dilation, layer.groups, output_padding=getattr(layer, "output_padding", 0),
                bias=layer.bias is not None, bias_value=layer.bias, **q)
 
 
+def _twin(cls: type, qt) -> type:
+    """The layer class for ``qt``'s storage: the affine class, or its codebook twin."""
+    return CODEBOOK_CLASSES[cls] if isinstance(qt, Codebook) else cls
+
+
 def share_weight(new: nn.Module, first: nn.Module) -> None:
     """Make ``new`` use ``first``'s weight storage (tied layers: one copy, and saved once)."""
     new, first = getattr(new, "inner", new), getattr(first, "inner", first)  # FakeQuantInput wraps
-    if isinstance(new, QWeight):
+    if isinstance(new, CodebookWeight):
+        new.indices, new.codebook = first.indices, first.codebook
+    elif isinstance(new, QWeight):
         new.qweight, new.scale, new.zero_point = first.qweight, first.scale, first.zero_point
     else:
         new.weight = first.weight

@@ -7,6 +7,8 @@ from ..config import Config, anything, choice, integer, names, number
 from ..errors import InvalidParameterError, InvalidTypeError
 from .affine import GRANULARITIES, MODES, SCHEMES
 
+METHODS = ("affine", "codebook")
+
 
 @dataclass(frozen=True)
 class QuantConfig(Config):
@@ -15,7 +17,10 @@ class QuantConfig(Config):
     verb = "quantize"
     first = "bits"
 
-    bits: int = integer(8, 2, 8, "bits per weight (5-7 are stored one per byte, like 8)")
+    bits: int = integer(8, 2, 8, "bits per weight (affine: 5-7 are stored one per byte, like 8; codebook: "
+                        "indices bit-packed at exactly this width)")
+    method: str = choice("affine", METHODS, "affine (scale and zero point) or codebook (k-means shared values, "
+                         "Deep Compression's weight sharing; compute simulated)")
     granularity: str = choice("per_channel", GRANULARITIES,
                               "one scale per output channel, per tensor, or per group of group_size values")
     scheme: str = choice("symmetric", SCHEMES, "zero point 0 (what int8 kernels need), or min-max with a zero point")
@@ -32,6 +37,9 @@ class QuantConfig(Config):
                              wording="a number >= 0 (allowed metric drop)")
 
     def check(self) -> None:
+        if self.method == "codebook" and self.granularity == "per_group":
+            raise InvalidParameterError("granularity", self.granularity, "per_channel or per_tensor with "
+                                        "method='codebook' (one codebook per layer; groups are affine scales)")
         if self.granularity != "per_group" and self.group_size is not None:
             raise InvalidParameterError("group_size", self.group_size, "None unless granularity='per_group'")
         keep = self.keep
@@ -55,4 +63,4 @@ class QuantConfig(Config):
         keep = list(self.keep) if isinstance(self.keep, tuple) else self.keep
         return dict(bits=self.bits, granularity=self.granularity, scheme=self.scheme, mode=self.mode,
                     group_size=self.group_size, activations="calibrated" if calibrated else None, keep=keep,
-                    act_bits=self.act_bits)
+                    act_bits=self.act_bits, method=self.method)

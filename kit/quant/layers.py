@@ -86,6 +86,10 @@ class QWeight(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale.float().contiguous())
         self.register_buffer("zero_point", zp)
+        self._init_bias(bias, has_bias, bias_size)
+
+    def _init_bias(self, bias: torch.Tensor | None, has_bias: bool, bias_size: int | None) -> None:
+        """The bias, a buffer in the layer's dtype (an empty one of the right size from a spec)."""
         if has_bias:
             b = torch.empty(bias_size or self.shape[0]) if bias is None else bias.detach().clone()
             self.register_buffer("bias", b.to(self.dtype))

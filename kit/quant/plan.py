@@ -62,6 +62,8 @@ def layout(name: str, layer: nn.Module, config: QuantConfig) -> Layout:
     """The layout for one layer. per_group needs the group size to divide the layer's values per
     channel: an explicit ``group_size`` that does not is an error naming the layer; without one,
     the largest divisor in [8, 32] is used, else one scale per channel (said in the layer's row)."""
+    if config.method == "codebook":
+        return Layout("per_tensor")  # one codebook per weight matrix
     if config.granularity != "per_group":
         return Layout(config.granularity)
     mats = matrices(layer).values()
@@ -102,6 +104,15 @@ def structural_skips(model: nn.Module, targets) -> dict[str, str]:
             out[name] = ("kept in float: its parent MultiheadAttention reads .weight/.bias directly "
                          "(F.multi_head_attention_forward)")
     return out
+
+
+def method_skips(targets, config: QuantConfig) -> dict[str, str]:
+    """Layers the chosen method has no implementation for (they stay float, each row says why)."""
+    if config.method != "codebook":
+        return {}
+    return {name: f"kept in float: no codebook {type(layer).__name__} (method='codebook' covers Linear, Conv, "
+                  "ConvTranspose and Embedding; method='affine' quantizes recurrent layers)"
+            for name, layer in targets if isinstance(layer, nn.RNNBase)}
 
 
 def tie_groups(model: nn.Module, layers) -> dict[str, list[str]]:
@@ -159,7 +170,8 @@ class LayerPlan:
 
 
 def has_int8_kernel(layer: nn.Module, config: QuantConfig, layout: Layout) -> bool:
-    return is_linear_like(layer) and int8_kernel_format(config.bits, config.scheme, layout.granularity)
+    return (config.method == "affine" and is_linear_like(layer)
+            and int8_kernel_format(config.bits, config.scheme, layout.granularity))
 
 
 def plan_layer(name: str, layer: nn.Module, config: QuantConfig, layout: Layout, with_acts: bool) -> LayerPlan:

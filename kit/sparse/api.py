@@ -22,6 +22,7 @@ from ..nn import (
     is_target,
     linear_weight,
     named_targets,
+    refuse_compressed,
     set_module,
     tensor_bytes,
     unselected_reason,
@@ -108,6 +109,8 @@ def sparsify(model: nn.Module, config: SparsifyConfig | float | None = None, *, 
     Biases stay dense. The input model is not modified.
     """
     check_module("model", model)
+    refuse_compressed(model, "sparsify", "sparse integer storage (quantize then sparsify) is not implemented: "
+                      "prune, then quantize(method='codebook') keeps the pruned zeros as codebook index 0")
     config = SparsifyConfig.build(config, settings)
     progress = as_progress(callbacks, stop)
 
@@ -129,6 +132,8 @@ def sparsify(model: nn.Module, config: SparsifyConfig | float | None = None, *, 
             progress.emit("progress", "sparsify", i + 1, len(targets), sparsity=layer_sparsity)
     report = run.finish(model, {n for n, _ in targets})
     in_model_order(report.cover(model, new), model)
+    report.chain(model, new, lambda row: f"sparsify {row.details.get('format', '')}".strip()
+                 + (" (zeroed, kept dense)" if row.action == Action.ZEROED else ""))
     progress.emit("end", "sparsify", len(targets), len(targets), compression=report.summary["compression"])
     return Result(new, report)
 

@@ -22,7 +22,8 @@ def test_bits_by_position_keyword_or_config_are_one_call(mlp):
     # keywords override a config
     _same(by_position, slimkit.quantize(mlp, slimkit.QuantConfig(bits=8), bits=4, granularity="per_group"))
     assert by_position.report.params == dict(bits=4, granularity="per_group", scheme="symmetric", mode="auto",
-                                             group_size=None, activations=None, keep=None, act_bits=8)
+                                             group_size=None, activations=None, keep=None, act_bits=8,
+                                             method="affine")
 
 
 def test_keep_is_reported_as_a_list(mlp):

@@ -1,0 +1,105 @@
+"""Composition of the verbs: what each accepts from the others, the zeros it keeps, the refusals,
+and the per-layer history the last report shows."""
+import pytest
+import torch
+import torch.nn as nn
+
+import slimkit
+from slimkit.errors import InvalidParameterError
+from slimkit.report import history
+
+WEIGHTED = (nn.Linear, nn.Conv2d)
+
+
+def _zeros(model):
+    return {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
+
+
+@pytest.mark.parametrize("method,bits", [("affine", 4), ("affine", 8), ("codebook", 3)])
+def test_prune_then_quantize_keeps_exact_zeros_and_history(mlp, method, bits):
+    pruned = slimkit.prune(mlp, 0.7).model
+    q, report = slimkit.quantize(pruned, bits=bits, method=method)
+    for name, zero in _zeros(pruned).items():
+        w = q.get_submodule(name).weight
+        assert torch.equal(w[zero], torch.zeros(int(zero.sum()))), name
+    rows = {r.name: r for r in report.changed}
+    assert rows and all(r.history == ["prune 70% magnitude", f"quantize {method} {bits}-bit"] for r in rows.values())
+    assert history(q) == {n: r.history for n, r in rows.items()}
+    assert report.summary["steps"] == ["prune 70% magnitude", f"quantize {method} {bits}-bit"]
+    assert history(pruned) == {n: ["prune 70% magnitude"] for n in rows}  # the input keeps its own
+
+
+def test_structured_prune_then_int8_runs_smaller(cnn, digits):
+    small = slimkit.prune(cnn, 0.5, structured=True).model
+    q, report = slimkit.quantize(small, bits=8)
+    assert slimkit.size(q) < slimkit.size(small) / 3
+    assert all(r.history[0].startswith("prune") and "structured" in r.history[0] for r in report.changed)
+    acc = slimkit.metrics.evaluate(q, digits.test)["accuracy"]
+    assert acc > slimkit.metrics.evaluate(small, digits.test)["accuracy"] - 0.02
+
+
+def test_prune_distill_quantize_keeps_zeros_through_training(mlp, digits):
+    pruned = slimkit.prune(mlp, 0.6).model
+    student = slimkit.distill(mlp, pruned, digits.train, epochs=1).model
+    for name, zero in _zeros(pruned).items():
+        assert torch.equal(student.get_submodule(name).weight[zero], torch.zeros(int(zero.sum())))
+    q, report = slimkit.quantize(student, bits=4, method="codebook")
+    assert {tuple(r.history) for r in report.changed} == {("prune 60% magnitude", "distill", "quantize codebook 4-bit")}
+
+
+def test_prune_then_sparsify_history(mlp):
+    _, report = slimkit.sparsify(slimkit.prune(mlp, 0.9).model, format="bitmask")
+    assert {tuple(r.history) for r in report.changed} == {("prune 90% magnitude", "sparsify bitmask")}
+
+
+def _compressed(mlp):
+    return {"quantize": slimkit.quantize(mlp, bits=4, method="codebook").model,
+            "quantize-affine": slimkit.quantize(mlp, bits=8).model,
+            "sparsify": slimkit.sparsify(mlp, sparsity=0.5).model}
+
+
+def test_verbs_refuse_a_compressed_model_naming_the_layer(mlp, digits):
+    verbs = {"prune": lambda m: slimkit.prune(m, 0.5), "quantize": lambda m: slimkit.quantize(m, bits=8),
+             "sparsify": lambda m: slimkit.sparsify(m, sparsity=0.5),
+             "distill": lambda m: slimkit.distill(mlp, m, digits.train, epochs=1)}
+    for first, model in _compressed(mlp).items():
+        for verb, call in verbs.items():
+            with pytest.raises(InvalidParameterError, match=rf"{verb} cannot follow .*'net\.1'") as e:
+                call(model)
+            assert ("sparse" if first == "sparsify" else "quantized") in str(e.value)
+
+
+def test_a_compressed_teacher_is_fine(mlp, digits):
+    teacher = slimkit.quantize(mlp, bits=8).model
+    student, report = slimkit.distill(teacher, slimkit.zoo.models.DigitsMLP(hidden=(32,)), digits.train, epochs=1)
+    assert all(r.history == ["distill"] for r in report.changed)
+
+
+class _Block(nn.Module):
+    """A transformer-ish model: embedding, self-attention, MLP, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(40, 32)
+        self.attn = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(32, 40)
+
+    def forward(self, ids):
+        return self.head(self.attn(self.emb(ids)))
+
+
+def test_transformerish_prune_then_codebook_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = _Block().eval()
+    pruned = slimkit.prune(model, 0.5).model
+    q, report = slimkit.quantize(pruned, bits=4, method="codebook")
+    rows = {r.name: r for r in report.layers}
+    assert rows["attn.linear1"].history == ["prune 50% magnitude", "quantize codebook 4-bit"]
+    assert rows["attn.self_attn"].action == "skipped"  # MultiheadAttention's own weight stays float (reason given)
+    ids = torch.randint(0, 40, (2, 5))
+    back = slimkit.load(slimkit.save(q, tmp_path / "b.slim"), model=model)
+    with torch.no_grad():
+        assert torch.equal(back(ids), q(ids))
+    for name, zero in _zeros(pruned).items():
+        if name in rows and rows[name].action == "quantized":
+            assert torch.equal(q.get_submodule(name).weight[zero], torch.zeros(int(zero.sum())))
