@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .artifact_checks import check_aliases, check_json, check_spec
 from .errors import ArtifactError, InvalidParameterError, check_module
 from .jsonsafe import strict_loads
 from .nn import set_module
+from .report import HISTORY, history
 
 FORMAT = "slimkit-artifact"
 VERSION = 2  # v2: the checksum covers the metadata too (v1 files cannot be verified)
@@ -153,6 +155,8 @@ def to_bytes(model: nn.Module, info: dict[str, Any] | None = None, *, entropy: b
         "aliases": aliases,
         "info": info or {},
     }
+    if history(model):  # only when a verb made it, so plain saves stay byte-identical to older ones
+        meta["history"] = history(model)
     try:  # the metadata as the reader will parse it (tuples -> lists, other objects -> str)
         meta = json.loads(json.dumps(meta, default=str, allow_nan=False))
     except ValueError as e:
@@ -222,6 +226,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                                     and isinstance(builder.get("kwargs"), dict)):
         raise ArtifactError(f"{path} has corrupt slimkit metadata: 'builder' is not null or "
                             "{'name': str, 'kwargs': dict}")
+    steps = meta.get("history", {})
+    if not (isinstance(steps, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                            for v in steps.values())):
+        raise ArtifactError(f"{path} has corrupt slimkit metadata: 'history' is not {{layer: [step, ...]}}")
     return meta
 
 
@@ -246,9 +254,16 @@ def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
         "or register one with slimkit.zoo.models.register_builder")
 
 
+# The modules whose layers register a kind here; `import slimkit` loads them lazily, so a fresh
+# process that only loads an artifact imports them before reading its kinds.
+LAYER_MODULES = ("quant.layers", "quant.fakequant", "quant.rnn", "quant.codebook_layers", "sparse.layers")
+
+
 def _replace_layers(path, skeleton: nn.Module, meta: dict) -> None:
     """Swap in each layer the compression changed. Only existing submodules are replaced: a
     name cannot add attributes (or reach ``__class__`` and the like)."""
+    for module in LAYER_MODULES:
+        import_module(f"{__package__}.{module}")
     for name, entry in meta["modules"].items():
         kind, spec = check_spec(path, name, entry, _KINDS)
         if not _has_module(skeleton, name):
@@ -364,4 +379,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise ArtifactError(f"{path} does not fit the model: {e}") from e
     if meta.get("builder"):
         skeleton._slimkit_builder = meta["builder"]
+    if meta.get("history"):  # the steps each layer went through, for the next verb's report
+        setattr(skeleton, HISTORY, meta["history"])
     return skeleton.eval()

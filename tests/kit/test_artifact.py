@@ -1,13 +1,17 @@
 """Artifacts: exact round trip, no code execution on load, corrupt files refused."""
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import TiedModel as Tied
 
 import slimkit
-from conftest import TiedModel as Tied
 from slimkit import artifact
 from slimkit.errors import ArtifactError
 
@@ -133,6 +137,8 @@ def _edit_module(name, **spec):
     (_edit_module("features.0", stride=[0, 1]), "stride"),
     (_edit_module("features.0", padding_mode="os.system"), "padding_mode"),
     (_edit_module("features.0", kernel_size=[3] * 100), "kernel_size"),
+    (lambda m: m.update(history={"features.0": "prune; import os"}), "history"),
+    (lambda m: m.update(history=[["features.0", "prune"]]), "history"),
 ])
 def test_tampered_metadata_is_an_artifact_error(cnn, tmp_path, change, match):
     path = slimkit.save(cnn, tmp_path / "c.slim")
@@ -341,3 +347,20 @@ def test_fuzzed_metadata_bytes_are_refused_or_harmless(tmp_path):
         except ArtifactError:
             continue
         assert torch.equal(_fuzz_forward(back, idx), want), f"a different model loaded after editing byte {i}"
+
+
+def test_every_module_that_registers_layer_kinds_is_loaded_before_an_artifact_is_read():
+    """`import slimkit` is lazy, so load() imports these itself; a new module of layers must be listed."""
+    kit = Path(artifact.__file__).parent
+    registering = {str(p.relative_to(kit).with_suffix("")).replace(os.sep, ".") for p in kit.rglob("*.py")
+                   if p.name != "artifact.py" and "register_module(" in p.read_text()}
+    assert registering == set(artifact.LAYER_MODULES)
+
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_a_quantized_artifact(cnn, tmp_path):
+    path = slimkit.save(slimkit.quantize(cnn, bits=4, method="codebook").model, tmp_path / "q.slim")
+    code = f"import slimkit; m = slimkit.load({str(path)!r}); print(type(m.features[0]).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "CodebookConv2d"

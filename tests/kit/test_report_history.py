@@ -103,3 +103,5 @@ def test_transformerish_prune_then_codebook_round_trips(tmp_path):
     for name, zero in _zeros(pruned).items():
         if name in rows and rows[name].action == "quantized":
             assert torch.equal(q.get_submodule(name).weight[zero], torch.zeros(int(zero.sum())))
+    assert history(back) == history(q)  # the artifact keeps the steps, so a later verb's report shows them
+
