@@ -29,8 +29,10 @@ LOG_SPAN = 5.0  # positive values spanning this ratio or more get a log axis
 def _figure(**layout) -> go.Figure:
     """No template here (validating one costs more than the rest of a figure): the live front end
     colours figures after JupyterLab's theme, ``static_bundle`` adds plotly_white."""
+    # titles left-aligned and small: long ones (layer names, settings) stay inside a narrow plot
+    title = {"text": layout.pop("title", ""), "x": 0.01, "xanchor": "left", "font": {"size": 14}}
     return go.Figure(layout={"height": HEIGHT, "autosize": True, "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
-                                 "legend": {"orientation": "h", "y": -0.25}} | layout)
+                             "legend": {"orientation": "h", "y": -0.25}, "title": title} | layout)
 
 
 def percent_axis(values: Sequence[float | None]) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def integer_axis(count: int) -> dict[str, Any]:
 def curves(title: str, data: dict[str, list[list[float]]]) -> go.Figure:
     """Loss (left) and validation accuracy (right, percent) per epoch."""
     (lx, ly), (ax, ay) = data["loss"], data["val_accuracy"]
-    fig = _figure(title=plot_text(title),
+    fig = _figure(title=plot_text(title), margin={"l": 60, "r": 70, "t": 40, "b": 40},  # room for the % axis
                   xaxis=dict(title_text="epoch", **integer_axis(int(max([*lx, *ax], default=1)))),
                   yaxis=dict(title_text="loss", **scale_axis(ly)),
                   yaxis2=dict(title_text="val accuracy", overlaying="y", side="right", showgrid=False,
@@ -110,7 +112,7 @@ def sensitivity(layers: Sequence[str], drops: Sequence[float], what: str, hover:
 def histogram(layer: str, centers: list[float], before: list[int], after: list[int], width: float) -> go.Figure:
     title = f"Weights of {plot_text(layer)}: before / after" if layer else "Weights before / after"
     fig = _figure(title=title, barmode="overlay", bargap=0, xaxis_title="weight value",
-                  yaxis={"title_text": "count (log)", "type": "log"})
+                  yaxis={"title_text": "count (log)", "type": "log", "dtick": 1})  # decades: 1, 10, 100
     fig.add_bar(x=centers, y=before, width=width, name="before", opacity=0.6, marker_color="#7f7f7f")
     fig.add_bar(x=centers if after else [], y=after, width=width, name="after", opacity=0.6, marker_color="#ff7f0e")
     return fig
@@ -149,7 +151,7 @@ def pareto(runs: Sequence[dict[str, Any]]) -> go.Figure:
         fig.add_scatter(x=x, y=acc, mode="markers+text", name="vs size" if col == 1 else "vs latency",
                         text=[f"#{r['id']}" if i in front else "" for i, r in enumerate(runs)],
                         textposition="top center", customdata=[r["id"] for r in runs], hovertext=hover,
-                        hoverinfo="text", showlegend=False, xaxis=f"x{n}", yaxis=f"y{n}",
+                        hoverinfo="text", showlegend=False, cliponaxis=False, xaxis=f"x{n}", yaxis=f"y{n}",
                         marker={"size": [13 if i in front else 9 for i in range(len(runs))],
                                     "color": [colors[m] for m in methods],
                                     "line": {"width": [2 if i in front else 0 for i in range(len(runs))],

@@ -13,7 +13,8 @@ const AXIS = /^[xy]axis\d*$/;
 function loadPlotly(model) {
   if (!globalThis[KEY]) {
     globalThis[KEY] = (async () => {
-      const lib = await model.widget_manager.get_model(model.get("lib").replace(/^IPY_MODEL_/, ""));
+      const ref = model.get("lib");  // "IPY_MODEL_<id>" (no deserializer), or the model itself
+      const lib = typeof ref === "string" ? await model.widget_manager.get_model(ref.replace(/^IPY_MODEL_/, "")) : ref;
       const gz = new Blob([lib.get("source")]).stream().pipeThrough(new DecompressionStream("gzip"));
       const source = await new Response(gz).text();
       // the UMD bundle fills module.exports; it also sets window.Plotly: a page's own one stays
