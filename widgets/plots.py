@@ -1,93 +1,63 @@
-"""The panel's plotly figures: live ``FigureWidget`` s in a notebook, static figures headless.
+"""The panel's five plotly figures: drawn live through :class:`.PlotWidget`, static headless.
 
-All five figures keep their numbers in plain Python lists here; the panel's worker thread
-appends to them and :meth:`Plots.flush` (called through a throttle) copies whatever changed
-into the figures inside ``batch_update`` so each refresh is one message per figure.
-
-Headless (papermill/nbconvert) nobody renders widgets, and a ``FigureWidget`` would store
-its ~5 MB plotly.js bundle in the notebook's widget state, so the same code builds plain
-``go.Figure`` s and :func:`static_bundle` renders them offline (plotly.js inlined once per
-kernel, never from a CDN).
+The numbers live here in plain Python (the panel's worker thread appends to them); each
+:meth:`Plots.flush` (called through a throttle) rebuilds the figures whose numbers changed
+from :mod:`.figures` and sends each one once. Live, every figure is a :class:`.PlotWidget`
+whose state is the figure's JSON, so a reloaded page draws the same data. Headless
+(papermill/nbconvert) nobody renders widgets, so the figures stay plain ``go.Figure`` s and
+:func:`static_bundle` renders them offline (plotly.js inlined once per kernel, never a CDN).
 """
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from slimkit.measure import pareto_front
-from slimkit.table import plot_text  # user strings in titles, ticks and hover: shown as text
+from . import figures as F
 
-HEIGHT = 300
-WIDTHS = {"curves": 500, "sweep": 500, "sensitivity": 500, "histogram": 500, "pareto": 620}
-CURVE_COLORS = {"loss": "#d62728", "val_accuracy": "#1f77b4"}
-
-
-def _figure(base: go.Figure | None = None, **layout) -> go.Figure:
-    fig = base if base is not None else go.Figure()
-    layout = dict(height=HEIGHT, margin=dict(l=50, r=20, t=40, b=40), template="plotly_white",
-                  legend=dict(orientation="h", y=-0.25)) | layout
-    fig.update_layout(**layout)
-    return fig
+NAMES = ("curves", "sweep", "sensitivity", "histogram", "pareto")
+HIST_LIMIT = 1_000_000  # weights binned per layer; a larger layer is binned from a fixed sample
 
 
 class Plots:
-    """Curves, sweep, sensitivity, histogram and Pareto figures plus their data."""
+    """Curves, sweep, sensitivity, histogram and Pareto figures plus their data.
+
+    ``plots.curves`` (and the others) is what the panel places: a :class:`.PlotWidget` live, the
+    ``go.Figure`` itself headless; :meth:`figures` always gives the ``go.Figure`` s.
+    ``on_pick(run_id)`` is called when a Pareto point is clicked.
+    """
 
     def __init__(self, live: bool, on_pick: Callable[[int], Any] | None = None):
         self.live = live
+        self.on_pick = on_pick
         self._lock = threading.RLock()
         self._dirty: set[str] = set()
-        self.on_pick = on_pick
-
-        # loss (left axis) and validation accuracy (right axis) of fine-tuning / distillation
-        self.curves = _figure(make_subplots(specs=[[{"secondary_y": True}]]),
-                              title="Training curves (fine-tune / distill)")
-        self.curves.add_scatter(x=[], y=[], name="loss", mode="lines+markers",
-                                line=dict(color=CURVE_COLORS["loss"]), secondary_y=False)
-        self.curves.add_scatter(x=[], y=[], name="val accuracy", mode="lines+markers",
-                                line=dict(color=CURVE_COLORS["val_accuracy"]), secondary_y=True)
-        self.curves.update_xaxes(title_text="epoch")
-        self.curves.update_yaxes(title_text="loss", secondary_y=False)
-        self.curves.update_yaxes(title_text="accuracy", secondary_y=True)
         self._curve: dict[str, list[list[float]]] = {"loss": [[], []], "val_accuracy": [[], []]}
-
-        self.sweep = _figure(title="Accuracy vs setting (sweep)",
-                             xaxis_title="setting", yaxis_title="test accuracy")
+        self._curve_title = "Training curves (fine-tune / distill)"
         self._sweeps: list[dict[str, Any]] = []  # {name, x, y}
-
-        self.sensitivity = _figure(title="Per-layer sensitivity",
-                                   xaxis_title="layer", yaxis_title="accuracy drop (points)")
-        self.sensitivity.add_bar(x=[], y=[], name="sensitivity", marker_color="#9467bd")
-
-        self.histogram = _figure(title="Weights before / after", barmode="overlay",
-                                 xaxis_title="weight value", yaxis_title="count")
-        self.histogram.add_bar(x=[], y=[], name="before", opacity=0.6, marker_color="#7f7f7f")
-        self.histogram.add_bar(x=[], y=[], name="after", opacity=0.6, marker_color="#ff7f0e")
-
-        self.pareto = _figure(make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06),
-                              title="Pareto: accuracy vs size and latency (click a point)", height=HEIGHT + 40)
-        for col in (1, 2):
-            self.pareto.add_scatter(x=[], y=[], mode="markers+text", name="vs size" if col == 1 else "vs latency",
-                                    marker=dict(size=11, color="#2ca02c"), textposition="middle right",
-                                    textfont=dict(size=9, color="#555"), showlegend=False, row=1, col=col)
-        self.pareto.update_xaxes(title_text="artifact size (KiB)", rangemode="tozero", row=1, col=1)
-        self.pareto.update_xaxes(title_text="latency (ms / batch)", rangemode="tozero", row=1, col=2)
-        self.pareto.update_yaxes(title_text="test accuracy", row=1, col=1)
+        self._sens: tuple | None = None
+        self._hist: tuple | None = None
         self._runs: list[dict[str, Any]] = []
-        if live:  # traces are added before wrapping: subplot grids do not survive the copy
-            for name, width in WIDTHS.items():  # side by side in the panel; static figures autosize
-                getattr(self, name).update_layout(width=width)
-            for name in self.figures():
-                setattr(self, name, go.FigureWidget(getattr(self, name)))
-            for trace in self.pareto.data:
-                trace.on_click(self._clicked)
+        self._figs = {name: self._build(name) for name in NAMES}
+        self.views: dict[str, Any] = {}
+        if live:
+            from .plot_widget import PlotWidget
+
+            self.views = {name: PlotWidget(fig) for name, fig in self._figs.items()}
+            self.views["pareto"].on_click = self._clicked
+
+    curves = property(lambda self: self._shown("curves"))
+    sweep = property(lambda self: self._shown("sweep"))
+    sensitivity = property(lambda self: self._shown("sensitivity"))
+    histogram = property(lambda self: self._shown("histogram"))
+    pareto = property(lambda self: self._shown("pareto"))
+
+    def _shown(self, name: str):
+        return self.views[name] if self.live else self._figs[name]
 
     # -- data in (any thread) -------------------------------------------------------------
 
@@ -106,6 +76,7 @@ class Plots:
             self._dirty.add("curves")
 
     def start_sweep(self, name: str) -> None:
+        """A new sweep, e.g. "prune: sparsity": drawn on the axis of the setting after the colon."""
         with self._lock:
             self._sweeps.append({"name": name, "x": [], "y": []})
             self._dirty.add("sweep")
@@ -124,9 +95,17 @@ class Plots:
             self._dirty.add("sensitivity")
 
     def set_histogram(self, layer: str, before: np.ndarray, after: np.ndarray | None, bins: int = 80) -> None:
-        """Binned here (not in the browser): a layer can have 10^5..10^7 weights."""
-        before = np.asarray(before, dtype=np.float64).ravel()
-        parts = [before] if after is None else [before, np.asarray(after, dtype=np.float64).ravel()]
+        """Binned here, so the browser gets ``bins`` counts per series whatever the layer's size.
+
+        Every weight is counted up to :data:`HIST_LIMIT`; past it, the same fixed random sample
+        of positions (seed 0) of before and after, and the title says so.
+        """
+        parts = [np.asarray(p, dtype=np.float64).ravel() for p in (before, after) if p is not None]
+        n = parts[0].size
+        if n > HIST_LIMIT and all(p.size == n for p in parts):
+            pick = np.random.default_rng(0).integers(0, n, HIST_LIMIT)
+            parts = [p[pick] for p in parts]
+            layer = f"{layer}, a sample of {HIST_LIMIT:,} of {n:,}"
         lo, hi = min(p.min() for p in parts), max(p.max() for p in parts)
         edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
         centers = ((edges[:-1] + edges[1:]) / 2).tolist()
@@ -136,69 +115,45 @@ class Plots:
             self._dirty.add("histogram")
 
     def set_runs(self, runs: Sequence[dict[str, Any]]) -> None:
-        """``runs``: dicts with id, label, accuracy, size_kib, latency_ms."""
+        """``runs``: dicts with id, label, accuracy, size_kib, latency_ms (and method, which
+        colours the point; without it the method names in the label do)."""
         with self._lock:
             self._runs = [dict(r) for r in runs]
             self._dirty.add("pareto")
 
     # -- data out (throttled) -------------------------------------------------------------
 
+    def _build(self, name: str) -> go.Figure:
+        if name == "curves":
+            return F.curves(self._curve_title, self._curve)
+        if name == "sweep":
+            return F.sweep(self._sweeps)
+        if name == "sensitivity":
+            return F.sensitivity(*(self._sens or ([], [], "", [])))
+        if name == "histogram":
+            return F.histogram(*(self._hist or ("", [], [], [], 0.0)))
+        return F.pareto(self._runs)
+
     def flush(self) -> None:
+        """Rebuild the figures whose data changed and send each one in one message."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            for name in sorted(dirty):
-                fig = getattr(self, name)
-                with fig.batch_update():
-                    getattr(self, "_draw_" + name)(fig)
+            built = {name: self._build(name) for name in sorted(dirty)}
+            self._figs.update(built)
+        for name, fig in built.items():
+            if name in self.views:
+                self.views[name].show(fig)
 
-    def _draw_curves(self, fig) -> None:
-        for trace, key in zip(fig.data, ("loss", "val_accuracy")):
-            trace.x, trace.y = list(self._curve[key][0]), list(self._curve[key][1])
-        fig.layout.title.text = plot_text(getattr(self, "_curve_title", "Training curves"))
-
-    def _draw_sweep(self, fig) -> None:
-        while len(fig.data) < len(self._sweeps):
-            fig.add_scatter(x=[], y=[], mode="lines+markers")
-        for trace, s in zip(fig.data, self._sweeps):
-            trace.x, trace.y, trace.name = list(s["x"]), list(s["y"]), plot_text(s["name"])
-        if self._sweeps:
-            fig.layout.xaxis.title.text = plot_text(self._sweeps[-1]["name"].split(":")[-1].strip())
-
-    def _draw_sensitivity(self, fig) -> None:
-        layers, drops, what, hover = self._sens
-        fig.data[0].x, fig.data[0].y = [plot_text(n) for n in layers], drops  # module names are the user's
-        fig.data[0].hovertext = [plot_text(h) for h in hover] or None
-        fig.layout.title.text = f"Per-layer sensitivity: {plot_text(what)}"
-
-    def _draw_histogram(self, fig) -> None:
-        layer, centers, before, after, width = self._hist
-        fig.data[0].x, fig.data[0].y, fig.data[0].width = centers, before, width
-        fig.data[1].x, fig.data[1].y, fig.data[1].width = (centers if after else []), after, width
-        fig.layout.title.text = f"Weights of {plot_text(layer)}: before / after"
-
-    def _draw_pareto(self, fig) -> None:
-        runs = self._runs
-        hover = [f"#{r['id']} {plot_text(r['label'])}<br>acc {r['accuracy']:.2%}<br>"
-                 f"{r['size_kib']:.1f} KiB, {r['latency_ms']:.2f} ms" for r in runs]
-        for trace, key in zip(fig.data, ("size_kib", "latency_ms")):
-            x = [None if math.isnan(r[key]) else r[key] for r in runs]  # NaN is not JSON
-            front = pareto_front([(v if v is not None else math.inf, -r["accuracy"]) for v, r in zip(x, runs)])
-            trace.x, trace.y = x, [r["accuracy"] for r in runs]
-            trace.text = [f"#{r['id']}" for r in runs]
-            trace.customdata = [r["id"] for r in runs]
-            trace.hovertext, trace.hoverinfo = hover, "text"
-            trace.marker.color = ["#2ca02c" if i in front else "#aaaaaa" for i in range(len(runs))]
-
-    def _clicked(self, trace, points, state=None) -> None:
-        if points.point_inds and self.on_pick is not None:
-            self.on_pick(int(trace.customdata[points.point_inds[0]]))
+    def _clicked(self, trace: int, point: int) -> None:
+        run_id = self._figs["pareto"].data[trace].customdata
+        if self.on_pick is not None and run_id is not None:
+            self.on_pick(int(run_id[point]))
 
     def figures(self) -> dict[str, go.Figure]:
-        return {"curves": self.curves, "sweep": self.sweep, "sensitivity": self.sensitivity,
-                "histogram": self.histogram, "pareto": self.pareto}
+        return dict(self._figs)
 
     def has_data(self, name: str) -> bool:
-        return any(len(t.x or ()) for t in getattr(self, name).data)
+        return any(v is not None for t in self._figs[name].data for v in (t.x if t.x is not None else ()))
 
 
 # -- headless rendering -----------------------------------------------------------------
@@ -216,7 +171,8 @@ def static_bundle(fig: go.Figure) -> dict[str, str | dict]:
     global _plotlyjs_sent
     import plotly.io as pio
 
-    fig = go.Figure(fig)  # a FigureWidget's state, as a plain figure
+    fig = go.Figure(getattr(fig, "figure", fig))  # a PlotWidget's figure, or a figure
+    fig.update_layout(template="plotly_white")  # live figures take JupyterLab's theme instead
     include = not _plotlyjs_sent
     _plotlyjs_sent = True
     body = pio.to_html(fig, full_html=False, include_plotlyjs=include, include_mathjax=False,
