@@ -27,6 +27,7 @@ from .errors import (
     SlimkitError,
 )
 from .events import Event, Progress
+from .exporter import ExportError, export
 from .inputs import Inputs
 from .measure import compare, latency
 from .metrics import evaluate, sqnr
@@ -49,5 +50,6 @@ __all__ = [
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",
     "IncompatibleModelsError", "ArtifactError", "DeviceUnavailableError", "Interrupted",
+    "export", "ExportError",
 ]
 
