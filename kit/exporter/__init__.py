@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .. import inputs as _inputs
 from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_module
@@ -158,4 +158,4 @@ def _openvino_diff(path: Path, model: nn.Module, example, reference) -> float | 
     return _max_diff([torch.from_numpy(outs[o].copy()) for o in compiled.outputs], reference)
 
 
-__all__ = ["export", "Exported", "ExportError", "MissingRuntimeError", "FORMATS"]
+__all__ = ["FORMATS", "ExportError", "Exported", "MissingRuntimeError", "export"]

@@ -22,7 +22,7 @@ import copy
 import types
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import SlimkitError
 from ..quant.affine import qrange, storage_bits
@@ -36,7 +36,7 @@ class ExportError(SlimkitError, ValueError):
 
 
 def _qd():
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+    import torch.ao.quantization.fx._decomposed
 
     return torch.ops.quantized_decomposed
 

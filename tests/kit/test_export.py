@@ -5,7 +5,7 @@ import builtins
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import slimkit
 from slimkit.exporter import Exported, MissingRuntimeError
@@ -116,10 +116,10 @@ def test_pruned_and_sparse_models_export_dense(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(format="tflite"), "format"),
-    (dict(path="m.onx"), "ending in .onnx"),
-    (dict(format="openvino"), "ending in .xml"),
-    (dict(dequantize="yes"), "dequantize"),
+    ({"format": "tflite"}, "format"),
+    ({"path": "m.onx"}, "ending in .onnx"),
+    ({"format": "openvino"}, "ending in .xml"),
+    ({"dequantize": "yes"}, "dequantize"),
 ])
 def test_bad_arguments_fail_before_work(tmp_path, kwargs, match):
     path = tmp_path / kwargs.pop("path", "m.onnx")
