@@ -132,7 +132,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import aoti_backend, onnx_backend, torch_backends  # noqa: F401  (they register themselves)
+    from . import aoti_backend, onnx_backend, openvino_backend, torch_backends  # noqa: F401  (they register themselves)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
