@@ -94,13 +94,17 @@ class QDQLinear(nn.Module):
     def __init__(self, q: QuantLinear):
         super().__init__()
         self.bits, self.scheme, self.granularity = q.bits, q.scheme, q.granularity
-        self.act, self.out_features, self.dtype = q.act, q.out_features, q.dtype
+        self.act, self.in_features, self.out_features, self.dtype = q.act, q.in_features, q.out_features, q.dtype
         self.register_buffer("qweight_t", q.qweight.t().contiguous())
         self.register_buffer("scale", q.scale.clone())
         _qparams(self, q)
         self.register_buffer("bias", None if q.bias is None else q.bias.float().clone())
         if q.act == "static":  # constants of the graph
             self.act_scale, self.act_zero_point = float(q.act_scale), int(q.act_zero_point)
+
+    @property
+    def weight(self) -> torch.Tensor:  # for model code that reads layer.weight (dtype, shape)
+        return _weight_dq(self, self.qweight_t, 1).t().to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = _qd()
