@@ -9,7 +9,7 @@
     m = accel.benchmark(run, example_inputs, threads=2)  # median / p90 latency, memory, fingerprint
     accel.time_variants({"fp32": model, "int8": run}, example_inputs)   # side by side, alternating
 
-Backends (``accel.list_backends()``): eager, compile, aoti, onnxruntime, torchao, sparse24; packages
+Backends (``accel.list_backends()``): eager, compile, aoti, onnxruntime, openvino, torchao, sparse24; packages
 add more through the entry-point group ``slimkit.backends``. The core (``slimkit``) never
 imports this package.
 """

@@ -23,6 +23,7 @@ from slimkit.nn import tensor_bytes
 
 from . import inputs as _inputs
 from .backends import Backend, Prepared, register_backend, wrap_failure
+from .prepared_cache import PreparedCache, make_key
 from .torch_backends import COMPILE_MODES, _copy_to, _dtype, inductor_settings
 
 
@@ -36,8 +37,13 @@ class _PackagePerShape:
     """Calls the AOTInductor package built for the inputs' shapes, building it on first use."""
 
     def __init__(self, module: nn.Module, device: torch.device, settings: dict[str, Any], workdir: Path | None,
-                 backend_name: str):
+                 backend_name: str, prepared_cache=None, options: dict | None = None):
         self.module, self.device, self.settings, self.backend_name = module, device, settings, backend_name
+        # compile once: packages stored per key (versions, CPU, options, shape, model) and reloaded
+        self.cache = PreparedCache(prepared_cache) if prepared_cache is not None else None
+        self.options = {**(options or {}), "inductor": {k: repr(v) for k, v in sorted(settings.items())
+                                                        if k != "fx_graph_cache"}}
+        self.cache_hits: list[bool] = []
         # Without a workdir the packages (tens of MB each) live in a temporary folder that goes with this object.
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="slimkit-aoti-")
         self.workdir = Path(workdir if workdir is not None else self._tmp.name)
@@ -55,9 +61,28 @@ class _PackagePerShape:
             return run(*args, **kwargs)
 
     def _build(self, args: tuple, kwargs: dict):
-        from torch._inductor import aoti_compile_and_package, aoti_load_package
+        from torch._inductor import aoti_load_package
 
         n = len(self.paths)
+        suffix = "" if n == 0 else f"_{n}"
+        key = None
+        if self.cache is not None:
+            t0 = time.perf_counter()
+            key = make_key(self.module, _inputs.Inputs(args=args, kwargs=kwargs), self.backend_name, self.options,
+                           self.device)
+            folder = self.cache.lookup(key)
+            if folder is not None:
+                path = str(folder / "model.pt2")
+                run = aoti_load_package(path, device_index=self.device.index if self.device.index is not None else -1)
+                self.seconds[f"cache_load{suffix}"] = time.perf_counter() - t0
+                self.paths.append(path)
+                self.cache_hits.append(True)
+                return run
+        return self._compile(args, kwargs, n, suffix, key)
+
+    def _compile(self, args: tuple, kwargs: dict, n: int, suffix: str, key: dict | None):
+        from torch._inductor import aoti_compile_and_package, aoti_load_package
+
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -65,14 +90,19 @@ class _PackagePerShape:
         except Exception as e:
             raise wrap_failure(self.backend_name, self.module, "torch.export", e) from e
         t1 = time.perf_counter()
-        path = str(self.workdir / f"model-{n}.pt2")
         try:
-            aoti_compile_and_package(exported, package_path=path, inductor_configs=self.settings)
+            if key is not None:
+                folder = self.cache.store(key, lambda f: aoti_compile_and_package(
+                    exported, package_path=str(f / "model.pt2"), inductor_configs=self.settings))
+                path = str(folder / "model.pt2")
+                self.cache_hits.append(False)
+            else:
+                path = str(self.workdir / f"model-{n}.pt2")
+                aoti_compile_and_package(exported, package_path=path, inductor_configs=self.settings)
             run = aoti_load_package(path, device_index=self.device.index if self.device.index is not None else -1)
         except Exception as e:
             raise wrap_failure(self.backend_name, self.module, "AOTInductor compile", e) from e
         t2 = time.perf_counter()
-        suffix = "" if n == 0 else f"_{n}"
         self.seconds.update({f"export{suffix}": t1 - t0, f"compile{suffix}": t2 - t1})
         self.paths.append(path)
         return run
@@ -85,22 +115,25 @@ class AotiBackend(Backend):
                    "and called without dynamo's per-call guard checks (the lowest overhead torch path at "
                    "small batches); a new shape compiles again on its first call")
     device_types = ("cpu", "cuda")
-    options = {"dtype": None, "mode": None, "freezing": True, "inductor": None, "cache_dir": None, "workdir": None}
+    options = {"dtype": None, "mode": None, "freezing": True, "inductor": None, "cache_dir": None, "workdir": None,
+               "prepared_cache": None}
 
     def build(self, model, example_inputs, device, *, dtype=None, mode=None, freezing=True, inductor=None,
-              cache_dir=None, workdir=None):
+              cache_dir=None, workdir=None, prepared_cache=None):
         check_choice("mode", mode, COMPILE_MODES)
         dt = _dtype(dtype)
         m = _copy_to(model, device, dt)
         modes = torch._inductor.list_mode_options(mode) if mode else {}  # (None lists every mode)
         settings = {k: v for k, v in modes.items() if not k.startswith("triton.")}  # no CUDA graphs here
         settings.update(inductor_settings(m, freezing, inductor, cache_dir))
-        fn = _PackagePerShape(m, device, settings, workdir, self.name)
+        opts = {"dtype": dtype, "mode": mode, "freezing": freezing, "inductor": inductor}
+        fn = _PackagePerShape(m, device, settings, workdir, self.name, prepared_cache, opts)
         ex = _inputs.to_device(example_inputs, device, dt)
         t0 = time.perf_counter()
         _inputs.call(fn, ex)
         synchronize(device)
         setup = {**fn.seconds, "first_call": time.perf_counter() - t0}
-        opts = {"dtype": dtype, "mode": mode, "freezing": freezing, "inductor": inductor}
         info = {"inductor": settings, "packages": fn.paths, "package_bytes": Path(fn.paths[0]).stat().st_size}
+        if fn.cache is not None:
+            info["prepared_cache"] = "hit" if fn.cache_hits[0] else "miss"
         return Prepared(fn, self.name, device, opts, setup, tensor_bytes(m), info, m, dt)

@@ -7,7 +7,8 @@ model is never modified (backends work on a copy).
 
 Built in: ``eager``, ``compile`` (torch.compile), ``aoti`` (torch.export + AOTInductor,
 compiled ahead of time per input shape), ``onnxruntime`` (torch.onnx export + ONNX Runtime,
-optionally its int8 quantization), ``torchao`` (int8 weight-only, int8 dynamic, fp8 on CUDA
+optionally its int8 quantization; slimkit's own quantized models go through ``slimkit.export``),
+``openvino`` (``slimkit.export`` to an OpenVINO IR, OpenVINO's CPU plugin), ``torchao`` (int8 weight-only, int8 dynamic, fp8 on CUDA
 GPUs that have it) and ``sparse24`` (2:4 semi-structured sparsity, CUDA only). Other packages add backends through the entry-point group ``slimkit.backends``;
 an entry point names a :class:`Backend` subclass or instance.
 """
@@ -132,7 +133,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import aoti_backend, onnx_backend, torch_backends  # noqa: F401  (they register themselves)
+    from . import aoti_backend, onnx_backend, openvino_backend, torch_backends  # noqa: F401  (they register themselves)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -76,3 +76,50 @@ def timed(fn, *args, **kwargs):
 def first_call_seconds(prepared, inputs) -> float:
     """One untimed-for-latency call at a new shape: what a compiled row pays to compile it."""
     return accel.benchmark(prepared, inputs, warmup=0, repeat=1, memory=False, fingerprint=False).times_s[0]
+
+
+# --- peers that quantize on their own -----------------------------------------------------------
+
+# The physical limit on the 2-core dev machine: MiniLM's int8 GEMMs at 64 MAC/cycle/core (issue 13).
+LIMIT_MS = {"1x128": 3.5, "32x128": 115.0}
+
+
+def calibration_batches(n: int = 8, batch: int = 8, seq: int = 128) -> list[dict[str, torch.Tensor]]:
+    """Calibration inputs for peers that need them: token batches from other seeds than any timed or
+    scored input (the fidelity sentences are never calibrated on)."""
+    return [minilm_inputs(batch, seq, seed=1000 + i) for i in range(n)]
+
+
+def openvino_nncf_int8(fp32, example, threads: int, precision=None, subset: int = 64):
+    """Peer: OpenVINO's own int8 (NNCF post-training quantization, transformer preset: SmoothQuant and
+    fast bias correction) on the fp32 model's IR, compiled for the CPU. Returns an accel.Prepared."""
+    import nncf
+    import openvino as ov
+
+    from slimkit import export
+    from slimkit.accel.openvino_backend import _Compiled, _type_name
+    from slimkit.exporter.onnx import forward_names
+
+    workdir = Path(tempfile.mkdtemp(prefix="slimkit-nncf-"))
+    t0 = time.perf_counter()
+    export(fp32, example, workdir / "fp32.xml", format="openvino")
+    t1 = time.perf_counter()
+    core = ov.Core()
+    model = core.read_model(str(workdir / "fp32.xml"))
+    names = [p.get_any_name() for p in model.inputs]
+    items = [{n: b[n].numpy() for n in names} for b in calibration_batches()]
+    q = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                      subset_size=min(subset, sum(len(i[names[0]]) for i in items)))
+    ov.save_model(q, str(workdir / "int8.xml"), compress_to_fp16=False)
+    t2 = time.perf_counter()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(str(workdir / "int8.xml"), "CPU", config)
+    t3 = time.perf_counter()
+    fn = _Compiled(compiled, forward_names(fp32), None)
+    size = sum((workdir / f"int8.{ext}").stat().st_size for ext in ("xml", "bin"))
+    info = {"precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")), "openvino": ov.__version__,
+            "nncf": nncf.__version__}
+    return accel.Prepared(fn, "openvino+nncf", torch.device("cpu"), {"precision": precision},
+                          {"export": t1 - t0, "quantize": t2 - t1, "compile": t3 - t2}, size, info)

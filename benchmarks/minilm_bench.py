@@ -16,7 +16,7 @@ from slimkit import accel
 from slimkit.zoo.minilm import agreement, bundled_sentences, embed, load_minilm, reference_embeddings
 from slimkit.quant.layers import QuantLinear
 
-from .common import Settings, first_call_seconds, log, minilm_inputs, timed
+from .common import LIMIT_MS, Settings, first_call_seconds, log, minilm_inputs, openvino_nncf_int8, timed
 
 SHAPES = ((1, 128), (32, 128))
 BASELINE = "fp32 eager"
@@ -80,6 +80,28 @@ def _rows(s: Settings, example, fp32) -> dict[str, dict[str, Any]]:
         add(ORT_INT8[1], lambda: accel.prepare(fp32_eager_attn, example, "onnxruntime", quantize="int8",
                                                per_channel=False, workdir=ort_dir / "int8pt"),
             None, "the same with per-tensor weight scales")
+    # slimkit's own int8 recipe leaving torch: slimkit.export (QDQ / OpenVINO IR), then the runtime
+    add("slimkit int8 via ORT (export)",
+        lambda: accel.prepare(q, example, "onnxruntime", workdir=ort_dir / "slimkit"), None,
+        "slimkit.export's QDQ graph of the same int8 model (int8 weights + DequantizeLinear, per-token dynamic "
+        "activations written out) in ONNX Runtime", {"quantize": q_seconds})
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        log("  openvino not installed (pip install 'slimkit[openvino]'): OpenVINO rows skipped")
+        return _ratios(rows, fp32_bytes)
+    add("slimkit int8 via OpenVINO (export)", lambda: accel.prepare(q, example, "openvino"), None,
+        "slimkit.export(format='openvino') of the same int8 model, OpenVINO CPU plugin at its default precision "
+        "(recorded in describe.info.precision)", {"quantize": q_seconds})
+    add("OpenVINO fp32 IR (default precision)", lambda: accel.prepare(fp32, example, "openvino"), None,
+        "peer: the fp32 model's IR; OpenVINO runs float parts in bf16 by default where the CPU has AVX-512 BF16")
+    add("OpenVINO int8, NNCF PTQ", lambda: openvino_nncf_int8(fp32, example, s.threads), None,
+        "peer: nncf.quantize(model_type=TRANSFORMER: SmoothQuant, fast bias correction) calibrated on 64 "
+        "random-token sequences (none of the scored sentences), OpenVINO's default precision")
+    return _ratios(rows, fp32_bytes)
+
+
+def _ratios(rows, fp32_bytes):
     for row in rows.values():
         if row.get("size_bytes"):
             row["size_ratio"] = fp32_bytes / row["size_bytes"]
@@ -141,7 +163,8 @@ def run(s: Settings) -> dict[str, Any]:
             log(f"  timing {len(built)} rows at {shape}, {rounds} alternating rounds, {s.threads} threads ...")
             res = accel.time_variants(built, ex, rounds=rounds, warmup=2, threads=s.threads)
             base = res[BASELINE]
-            timings[shape] = {k: {**m.summary(), "speedup": m.speedup_vs(base)} for k, m in res.items()}
+            timings[shape] = {k: {**m.summary(), "speedup": m.speedup_vs(base),
+                                  "x_limit": m.summary()["median_ms"] / LIMIT_MS[shape]} for k, m in res.items()}
         _fidelity(rows, texts, ref)
         ablation = _ablation(fp32, texts, ref)
     for name, row in rows.items():

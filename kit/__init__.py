@@ -37,7 +37,7 @@ _LAZY = {
     "quantize": ".quant.api", "QuantConfig": ".quant.config",
     "LayerReport": ".report", "Report": ".report", "Result": ".report",
     "sparsify": ".sparse.api", "SparsifyConfig": ".sparse.config",
-    "sensitivity": ".sensitivity", "autotune": ".autotune",
+    "sensitivity": ".sensitivity", "autotune": ".autotune", "export": ".exporter", "ExportError": ".exporter",
 }
 
 
@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .autotune import autotune  # noqa: F401
     from .distillation import DistillConfig, distill, shrink  # noqa: F401
     from .events import Event, Progress  # noqa: F401
+    from .exporter import ExportError, export  # noqa: F401
     from .inputs import Inputs  # noqa: F401
     from .measure import compare, latency  # noqa: F401
     from .metrics import evaluate, sqnr  # noqa: F401
@@ -83,7 +84,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "quantize", "prune", "distill", "sparsify", "shrink", "evaluate", "sqnr", "size", "save", "load",
-    "compare", "latency", "sensitivity", "autotune",
+    "compare", "latency", "sensitivity", "autotune", "export", "ExportError",
     "QuantConfig", "PruneConfig", "Finetune", "SparsifyConfig", "DistillConfig",
     "Result", "Report", "LayerReport", "Event", "Progress", "Inputs",
     "SlimkitError", "InvalidParameterError", "InvalidTypeError", "NothingToCompressError",

@@ -12,7 +12,7 @@ from slimkit.accel import BackendError, backends
 from slimkit.accel.torch_backends import mask_2to4
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError
 
-BUILT_IN = {"eager", "compile", "aoti", "onnxruntime", "torchao", "sparse24"}
+BUILT_IN = {"eager", "compile", "aoti", "onnxruntime", "openvino", "torchao", "sparse24"}
 
 
 def test_built_in_backends_are_listed_with_what_they_need():

@@ -1,0 +1,130 @@
+"""The ``openvino`` backend: ``slimkit.export(format="openvino")`` (slimkit's own int8 weights and
+activation scales, see :mod:`slimkit.exporter.lower`), compiled by OpenVINO's CPU plugin.
+
+Recorded, because it changes the numbers: OpenVINO's CPU plugin computes float parts in bf16 by
+default on CPUs with AVX-512 BF16 (``precision=None`` keeps its default; "f32" or "bf16" set
+``INFERENCE_PRECISION_HINT``); ``info["precision"]`` is what the compiled model reports. The IR keeps
+float weights fp32 (not OpenVINO's default fp16 compression) and int8 weights int8.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimkit.errors import DeviceUnavailableError, InvalidParameterError
+from slimkit.exporter import export
+from slimkit.exporter.lower import ExportError
+from slimkit.exporter.onnx import feed as _feed
+from slimkit.exporter.onnx import forward_names
+
+from . import inputs as _inputs
+from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
+from .prepared_cache import load_or_build
+
+PRECISIONS = (None, "f32", "bf16")
+
+
+class _Compiled:
+    """Calls a compiled OpenVINO model like the torch model: tensors in, the model's output structure out."""
+
+    def __init__(self, compiled, positional: list[str], out_spec):
+        self.compiled, self.positional, self.out_spec = compiled, positional, out_spec
+        self.input_names = [p.get_any_name() for p in compiled.inputs]
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, *args, **kwargs):
+        given = _feed(self.input_names, self.positional, args, kwargs)
+        missing = [n for n in self.input_names if not isinstance(given.get(n), torch.Tensor)]
+        if missing:
+            raise BackendError(f"the OpenVINO model needs inputs {missing}; got {sorted(given)}")
+        res = self.request.infer({n: given[n].detach().cpu().contiguous().numpy() for n in self.input_names})
+        outs = [torch.from_numpy(res[o].copy()) for o in self.compiled.outputs]
+        if self.out_spec is not None:
+            return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _type_name(t) -> str:
+    return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+
+
+@register_backend
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    description = ("slimkit.export to an OpenVINO IR (slimkit's int8 weights and activation scales kept) and "
+                   "OpenVINO's CPU plugin; precision=None keeps its default (bf16 where the CPU has AVX-512 BF16)")
+    device_types = ("cpu",)
+    options = {"precision": None, "threads": None, "dequantize": False, "workdir": None, "prepared_cache": None,
+               "hint": "LATENCY"}
+
+    def check(self, device):
+        super().check(device)
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            raise DeviceUnavailableError(f"backend 'openvino' needs the openvino package ({e}); install it with "
+                                         "pip install 'slimkit[openvino]'") from e
+
+    def build(self, model, example_inputs, device, *, precision=None, threads=None, dequantize=False,
+              workdir=None, prepared_cache=None, hint="LATENCY"):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise InvalidParameterError("precision", precision, "None (OpenVINO's default), 'f32' or 'bf16'")
+        if hint not in ("LATENCY", "THROUGHPUT"):
+            raise InvalidParameterError("hint", hint, "'LATENCY' or 'THROUGHPUT' (OpenVINO's PERFORMANCE_HINT)")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidParameterError("threads", threads, "None (torch's thread count) or a positive int")
+        model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
+        setup: dict[str, float] = {}
+        info: dict[str, Any] = {}
+        with torch.inference_mode():
+            reference = _inputs.call(model, example_inputs)
+        leaves, spec = torch.utils._pytree.tree_flatten(reference)
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+
+        def make(out: Path) -> None:
+            t0 = time.perf_counter()
+            try:
+                ex = export(model, example_inputs, out / "model.xml", format="openvino", dequantize=dequantize)
+            except ExportError as e:
+                raise BackendError(f"backend {self.name!r} cannot run {type(model).__name__}: {e}") from e
+            setup["export"] = time.perf_counter() - t0
+            info.update(slimkit_layers=ex.layers, export_max_abs_diff=ex.max_abs_diff)
+
+            (out / "info.json").write_text(json.dumps({"slimkit_layers": ex.layers}))
+
+        if prepared_cache is not None:
+            folder = load_or_build(prepared_cache, model, example_inputs, self.name, {"dequantize": dequantize},
+                                   device, make, info, setup)
+        else:
+            folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="slimkit-ov-"))
+            folder.mkdir(parents=True, exist_ok=True)
+            make(folder)
+        xml = folder / "model.xml"
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        t0 = time.perf_counter()
+        try:
+            compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        except Exception as e:
+            raise wrap_failure(self.name, model, "OpenVINO compile_model", e) from e
+        setup["compile"] = time.perf_counter() - t0
+        fn = _Compiled(compiled, forward_names(model), spec if len(compiled.outputs) == len(leaves) == len(tensors)
+                       else None)
+        info.update(ir_path=str(xml), precision=_type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                    threads=compiled.get_property("INFERENCE_NUM_THREADS"), openvino=ov.__version__)
+        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        if workdir is None and prepared_cache is None:
+            weakref.finalize(fn, shutil.rmtree, str(folder), True)
+        return Prepared(fn, self.name, device, {"precision": precision, "threads": config["INFERENCE_NUM_THREADS"],
+                                                "dequantize": dequantize, "hint": hint}, setup, size, info)

@@ -1,0 +1,132 @@
+"""Compile once: a backend's prepared form (ONNX file, OpenVINO IR, AOTInductor package) saved on
+disk under a key, so that another process loads it instead of exporting/compiling again.
+
+The key holds everything the prepared form depends on: slimkit and torch versions, the CPU
+(model name, torch's kernel capability, the ISA flags slimkit records), the backend and its
+options, every input's name/shape/dtype, and a digest of the model (module types and every
+parameter/buffer's bytes). Each key has its own folder (named by the key's digest) holding
+``key.json``; an entry whose ``key.json`` differs from the wanted key is never used, so a changed
+version, CPU, shape or model rebuilds. Entries are written to a temporary folder and renamed into
+place, so a process that dies mid-write leaves no half entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.hardware import fingerprint
+
+from . import inputs as _inputs
+
+log = logging.getLogger("slimkit.accel")
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 over the module tree (types, names) and every parameter/buffer (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for name, m in model.named_modules():
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__};".encode())
+    for name, t in list(model.state_dict(keep_vars=False).items()):
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cpu_key() -> dict[str, Any]:
+    fp = fingerprint()
+    return {"model": fp["cpu_model"], "arch": fp["cpu_arch"], "flags": fp["cpu_flags"],
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def inputs_key(example: _inputs.ModelInputs) -> list:
+    leaves, spec = torch.utils._pytree.tree_flatten(example if not isinstance(example, _inputs.Inputs)
+                                                    else (example.args, example.kwargs))
+    return [str(spec)] + [[list(t.shape), str(t.dtype)] if isinstance(t, torch.Tensor) else repr(t) for t in leaves]
+
+
+def make_key(model: nn.Module, example: _inputs.ModelInputs, backend: str, options: dict[str, Any],
+             device: torch.device) -> dict[str, Any]:
+    import slimkit
+
+    return {"slimkit": slimkit.__version__, "torch": torch.__version__, "cpu": cpu_key(), "device": str(device),
+            "backend": backend, "options": {k: repr(v) for k, v in sorted(options.items())},
+            "inputs": inputs_key(example), "model": model_digest(model)}
+
+
+def digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class PreparedCache:
+    """A folder of prepared forms, one subfolder per key."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def lookup(self, key: dict[str, Any]) -> Path | None:
+        """The entry's folder if one was stored under exactly ``key``, else None."""
+        folder = self.root / digest(key)
+        try:
+            stored = json.loads((folder / "key.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if stored != json.loads(json.dumps(key)):  # a digest collision or a hand-edited entry: never trusted
+            log.info("prepared cache: %s holds another key; rebuilding", folder)
+            return None
+        return folder
+
+    def store(self, key: dict[str, Any], write: Callable[[Path], Any]) -> Path:
+        """Run ``write(folder)`` into a fresh folder and publish it under ``key``; returns the folder."""
+        final = self.root / digest(key)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            write(tmp)
+            (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process published the same key meanwhile: theirs is as good
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+
+def load_or_build(root: str | os.PathLike, model: nn.Module, example: _inputs.ModelInputs, backend: str,
+                  options: dict[str, Any], device: torch.device, make: Callable[[Path], Any], info: dict,
+                  setup: dict[str, float]) -> Path:
+    """The folder holding the prepared form for this model/inputs/options/machine: loaded from
+    ``root`` when stored under the same key (``info["prepared_cache"] = "hit"``), else built by
+    ``make(folder)`` and stored ("miss"). ``info`` gets the stored ``info.json`` back on a hit."""
+    import time
+
+    t0 = time.perf_counter()
+    cache = PreparedCache(root)
+    key = make_key(model, example, backend, options, device)
+    folder = cache.lookup(key)
+    setup["cache_lookup"] = time.perf_counter() - t0
+    if folder is not None:
+        try:
+            info.update(json.loads((folder / "info.json").read_text()))
+        except (OSError, ValueError):
+            pass
+        info.update(prepared_cache="hit", prepared_path=str(folder))
+        return folder
+    folder = cache.store(key, make)
+    info.update(prepared_cache="miss", prepared_path=str(folder))
+    return folder

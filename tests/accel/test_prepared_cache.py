@@ -1,0 +1,77 @@
+"""Compile once: an AOTInductor package stored by key is loaded by another process without
+compiling; a different key (input shape) compiles again."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from slimkit import accel
+from slimkit.accel.prepared_cache import PreparedCache, digest, make_key
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from torch import nn
+    from slimkit import accel
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    run = accel.prepare(m, torch.ones(int(sys.argv[2]), 8), backend="aoti", prepared_cache=sys.argv[1],
+                        freezing=False)
+    print(json.dumps({"cache": run.info["prepared_cache"], "setup": run.setup_seconds,
+                      "out": run(torch.ones(int(sys.argv[2]), 8)).tolist()}))
+""")
+
+
+def _process(folder, batch: int, env) -> dict:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(folder), str(batch)], capture_output=True, text=True,
+                         env=env, timeout=900, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_package_without_compiling(tmp_path, inductor_cache):
+    import os
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor_cache}
+    cold = _process(tmp_path, 2, env)
+    assert cold["cache"] == "miss" and "compile" in cold["setup"]
+    warm = _process(tmp_path, 2, env)
+    assert warm["cache"] == "hit" and "compile" not in warm["setup"] and "cache_load" in warm["setup"]
+    assert warm["out"] == cold["out"]
+    other = _process(tmp_path, 3, env)  # another input shape: another key, compiled
+    assert other["cache"] == "miss" and "compile" in other["setup"]
+
+
+def test_keys_differ_by_shape_model_and_options(tmp_path):
+    m = torch.nn.Linear(4, 2)
+    k = make_key(m, torch.ones(1, 4), "aoti", {"mode": None}, torch.device("cpu"))
+    assert digest(k) != digest(make_key(m, torch.ones(2, 4), "aoti", {"mode": None}, torch.device("cpu")))
+    assert digest(k) != digest(make_key(m, torch.ones(1, 4), "aoti", {"mode": "max"}, torch.device("cpu")))
+    with torch.no_grad():
+        m.weight[0, 0] += 1
+    assert digest(k) != digest(make_key(m, torch.ones(1, 4), "aoti", {"mode": None}, torch.device("cpu")))
+    cache = PreparedCache(tmp_path)
+    assert cache.lookup(k) is None
+    folder = cache.store(k, lambda f: (f / "x").write_text("1"))
+    assert cache.lookup(k) == folder and (folder / "x").read_text() == "1"
+    stored = json.loads((folder / "key.json").read_text())
+    stored["slimkit"] = "other"
+    (folder / "key.json").write_text(json.dumps(stored))
+    assert cache.lookup(k) is None  # an entry written under another key is never used
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+
+
+def test_failed_write_leaves_no_entry(tmp_path):
+    k = make_key(torch.nn.Linear(2, 2), torch.ones(1, 2), "aoti", {}, torch.device("cpu"))
+
+    def boom(folder):
+        (folder / "half").write_text("x")
+        raise RuntimeError("compile failed")
+
+    with pytest.raises(RuntimeError):
+        PreparedCache(tmp_path).store(k, boom)
+    assert list(tmp_path.iterdir()) == [] and accel.list_backends()
