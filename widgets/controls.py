@@ -152,12 +152,13 @@ LABELS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
     "quantize": (("quantize", ("bits", "granularity"), ("group_size", "scheme", "mode")),
                  ("quantize_panel", (), ("activations",))),
     "prune": (("prune", ("sparsity", "score"), ("structured", "scope", "steps")),
-              ("prune_panel", (), ("finetune_epochs",))),
-    "distill": (("distill_panel", ("width",), ("fraction",)), ("distill", ("temperature", "alpha"), ("noise", "epochs"))),
-    "sparsify": (("sparsify", ("sparsity", "threshold", "format"), ())),
+              ("prune_panel", ("finetune_epochs",), ())),
+    "distill": (("distill_panel", ("width",), ("fraction",)),
+                ("distill", ("temperature", "alpha"), ("noise", "epochs"))),
+    "sparsify": (("sparsify", ("sparsity", "threshold", "format"), ()),),
 }
 FORMATS = {"bits": lambda v: f"int{v}", "sparsity": _pct, "group_size": lambda v: f"group {v}",
-           "activations": lambda v: "+int8 activations", "finetune_epochs": lambda v: f"+{v} epochs fine-tune",
+           "activations": lambda v: "+int8 activations", "finetune_epochs": lambda v: f"+{v} epochs fine-tune" if v else "",
            "width": lambda v: f"width {_pct(v)}", "fraction": lambda v: f"on {_pct(v)} of train",
            "temperature": lambda v: f"T={v:g}", "alpha": lambda v: f"alpha={v:g}", "noise": lambda v: f"noise={v:g}",
            "epochs": lambda v: f"{v} epochs", "threshold": lambda v: f"|w|<{v:g}", "steps": lambda v: f"in {v} steps",
@@ -195,7 +196,8 @@ class Step:
             extra = {"data": "train"}
             if "finetune" in c:
                 ft = c["finetune"]
-                more = "".join(f", {k}={v!r}" for k, v in ft.changed().items() if k not in ("data", "val_data", "epochs"))
+                more = "".join(f", {k}={v!r}" for k, v in ft.changed().items()
+                               if k not in ("data", "val_data", "epochs"))
                 extra["finetune"] = f"slimkit.Finetune(train, epochs={ft.epochs}, val_data=test{more})"
             return [f"{model} = {c['prune'].code(model, extra)}.model"]
         if self.method == "sparsify":

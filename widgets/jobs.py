@@ -142,8 +142,12 @@ class Jobs:
         """A core callback: progress bar and curve points, pushed out through the throttle."""
 
         def on_event(ev: Event) -> None:
-            if ev.total:  # within the current step's share of the job, never backwards
+            if ev.stage != self._stage:  # a step has stages we cannot count: each fills half of what is left
                 lo, hi = self._span
+                cur = max(self._progress_high, lo)
+                self._stage, self._sub = ev.stage, (cur, cur + (hi - cur) / 2)
+            if ev.total:  # within the stage's share of the job's bar, never backwards
+                lo, hi = self._sub
                 done = lo + (hi - lo) * min(1.0, ev.step / ev.total)
                 self._progress = self._progress_high = max(self._progress_high, done)
             self._progress_text = f"{prefix}{ev.stage} {ev.step}/{ev.total or '?'}"
@@ -164,7 +168,7 @@ class Jobs:
 
     def _set_span(self, lo: float, hi: float) -> None:
         """The share of the job's progress bar the next step's events fill."""
-        self._span = (lo, hi)
+        self._span, self._stage = (lo, hi), None
 
     def _measure(self, steps: tuple[Step, ...], model: nn.Module, reports: list, where: dict, t0: float,
                  status: str = "done") -> Run:

@@ -25,26 +25,22 @@ import ipywidgets as W
 import torch.nn as nn
 
 from slimkit.data import first_inputs
-from slimkit.devices import resolve_device
 from slimkit.errors import InvalidParameterError, SlimkitError, check_module
 from slimkit.events import Status
 from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
-from .controls import INVALID_CSS, METHODS, PIPELINE_ORDER, STYLE, SUMMARY, SWEEP_PARAM, Controls
+from .checks import TABS, TOOLTIPS, Settings, html_list
+from .controls import INVALID_CSS, STYLE, SUMMARY, SWEEP_PARAM, Controls
 from .frontend import frontend_is_live, in_ipython
 from .jobs import Jobs, Throttle, Worker
 from .plots import Plots, show_static
-from .results import Run, table_html
+from .results import RED, Run, table_html
 from .selected import BOX, Selected
 
-TABS = (*METHODS, "pipeline")
-RED = "#b00020"
 BAR_STYLE = {Status.OK: "success", Status.INTERRUPTED: "warning", Status.FAILED: "danger"}
 CSS = (f"<style>{INVALID_CSS} .slimkit-panel table {{border-collapse: collapse}} "
        ".slimkit-panel th.slimkit-sorted {text-decoration: underline}</style>")
-TOOLTIPS = {"run": "run the tab's method", "sweep": "run once per value in the sweep box",
-            "sensitivity": "compress one layer at a time"}
 WRAP = dict(flex_flow="row wrap", width="100%")  # boxes wrap instead of scrolling sideways
 
 
@@ -52,12 +48,7 @@ class PanelBusyError(SlimkitError, RuntimeError):
     """A job was started while another one runs in the same panel."""
 
 
-def _html_list(items: list[str]) -> str:
-    return (f"<ul style='color:{RED};margin:2px'>" + "".join(f"<li>{html.escape(m)}</li>" for m in items)
-            + "</ul>") if items else ""
-
-
-class Panel(Jobs):
+class Panel(Jobs, Settings):
     """Controls, Run/Stop, progress, live plots and a results table for one model.
 
     ``Panel(model, data)``: ``data`` as in :func:`.methods.splits` (test split for accuracy and
@@ -89,7 +80,7 @@ class Panel(Jobs):
         self._latency_x = first_inputs(self.test, latency_batch)
         self._progress: float | None = None
         self._progress_text = ""
-        self._progress_high, self._span = 0.0, (0.0, 1.0)
+        self._progress_high, self._span, self._stage, self._sub = 0.0, (0.0, 1.0), None, (0.0, 1.0)
         self._last_status = "ready"  # how the last job ended (the status when not busy)
         self._epoch = 0
         self._lock = threading.RLock()
@@ -169,94 +160,7 @@ class Panel(Jobs):
                        for k, v in self.settings().items() if not k.endswith("_sweep"))
         return (f"<p><b>slimkit panel</b> (static: no widget front end) - "
                 f"{html.escape(type(self.base).__name__)}, method <code>{html.escape(self.method)}</code></p>"
-                f"<details><summary>settings</summary><table>{rows}</table></details>" + _html_list(self.problems()))
-
-    # -- settings and validation ----------------------------------------------------------
-
-    @property
-    def method(self) -> str:
-        return TABS[self.tabs.selected_index or 0]
-
-    def settings(self) -> dict[str, Any]:
-        """Every control's value as shown, by control name."""
-        return self.controls.raw()
-
-    def set(self, method: str | None = None, **values) -> Panel:
-        """Set controls by name, as a user would: ``panel.set("prune", sparsity=0.8)``.
-
-        All or nothing: a bad name or value raises and leaves every control as it was.
-        """
-        if method is not None and method not in TABS:
-            raise InvalidParameterError("method", method, "one of " + ", ".join(TABS))
-        self.controls.set(**values)
-        if method is not None:
-            self.tabs.selected_index = TABS.index(method)
-        return self
-
-    def _steps(self, method: str | None = None) -> tuple[str, ...]:
-        method = method or self.method
-        if method == "pipeline":
-            chosen = set(self.controls["pipeline"].value)
-            return tuple(m for m in PIPELINE_ORDER if m in chosen)
-        return (method,)
-
-    def problems(self, method: str | None = None, action: str = "run") -> list[str]:
-        """Everything that keeps ``action`` (run, sweep, sensitivity) from starting now."""
-        method = method or self.method
-        steps = self._steps(method)
-        out = [] if steps else ["pipeline: choose at least one step"]
-        if {"quantize", "sparsify"} <= set(steps):
-            out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
-                       "choose one (prune then quantize keeps the pruned zeros)")
-        for step in steps:
-            configs, bad = self.controls.step(step, self.train, self.test)
-            out += bad
-            why = "quantize" in configs and M.group_size_problem(self.base, configs["quantize"])
-            if why:
-                out.append(f"quantize: {why}")
-        device, backend = self.controls["device"].value, self.controls["backend"].value
-        try:
-            resolve_device(device)
-            why = M.backend_problem(backend, device)
-            if why:
-                out.append(f"backend: {why}")
-        except SlimkitError as e:
-            out.append(f"device: {e}")
-        if action == "sweep":
-            if method == "pipeline":
-                out.append("sweep: choose a single method tab (quantize, prune, distill or sparsify)")
-            else:
-                try:
-                    out += self.controls.sweep(method, self.train, self.test)[1]
-                except SlimkitError as e:
-                    out.append(f"sweep: {e}")
-        if action == "sensitivity" and method not in ("quantize", "prune", "sparsify"):
-            out.append("sensitivity: choose the quantize, prune or sparsify tab")
-        return out
-
-    def _changed(self, change=None) -> None:
-        self.controls.update()
-        self._validate()
-
-    def _validate(self) -> list[str]:
-        """Show what is wrong with the settings (red outlines on the controls refused, why a
-        button is disabled), enable only the buttons that can start, and keep the status true:
-        when idle it is how the last job ended, plus whether the settings need fixing."""
-        self.controls.invalid = set()
-        msgs = self.problems()
-        why = {"run": msgs, **{a: [m for m in self.problems(action=a) if m not in msgs]
-                               for a in ("sweep", "sensitivity")}}
-        self.controls.mark(self.controls.invalid)
-        sweep = [] if self.method == "pipeline" else [f"Sweep is disabled: {m}" for m in why["sweep"]]
-        self.messages.value = _html_list(msgs + sweep)  # the others' reasons: in the buttons' tooltips
-        busy = self.worker.busy
-        for action, b in self.buttons.items():
-            b.disabled = busy or bool(msgs or why[action])
-            b.tooltip = "; ".join(msgs + why[action]) or TOOLTIPS[action]
-        if not busy:
-            fix = f" <span style='color:{RED}'>- fix the settings listed below</span>" if msgs else ""
-            self.status.value = self._last_status + fix
-        return msgs
+                f"<details><summary>settings</summary><table>{rows}</table></details>" + html_list(self.problems()))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -317,13 +221,14 @@ class Panel(Jobs):
         msgs = self.problems(method, action)
         if msgs:
             self._validate()
-            self.messages.value = _html_list(msgs)
+            self.messages.value = html_list(msgs)
             self.status.value = f"<span style='color:{RED}'>{action} not started: fix the settings listed below</span>"
             raise InvalidParameterError(action, method, "valid settings: " + "; ".join(msgs))
         job = self._job(action, method)
         self.error, self.errors.value, self.job_runs = None, "", []
         self.progress.value, self.progress.bar_style = 0.0, ""
-        self._progress_high, self._span = 0.0, (0.0, 1.0)
+        self._progress_high = 0.0
+        self._set_span(0.0, 1.0)
         self.status.value = f"{action} {method}..."
         started = time.time()
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import slimkit
-from slimkit.errors import InvalidParameterError, Interrupted
+from slimkit.errors import Interrupted, InvalidParameterError
 from slimkit.events import Event, Status
 from slimkit.widgets import methods as M
 
@@ -75,15 +75,15 @@ def test_save_export_and_the_code_of_the_selected_run(make_panel, click, tmp_pat
     assert slimkit.evaluate(loaded, panel.test)["accuracy"] == pytest.approx(run.accuracy)
 
     panel.picked.buttons["code"].click()
-    code = html.unescape(re.search(r"<pre[^>]*>(.*?)</pre>", panel.picked.code.value, re.S).group(1))
+    code = html.unescape(re.search(r"<pre[^>]*>(.*?)</pre>", panel.picked.code.value, re.DOTALL).group(1))
     assert "slimkit.quantize(m, bits=4, granularity='per_group')" in code and "copy code" in panel.picked.code.value
     scope = {"model": panel.base, "data": digits}
-    exec(code, scope)  # the exact call reproduces the run
+    exec(code, scope)  # noqa: S102  the exact call reproduces the run
     assert slimkit.evaluate(scope["m"], panel.test)["accuracy"] == run.accuracy
     assert slimkit.size(scope["m"]) == run.size_bytes
 
     panel.show_run(1)  # prune: reproduced too
-    exec(panel.selected.code(), scope)
+    exec(panel.selected.code(), scope)  # noqa: S102
     assert all(torch.equal(a, b) for a, b in zip(scope["m"].state_dict().values(),
                                                  panel.results[1].model.state_dict().values()))
 
@@ -111,7 +111,6 @@ def test_the_per_layer_report_is_a_sortable_table(make_panel, click):
     assert len(re.findall("<tr>", table)) == len(layers) + 1  # a row per layer that holds parameters
     assert table.count("onclick=") == len(panel.results[-1].layer_rows()[0])  # every header sorts
     assert "380px" not in detail and "width:100%" in detail
-    assert "data-v='4'" not in table or True
     assert re.search(r"<td data-v='\d+' style='text-align:right'>", table)  # numbers sort as numbers
 
 
