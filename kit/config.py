@@ -199,8 +199,12 @@ class Config:
         for key in (self.changed() if keys is None else keys):
             value = getattr(self, key)
             text = settings[key][0].text(key, value)
-            if text:
-                parts.append(formats[key](value) if key in formats else text)
+            if not text:
+                continue
+            if key in formats:
+                parts.append(formats[key](value))
+            else:  # a number says what it is; a choice or a flag is its own word
+                parts.append(text if settings[key][0].kind in ("choice", "bool") else f"{key}={text}")
         return " ".join(p for p in parts if p)
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,8 +88,9 @@ class Settings:
                     out += self.controls.sweep(method, self.train, self.test)[1]
                 except SlimkitError as e:
                     out.append(f"sweep: {e}")
-        if action == "sensitivity" and method not in ("quantize", "prune", "sparsify"):
-            out.append("sensitivity: choose the quantize, prune or sparsify tab")
+        some = ("quantize", "prune", "sparsify", *(("distill",) if M.core_sensitivity() else ()))
+        if action == "sensitivity" and method not in some:
+            out.append(f"sensitivity: choose the {', '.join(some)} tab")
         return out
 
     def _changed(self, change=None) -> None:

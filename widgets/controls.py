@@ -158,7 +158,8 @@ LABELS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
     "sparsify": (("sparsify", ("sparsity", "threshold", "format"), ()),),
 }
 FORMATS = {"bits": lambda v: f"int{v}", "sparsity": _pct, "group_size": lambda v: f"group {v}",
-           "activations": lambda v: "+int8 activations", "finetune_epochs": lambda v: f"+{v} epochs fine-tune" if v else "",
+           "activations": lambda v: "+int8 activations",
+           "finetune_epochs": lambda v: f"+{v} epochs fine-tune" if v else "",
            "width": lambda v: f"width {_pct(v)}", "fraction": lambda v: f"on {_pct(v)} of train",
            "temperature": lambda v: f"T={v:g}", "alpha": lambda v: f"alpha={v:g}", "noise": lambda v: f"noise={v:g}",
            "epochs": lambda v: f"{v} epochs", "threshold": lambda v: f"|w|<{v:g}", "steps": lambda v: f"in {v} steps",

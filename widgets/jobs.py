@@ -260,6 +260,12 @@ class Jobs:
                      for r in rows]
             self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
                                        f"quantize {config.bits}-bit, one layer at a time", hover)
+        elif M.core_sensitivity() is not None:  # slimkit.sensitivity: the same rows from the core
+            args = {"width": step.configs["distill_panel"].width} if method == "distill" else \
+                {"config": step.configs[method]}
+            rows = M.core_sensitivity()(self.base, self.test, method, callbacks=self._events(), stop=stop, **args)
+            self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
+                                       f"{step.label}, one layer at a time")
         else:
             rows = []
             for i, name in enumerate(self._layers):

@@ -190,3 +190,23 @@ def test_layout_wraps_instead_of_scrolling_sideways(make_panel):
     assert all(b.layout.flex_flow == "row wrap" for b in rows)
     assert panel.widget.layout.width == "100%" and panel.table.layout.overflow == "auto"
     assert boxes
+
+
+def test_sensitivity_asks_the_core_for_every_method(make_panel, click, monkeypatch):
+    panel = make_panel()
+    calls = []
+
+    def core(model, data, method, *, callbacks=None, stop=None, **settings):
+        calls.append((model, method, settings))
+        return [{"name": "features.0", "drop": 1.5}, {"name": "classifier.3", "drop": 0.25}]
+
+    monkeypatch.setattr(slimkit, "sensitivity", core, raising=False)
+    panel.set("distill", width=0.25)
+    assert not panel.sensitivity_button.disabled  # distill too, once the core measures it
+    click(panel, panel.sensitivity_button)
+    panel.set("prune", sparsity=0.7)
+    click(panel, panel.sensitivity_button)
+    assert [c[1] for c in calls] == ["distill", "prune"] and calls[0][0] is panel.base
+    assert calls[0][2] == {"width": 0.25} and calls[1][2]["config"].sparsity == 0.7
+    assert list(panel.plots.sensitivity.data[0].y) == [1.5, 0.25]
+    assert "prune 70% magnitude" in panel.plots.sensitivity.layout.title.text
