@@ -60,7 +60,7 @@ def test_labels_read_as_a_person_writes_them(make_panel):
     panel.set("sparsify", sparsify_mode="threshold", threshold=0.02, format="csr")
     assert plan("sparsify") == "sparsify |w|<0.02 csr"
     panel.set("distill", width=0.5, temperature=2.0, fraction=0.25)
-    assert plan("distill") == "distill width 50% on 25% of train T=2 alpha=0.7"
+    assert plan("distill") == "distill width 50% on 25% of train T=2 alpha=0.7 5 epochs"
     # the core's own: numbers named, choices and flags as words, unset and False left out
     assert slimkit.PruneConfig(sparsity=0.1 + 0.2, structured=False, score="fisher").label() == \
         "prune sparsity=0.3 fisher"
