@@ -90,7 +90,8 @@ SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activati
            "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
            "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
 STYLE = dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
-INVALID_CSS = ".slimkit-invalid input, .slimkit-invalid select {outline: 2px solid #b00020; outline-offset: -2px}"
+INVALID_CSS = (".slimkit-invalid input, .slimkit-invalid select "
+               "{outline: 2px solid #b00020 !important; outline-offset: -2px !important}")
 
 
 @dataclass(frozen=True)
