@@ -64,6 +64,19 @@ class Setting:
             return "a list of module-name patterns, or None"
         return "any value"
 
+    def text(self, name: str, value: Any) -> str:
+        """``value`` as a person writes it in a label: floats without binary noise (0.8, not
+        0.8000000000000002), True as the setting's label, False and None left out ("")."""
+        if value is None or value is False:
+            return ""
+        if value is True:
+            return self.label or name.replace("_", " ")
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        if isinstance(value, (tuple, list)):
+            return ",".join(map(str, value))
+        return str(value)
+
     def check(self, name: str, value: Any) -> Any:
         """The value, normalised (ints stay ints, names become a tuple), or a slimkit error."""
         if value is None and (self.optional or self.kind == "names"):
@@ -175,6 +188,24 @@ class Config:
         """The settings that differ from their defaults, in declaration order."""
         return {name: getattr(self, name) for name, (_, default) in self.settings().items()
                 if getattr(self, name) != default}
+
+    def label(self, keys: Iterable[str] | None = None,
+              formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+        """This config as a person writes it: ``quantize int4 per_group``, ``prune 80% magnitude``.
+        ``keys``: the settings shown, in order (default: those changed); ``formats``: how some
+        settings read (``{"bits": lambda v: f"int{v}"}``); unset and False settings are left out."""
+        settings, formats = self.settings(), formats or {}
+        parts = [self.verb]
+        for key in (self.changed() if keys is None else keys):
+            value = getattr(self, key)
+            text = settings[key][0].text(key, value)
+            if not text:
+                continue
+            if key in formats:
+                parts.append(formats[key](value))
+            else:  # a number says what it is; a choice or a flag is its own word
+                parts.append(text if settings[key][0].kind in ("choice", "bool") else f"{key}={text}")
+        return " ".join(p for p in parts if p)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.settings()}

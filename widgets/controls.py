@@ -90,6 +90,8 @@ SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activati
            "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
            "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
 STYLE = dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
+INVALID_CSS = (".slimkit-invalid input, .slimkit-invalid select "
+               "{outline: 2px solid #b00020 !important; outline-offset: -2px !important}")
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,11 @@ def _widget(name: str, spec: Spec) -> W.ValueWidget:
     if value is None or s.kind == "names":  # None is a value here: typed as text, empty means None
         return W.Text("", placeholder="(none: automatic)" if s.kind != "names" else "name globs, comma separated",
                       **kw)
-    if s.kind == "int":
-        small = ranged and s.high - s.low <= 16
-        return W.IntSlider(value, min=int(s.low), max=int(s.high), **kw) if small else W.IntText(value, **kw)
-    if s.kind == "float" and ranged and s.low >= 0 and s.high <= 1:  # fractions
-        step = 0.01
-        return W.FloatSlider(value, min=s.low + step * s.low_open, max=s.high - step * s.high_open, step=step, **kw)
-    return W.FloatText(value, **kw)
+    # no sliders: a slider's readout clamps what is typed (1.5 -> 0.99) without a word; a text
+    # box keeps it, and the config's check refuses it with a message and a red outline
+    if s.kind == "int" and ranged and s.high - s.low <= 16:  # bits: pick one, nothing to clamp
+        return W.Dropdown(options=list(range(int(s.low), int(s.high) + 1)), value=value, **kw)
+    return W.IntText(value, **kw) if s.kind == "int" else W.FloatText(value, **kw)
 
 
 def _text(value: Any) -> str:
@@ -144,6 +144,29 @@ def _parse(name: str, setting: Setting, text: str) -> Any:
         raise InvalidParameterError(name, text, setting.allowed()) from None
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.4g}%"
+
+
+# how a step's label reads: (config key, settings always shown, settings shown when changed, formats)
+LABELS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
+    "quantize": (("quantize", ("bits", "granularity"), ("group_size", "scheme", "mode")),
+                 ("quantize_panel", (), ("activations",))),
+    "prune": (("prune", ("sparsity", "score"), ("structured", "scope", "steps")),
+              ("prune_panel", ("finetune_epochs",), ())),
+    "distill": (("distill_panel", ("width",), ("fraction",)),
+                ("distill", ("temperature", "alpha"), ("noise", "epochs"))),
+    "sparsify": (("sparsify", ("sparsity", "threshold", "format"), ()),),
+}
+FORMATS = {"bits": lambda v: f"int{v}", "sparsity": _pct, "group_size": lambda v: f"group {v}",
+           "activations": lambda v: "+int8 activations",
+           "finetune_epochs": lambda v: f"+{v} epochs fine-tune" if v else "",
+           "width": lambda v: f"width {_pct(v)}", "fraction": lambda v: f"on {_pct(v)} of train",
+           "temperature": lambda v: f"T={v:g}", "alpha": lambda v: f"alpha={v:g}", "noise": lambda v: f"noise={v:g}",
+           "epochs": lambda v: f"{v} epochs", "threshold": lambda v: f"|w|<{v:g}", "steps": lambda v: f"in {v} steps",
+           "scope": lambda v: f"{v} scope", "mode": lambda v: f"{v} mode"}
+
+
 @dataclass(frozen=True)
 class Step:
     """One compression step as it will run: its configs, read from the controls at the click
@@ -152,6 +175,40 @@ class Step:
     method: str
     configs: dict[str, Config]
     settings: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """As a person writes it: ``quantize int4 per_group``, ``prune 80% magnitude``."""
+        parts = [self.method]
+        for key, always, changed in LABELS[self.method]:
+            config = self.configs.get(key)
+            if config is not None:
+                keys = [*always, *(k for k in changed if k in config.changed())]
+                parts.append(config.label(keys, FORMATS).removeprefix(config.verb).strip())
+        return " ".join(p for p in parts if p)
+
+    def code(self, model: str = "m") -> list[str]:
+        """The lines of Python that run this step on ``model`` (rebinding it to the result), with
+        the data the panel uses: ``train``, ``test``."""
+        c = self.configs
+        if self.method == "quantize":
+            extra = {"activations": "train"} if c["quantize_panel"].activations else {}
+            return [f"{model} = {c['quantize'].code(model, extra)}.model"]
+        if self.method == "prune":
+            extra = {"data": "train"}
+            if "finetune" in c:
+                ft = c["finetune"]
+                more = "".join(f", {k}={v!r}" for k, v in ft.changed().items()
+                               if k not in ("data", "val_data", "epochs"))
+                extra["finetune"] = f"slimkit.Finetune(train, epochs={ft.epochs}, val_data=test{more})"
+            return [f"{model} = {c['prune'].code(model, extra)}.model"]
+        if self.method == "sparsify":
+            return [f"{model} = {c['sparsify'].code(model)}.model"]
+        panel = c["distill_panel"]
+        data = "train" if panel.fraction >= 1 else f"subset(train, {panel.fraction!r})"
+        return [*([] if data == "train" else ["from slimkit.data import subset"]),
+                f"student = slimkit.shrink({model}, {panel.width!r})",
+                f"{model} = {c['distill'].code(f'{model}, student, {data}', {'val_data': 'test'})}.model"]
 
 
 def parse_values(text: str, name: str, kind: str) -> list[float]:
@@ -178,6 +235,7 @@ class Controls:
         self.specs: dict[str, Spec] = {}
         self.widgets: dict[str, W.ValueWidget] = {}
         self.pages: dict[str, list[str]] = {}
+        self.invalid: set[str] = set()  # controls named by the config errors seen (see mark)
         for tab, groups in TAB_GROUPS.items():
             page = self.pages[tab] = []
             for g in groups:
@@ -198,6 +256,14 @@ class Controls:
                                             description="device", **STYLE)
         self.widgets["backend"] = W.Dropdown(options=backends, value="eager", description="backend (latency)", **STYLE)
         self.update()
+
+    def mark(self, invalid: set[str]) -> None:
+        """Outline in red the controls whose values were refused (CSS: :data:`INVALID_CSS`)."""
+        for name, w in self.widgets.items():
+            if name in invalid:
+                w.add_class("slimkit-invalid")
+            else:
+                w.remove_class("slimkit-invalid")
 
     def __getitem__(self, name: str) -> W.ValueWidget:
         return self.widgets[name]
@@ -251,6 +317,8 @@ class Controls:
                 configs[g.key] = self.config(g.key, override, **extra)
             except SlimkitError as e:
                 problems.append(f"{method}: {e}")
+                field = getattr(e, "name", "")
+                self.invalid.add(self.names(g.key).get(field, field))
         return configs, problems
 
     def plan(self, method: str, train, test, override: dict[str, Any] | None = None) -> Step:
@@ -261,8 +329,17 @@ class Controls:
         """One step per value of the tab's sweep box, and what is wrong with any of them."""
         param = SWEEP_PARAM[method]
         problems, plan = [], []
-        for v in parse_values(self.widgets[f"{method}_sweep"].value, param, self.specs[param].setting.kind):
+        try:
+            values = parse_values(self.widgets[f"{method}_sweep"].value, param, self.specs[param].setting.kind)
+        except SlimkitError:
+            self.invalid.add(f"{method}_sweep")
+            raise
+        for v in values:
+            seen = set(self.invalid)
             configs, bad = self.step(method, train, test, {param: v})
+            new = self.invalid - seen
+            if param in new:  # a value of the sweep box was refused, not the control it overrides
+                self.invalid = seen | (new - {param}) | {f"{method}_sweep"}
             problems += [f"sweep: {b}" for b in bad if f"sweep: {b}" not in problems]
             plan.append((v, Step(method, configs, self.shown(method, configs))))
         return plan, problems
@@ -288,11 +365,6 @@ class Controls:
         for name, value in values.items():
             if name not in self.widgets:
                 raise InvalidParameterError(name, value, "a control of the panel: " + ", ".join(self.widgets))
-            w = self.widgets[name]
-            lo, hi = getattr(w, "min", None), getattr(w, "max", None)  # sliders would clamp silently
-            if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and not lo <= value <= hi:
-                raise InvalidParameterError(name, value, f"a value in [{lo}, {hi}] (the control's range)")
         old = {name: self.widgets[name].value for name in values}
         try:
             for name, value in values.items():

@@ -142,8 +142,14 @@ class Jobs:
         """A core callback: progress bar and curve points, pushed out through the throttle."""
 
         def on_event(ev: Event) -> None:
-            if ev.total:
-                self._progress = min(1.0, ev.step / ev.total)
+            if ev.stage != self._stage:  # a step has stages we cannot count: each fills half of what is left
+                lo, hi = self._span
+                cur = max(self._progress_high, lo)
+                self._stage, self._sub = ev.stage, (cur, cur + (hi - cur) / 2)
+            if ev.total:  # within the stage's share of the job's bar, never backwards
+                lo, hi = self._sub
+                done = lo + (hi - lo) * min(1.0, ev.step / ev.total)
+                self._progress = self._progress_high = max(self._progress_high, done)
             self._progress_text = f"{prefix}{ev.stage} {ev.step}/{ev.total or '?'}"
             if ev.kind == "metrics" and ("loss" in ev.metrics or "val_accuracy" in ev.metrics):
                 self._epoch += 1
@@ -160,26 +166,36 @@ class Jobs:
             self.status.value = html.escape(self._progress_text)
         self.plots.flush()
 
-    def _measure(self, method: str, settings: dict, model: nn.Module, reports: list, where: dict, t0: float,
+    def _set_span(self, lo: float, hi: float) -> None:
+        """The share of the job's progress bar the next step's events fill."""
+        self._span, self._stage = (lo, hi), None
+
+    def _measure(self, steps: tuple[Step, ...], model: nn.Module, reports: list, where: dict, t0: float,
                  status: str = "done") -> Run:
         """Accuracy, size and latency of ``model``; latency is timed alternating with the
-        original's on the same device and backend, so "x faster" compares like with like."""
+        original's on the same device and backend, so "x faster" compares like with like. A
+        latency that could not be measured makes the run "failed: latency" (the model stands)."""
         timed, note = M.latencies([model] if model is self.base else [model, self.base], self._latency_x,
                                   where["device"], where["backend"])
+        if note:
+            status = "failed: latency" if status == "done" else f"{status}; failed: latency"
+        settings = {k: v for s in steps for k, v in s.settings.items()}
         with self._lock:
-            rid = len(self.results)
-        return Run(rid, method, {**settings, **where}, slimkit.evaluate(model, self.test)["accuracy"],
-                   slimkit.size(model), timed[0], timed[-1], status, time.time() - t0,
-                   any(r.simulated for r in reports), note, model, list(reports))
+            rid, self._next_id = self._next_id, self._next_id + 1
+        return Run(rid, "+".join(s.method for s in steps) or "original", {**settings, **where},
+                   slimkit.evaluate(model, self.test)["accuracy"], slimkit.size(model), timed[0], timed[-1],
+                   status, time.time() - t0, any(r.simulated for r in reports), note, model, list(reports),
+                   tuple(steps))
 
     def _baseline(self, where: dict) -> Run:
         if not self.results:
-            self._record(self._measure("original", {}, self.base, [], where, time.time()), latest=False)
+            self._record(self._measure((), self.base, [], where, time.time()), latest=False)
         return self.results[0]
 
     def _record(self, run: Run, latest: bool = True) -> Run:
         with self._lock:
             self.results.append(run)
+            self.job_runs.append(run)
             if latest:
                 self.model = run.model
         self._show_results()
@@ -191,23 +207,28 @@ class Jobs:
         self._baseline(where)
         t0 = time.time()
         model, reports, finished = self.base, [], []
-        name = lambda done: "+".join(s.method for s in done)  # noqa: E731
-        merged = lambda done: {k: v for s in done for k, v in s.settings.items()}  # noqa: E731
+        lo, hi = self._span
         if any(s.method == "distill" or "finetune" in s.configs for s in steps):  # else keep the last curves
             self._epoch = 0
-            self.plots.reset_curves(f"Training curves: run #{len(self.results)} {name(steps)}")
+            self.plots.reset_curves(f"Training curves: run #{self._next_id} {' > '.join(s.label for s in steps)}")
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
+                self._set_span(lo + (hi - lo) * i / len(steps), lo + (hi - lo) * (i + 1) / len(steps))
                 result = M.apply(step.method, model, step.configs, self.train, self.test,
                                  callbacks=self._events(prefix), stop=stop)
                 model, finished = result.model, finished + [step]
                 reports.append(result.report)
-        except slimkit.Interrupted:
-            if finished:  # the pipeline's finished part is a result
-                self._record(self._measure(name(finished), merged(finished), model, reports, where, t0,
+        except slimkit.Interrupted as e:
+            partial = getattr(e, "result", None)  # the finished epochs of a step, when the core kept them
+            if isinstance(partial, slimkit.Result):
+                step = steps[len(finished)]
+                self._record(self._measure((*finished, step), partial.model, [*reports, partial.report], where, t0,
+                                           status=f"stopped in {step.method}: {e}"))
+            elif finished:  # the pipeline's finished part is a result
+                self._record(self._measure(tuple(finished), model, reports, where, t0,
                                            status=f"stopped after {finished[-1].method}"))
             raise
-        run = self._record(self._measure(name(steps), merged(steps), model, reports, where, t0))
+        run = self._record(self._measure(steps, model, reports, where, t0))
         self._update_histogram()
         return run
 
@@ -219,10 +240,11 @@ class Jobs:
         self.plots.start_sweep(title)
         runs = []
         for i, (v, step) in enumerate(sweep):
+            self._set_span(i / len(sweep), (i + 1) / len(sweep))  # each value its share of one bar
             run = self._run_steps((step,), where, stop, prefix=f"sweep {i + 1}/{len(sweep)}: ")
             runs.append(run)
             self.plots.add_sweep_point(v, run.accuracy)
-            self._progress = (i + 1) / len(sweep)
+            self._progress = self._progress_high = (i + 1) / len(sweep)
             self.throttle.poke(force=True)
         return runs
 
@@ -238,6 +260,12 @@ class Jobs:
                      for r in rows]
             self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
                                        f"quantize {config.bits}-bit, one layer at a time", hover)
+        elif M.core_sensitivity() is not None:  # slimkit.sensitivity: the same rows from the core
+            args = {"width": step.configs["distill_panel"].width} if method == "distill" else \
+                {"config": step.configs[method]}
+            rows = M.core_sensitivity()(self.base, self.test, method, callbacks=self._events(), stop=stop, **args)
+            self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
+                                       f"{step.label}, one layer at a time")
         else:
             rows = []
             for i, name in enumerate(self._layers):
@@ -245,7 +273,7 @@ class Jobs:
                 result = M.apply(method, self.base, step.configs, self.train, self.test, stop=stop, include=[name])
                 score = 100 * slimkit.evaluate(result.model, self.test)["accuracy"]
                 rows.append({"name": name, "score": score, "drop": base - score})
-                self._progress = (i + 1) / len(self._layers)
+                self._progress = self._progress_high = (i + 1) / len(self._layers)
                 self.plots.set_sensitivity([r["name"] for r in rows], [r["drop"] for r in rows],
                                            f"{method}, one layer at a time")
                 self.throttle.poke()

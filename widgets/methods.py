@@ -105,6 +105,12 @@ def sensitivity(model: nn.Module, test, config: slimkit.QuantConfig, *, callback
     return core(model, test, **config.changed(), callbacks=callbacks, stop=stop)
 
 
+def core_sensitivity():
+    """``slimkit.sensitivity`` (one layer at a time, every method) where this slimkit has it."""
+    found = getattr(slimkit, "sensitivity", None)
+    return found if callable(found) else None
+
+
 def latencies(models: list[nn.Module], x: torch.Tensor, device: str = "cpu",
               backend: str = "eager") -> tuple[list[float], str]:
     """Median wall time (ms) of one forward pass on batch ``x`` for each model, timed side by

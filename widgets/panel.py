@@ -25,33 +25,30 @@ import ipywidgets as W
 import torch.nn as nn
 
 from slimkit.data import first_inputs
-from slimkit.devices import resolve_device
 from slimkit.errors import InvalidParameterError, SlimkitError, check_module
 from slimkit.events import Status
 from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
-from .controls import METHODS, PIPELINE_ORDER, STYLE, SUMMARY, SWEEP_PARAM, Controls
+from .checks import TABS, TOOLTIPS, Settings, html_list
+from .controls import INVALID_CSS, STYLE, SUMMARY, SWEEP_PARAM, Controls
 from .frontend import frontend_is_live, in_ipython
 from .jobs import Jobs, Throttle, Worker
 from .plots import Plots, show_static
-from .results import Run, table_html
+from .results import RED, Run, table_html
+from .selected import BOX, Selected
 
-TABS = (*METHODS, "pipeline")
-RED = "#b00020"
 BAR_STYLE = {Status.OK: "success", Status.INTERRUPTED: "warning", Status.FAILED: "danger"}
+CSS = (f"<style>{INVALID_CSS} .slimkit-panel table {{border-collapse: collapse}} "
+       ".slimkit-panel th.slimkit-sorted {text-decoration: underline}</style>")
+WRAP = dict(flex_flow="row wrap", width="100%")  # boxes wrap instead of scrolling sideways
 
 
 class PanelBusyError(SlimkitError, RuntimeError):
     """A job was started while another one runs in the same panel."""
 
 
-def _html_list(items: list[str]) -> str:
-    return (f"<ul style='color:{RED};margin:2px'>" + "".join(f"<li>{html.escape(m)}</li>" for m in items)
-            + "</ul>") if items else ""
-
-
-class Panel(Jobs):
+class Panel(Jobs, Settings):
     """Controls, Run/Stop, progress, live plots and a results table for one model.
 
     ``Panel(model, data)``: ``data`` as in :func:`.methods.splits` (test split for accuracy and
@@ -75,13 +72,16 @@ class Panel(Jobs):
         self.results: list[Run] = []
         self.error: BaseException | None = None
         self.sensitivity_rows: list[dict] = []
-        self.selected: Run | None = None
+        self._next_id = 0  # run ids stay unique when rows are deleted
+        self.job_runs: list[Run] = []  # the runs the current (or last) job recorded
         self.worker = Worker()
         self.plots = Plots(self.live, on_pick=self.show_run)
         self.throttle = Throttle(self._refresh, interval)
         self._latency_x = first_inputs(self.test, latency_batch)
         self._progress: float | None = None
         self._progress_text = ""
+        self._progress_high, self._span, self._stage, self._sub = 0.0, (0.0, 1.0), None, (0.0, 1.0)
+        self._last_status = "ready"  # how the last job ended (the status when not busy)
         self._epoch = 0
         self._lock = threading.RLock()
         self._build()
@@ -108,40 +108,42 @@ class Panel(Jobs):
         self.tabs = W.Tab(children=[self._page(t) for t in TABS], titles=TABS)
         self.tabs.observe(self._changed, names="selected_index")
 
-        self.buttons = {
-            "run": W.Button(description="Run", button_style="primary", icon="play", tooltip="run the tab's method"),
-            "sweep": W.Button(description="Sweep", icon="line-chart", tooltip="run once per value in the sweep box"),
-            "sensitivity": W.Button(description="Sensitivity", icon="bar-chart",
-                                    tooltip="compress one layer at a time"),
-        }
+        self.buttons = {a: W.Button(description=a.capitalize(), icon=icon, tooltip=TOOLTIPS[a])
+                        for a, icon in (("run", "play"), ("sweep", "line-chart"), ("sensitivity", "bar-chart"))}
+        self.buttons["run"].button_style = "primary"
         for action, b in self.buttons.items():
             b.on_click(lambda _, a=action: self._click(a))
         self.run_button, self.sweep_button, self.sensitivity_button = self.buttons.values()
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.stop_button.on_click(lambda _: self.stop())
-        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="240px"))
+        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="200px"))
         self.status = W.HTML("ready")
         self.messages = W.HTML("")  # what is wrong with the settings (validation)
         self.errors = W.HTML("")    # how the last job failed
-        self.table = W.HTML(self.table_html())
-        self.detail = W.HTML("<i>click a point in the Pareto plot to see its settings</i>",
-                             layout=W.Layout(width="380px", max_height="340px", overflow="auto"))
+        self.table = W.HTML(self.table_html(), layout=W.Layout(width="100%", overflow="auto"))
+        self.clear_button = W.Button(description="Clear table", icon="eraser",
+                                     tooltip="remove every run but the original")
+        self.clear_button.on_click(lambda _: self.clear())
+        self.picked = Selected(self)
+        self.detail = self.picked.detail
         self.layer = W.Dropdown(options=self._layers, description="histogram of", **STYLE)
         self.layer.observe(lambda _: self._update_histogram(), names="value")
 
         for name in ("messages", "errors", "table", "status", "detail"):  # handles for the browser test
             getattr(self, name).add_class(f"slimkit-{name}")
-        actions = W.HBox([*self.buttons.values(), self.stop_button, self.progress, self.status])
-        settings = W.VBox([self.tabs, W.HBox([self.controls["device"], self.controls["backend"], self.layer])])
+        actions = W.HBox([*self.buttons.values(), self.stop_button, self.progress, self.status],
+                         layout=W.Layout(**WRAP))
+        settings = W.VBox([self.tabs, W.HBox([self.controls["device"], self.controls["backend"], self.layer],
+                                             layout=W.Layout(**WRAP))], layout=W.Layout(width="100%"))
         p = self.plots
         if self.live:
-            plots = W.VBox([W.HBox([p.curves, p.sweep]), W.HBox([p.sensitivity, p.histogram]),
-                            W.HBox([p.pareto, self.detail])])
+            plots = W.HBox([p.curves, p.sweep, p.sensitivity, p.histogram, p.pareto], layout=W.Layout(**WRAP))
         else:
             plots = W.HTML("(plots are shown as cell outputs in this mode)")
-        title = W.HTML(f"<b>slimkit panel</b>: {html.escape(type(self.base).__name__)}, "
+        title = W.HTML(f"{CSS}<b>slimkit panel</b>: {html.escape(type(self.base).__name__)}, "
                        f"{param_count(self.base):,} parameters")
-        self.widget = W.VBox([title, settings, actions, self.messages, self.errors, self.table, plots])
+        self.widget = W.VBox([title, settings, actions, self.messages, self.errors, self.table, self.clear_button,
+                              plots, self.picked.widget], layout=W.Layout(width="100%", max_width="100%"))
         self.widget.add_class("slimkit-panel")
 
     def _ipython_display_(self) -> None:
@@ -158,83 +160,7 @@ class Panel(Jobs):
                        for k, v in self.settings().items() if not k.endswith("_sweep"))
         return (f"<p><b>slimkit panel</b> (static: no widget front end) - "
                 f"{html.escape(type(self.base).__name__)}, method <code>{html.escape(self.method)}</code></p>"
-                f"<details><summary>settings</summary><table>{rows}</table></details>" + _html_list(self.problems()))
-
-    # -- settings and validation ----------------------------------------------------------
-
-    @property
-    def method(self) -> str:
-        return TABS[self.tabs.selected_index or 0]
-
-    def settings(self) -> dict[str, Any]:
-        """Every control's value as shown, by control name."""
-        return self.controls.raw()
-
-    def set(self, method: str | None = None, **values) -> Panel:
-        """Set controls by name, as a user would: ``panel.set("prune", sparsity=0.8)``.
-
-        All or nothing: a bad name or value raises and leaves every control as it was.
-        """
-        if method is not None and method not in TABS:
-            raise InvalidParameterError("method", method, "one of " + ", ".join(TABS))
-        self.controls.set(**values)
-        if method is not None:
-            self.tabs.selected_index = TABS.index(method)
-        return self
-
-    def _steps(self, method: str | None = None) -> tuple[str, ...]:
-        method = method or self.method
-        if method == "pipeline":
-            chosen = set(self.controls["pipeline"].value)
-            return tuple(m for m in PIPELINE_ORDER if m in chosen)
-        return (method,)
-
-    def problems(self, method: str | None = None, action: str = "run") -> list[str]:
-        """Everything that keeps ``action`` (run, sweep, sensitivity) from starting now."""
-        method = method or self.method
-        steps = self._steps(method)
-        out = [] if steps else ["pipeline: choose at least one step"]
-        if {"quantize", "sparsify"} <= set(steps):
-            out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
-                       "choose one (prune then quantize keeps the pruned zeros)")
-        for step in steps:
-            configs, bad = self.controls.step(step, self.train, self.test)
-            out += bad
-            why = "quantize" in configs and M.group_size_problem(self.base, configs["quantize"])
-            if why:
-                out.append(f"quantize: {why}")
-        device, backend = self.controls["device"].value, self.controls["backend"].value
-        try:
-            resolve_device(device)
-            why = M.backend_problem(backend, device)
-            if why:
-                out.append(f"backend: {why}")
-        except SlimkitError as e:
-            out.append(f"device: {e}")
-        if action == "sweep":
-            if method == "pipeline":
-                out.append("sweep: choose a single method tab (quantize, prune, distill or sparsify)")
-            else:
-                try:
-                    out += self.controls.sweep(method, self.train, self.test)[1]
-                except SlimkitError as e:
-                    out.append(f"sweep: {e}")
-        if action == "sensitivity" and method not in ("quantize", "prune", "sparsify"):
-            out.append("sensitivity: choose the quantize, prune or sparsify tab")
-        return out
-
-    def _changed(self, change=None) -> None:
-        self.controls.update()
-        self._validate()
-
-    def _validate(self) -> list[str]:
-        """Show what is wrong with the settings and enable only the buttons that can start."""
-        msgs = self.problems()
-        self.messages.value = _html_list(msgs)
-        busy = self.worker.busy
-        for action, b in self.buttons.items():
-            b.disabled = busy or bool(msgs if action == "run" else self.problems(action=action))
-        return msgs
+                f"<details><summary>settings</summary><table>{rows}</table></details>" + html_list(self.problems()))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -295,28 +221,37 @@ class Panel(Jobs):
         msgs = self.problems(method, action)
         if msgs:
             self._validate()
-            self.messages.value = _html_list(msgs)
-            self.status.value = f"<span style='color:{RED}'>not started: fix the settings</span>"
+            self.messages.value = html_list(msgs)
+            self.status.value = f"<span style='color:{RED}'>{action} not started: fix the settings listed below</span>"
             raise InvalidParameterError(action, method, "valid settings: " + "; ".join(msgs))
         job = self._job(action, method)
-        self.error, self.errors.value = None, ""
+        self.error, self.errors.value, self.job_runs = None, "", []
         self.progress.value, self.progress.bar_style = 0.0, ""
+        self._progress_high = 0.0
+        self._set_span(0.0, 1.0)
         self.status.value = f"{action} {method}..."
         started = time.time()
 
         def done(outcome: Status, value) -> None:
             took = time.time() - started
+            failed = [r for r in self.job_runs if r.failed]
             self.stop_button.disabled = True
-            self._validate()
-            self.progress.bar_style = BAR_STYLE[outcome]
-            if outcome == Status.OK:
-                self.progress.value = 1.0
-                self.status.value = f"{action} finished in {took:.1f} s"
-            elif outcome == Status.INTERRUPTED:
-                self.status.value = f"stopped after {took:.1f} s: the model is as before, or as the last finished step"
-            else:
+            self.progress.bar_style = BAR_STYLE[Status.FAILED if failed else outcome]
+            if outcome == Status.FAILED:
                 self.error = value
                 self._show_error(value, self.worker.traceback)
+            elif failed:  # the models stand, but a step of theirs failed: not a success
+                self._last_status = (f"<span style='color:{RED}'>{action} failed: {len(failed)} of "
+                                     f"{len(self.job_runs)} runs have errors (below)</span>")
+                self._show_error(None, "\n".join(f"#{r.id} {r.label}: {r.note}" for r in failed))
+            elif outcome == Status.OK:
+                self._last_status = f"{action} finished in {took:.1f} s"
+            else:
+                kept = f"; kept #{self.job_runs[-1].id} ({self.job_runs[-1].status})" if self.job_runs else ""
+                self._last_status = f"{action} stopped after {took:.1f} s{kept}"
+            if outcome == Status.OK:
+                self.progress.value = 1.0
+            self._validate()
             self.throttle.poke(force=True)
 
         for b in self.buttons.values():  # before the start: a job that fails at once re-enables them in done()
@@ -334,11 +269,17 @@ class Panel(Jobs):
             self._show_outputs(action)
         return self.worker.value if self.worker.outcome == Status.OK else None
 
-    def _show_error(self, err: BaseException, tb: str = "") -> None:
-        self.status.value = f"<span style='color:{RED}'>failed</span>"
-        detail = f"<details><summary>traceback</summary><pre>{html.escape(tb)}</pre></details>" if tb else ""
-        self.errors.value = (f"<div style='color:{RED}'><b>{type(err).__name__}</b>: "
-                             f"{html.escape(str(err))}</div>{detail}")
+    def _show_error(self, err: BaseException | None, text: str = "") -> None:
+        """The failure in a readable box (wrapped lines, bounded height, scrolls); ``err`` None:
+        ``text`` lists failed steps, else it is ``err``'s traceback."""
+        box = f"<div class='slimkit-error-box' style='{BOX};color:{RED};border-color:{RED}'>"
+        if err is None:
+            self.errors.value = f"{box}{html.escape(text)}</div>"
+            return
+        self._last_status = f"<span style='color:{RED}'>failed: {html.escape(type(err).__name__)}</span>"
+        detail = (f"<details><summary>traceback</summary><pre style='{BOX}'>{html.escape(text)}</pre></details>"
+                  if text else "")
+        self.errors.value = f"{box}<b>{type(err).__name__}</b>: {html.escape(str(err))}</div>{detail}"
 
     # -- results and plots ---------------------------------------------------------------
 
@@ -352,19 +293,54 @@ class Panel(Jobs):
         return table_html(self.rows())
 
     def _show_results(self) -> None:
-        """The table and the Pareto plot after a run was recorded."""
+        """The table, the picker and the Pareto plot after the runs changed."""
+        with self._lock:
+            runs = list(self.results)
         self.table.value = self.table_html()
+        self.picked.update(runs)
         self.plots.set_runs([{"id": r.id, "label": r.label, "accuracy": r.accuracy, "size_kib": r.size_bytes / 1024,
-                              "latency_ms": r.latency_ms} for r in self.results])
+                              "latency_ms": r.latency_ms} for r in runs])
+        self.throttle.poke(force=True)
+
+    @property
+    def selected(self) -> Run | None:
+        """The run chosen in the "selected run" box (the latest, until another is picked)."""
+        return self.picked.run
+
+    @property
+    def example_inputs(self):
+        """One batch of test inputs (what latency is timed on, and what an export traces)."""
+        return self._latency_x
 
     def show_run(self, rid: int) -> Run:
-        """Show one run's settings and per-layer report (what a click on the Pareto plot does)."""
+        """Select one run: its settings, per-layer report, Save/Export/code (what a click on the
+        Pareto plot does)."""
         run = next((r for r in self.results if r.id == rid), None)
         if run is None:
-            raise InvalidParameterError("rid", rid, f"a run id in 0..{len(self.results) - 1}")
-        self.detail.value = run.detail_html()
-        self.selected = run
+            raise InvalidParameterError("rid", rid, "the id of a row: " + ", ".join(str(r.id) for r in self.results))
+        self.picked.show(run)
         return run
+
+    def delete(self, rid: int) -> None:
+        """Remove run ``rid`` from the table (not the original, row 0; not while a job runs)."""
+        if self.worker.busy:
+            raise PanelBusyError("the panel is busy: delete rows when the job has ended")
+        if self.results and rid == self.results[0].id:
+            raise InvalidParameterError("rid", rid, "a run other than the original (row 0 is the reference)")
+        self.show_run(rid)  # raises for an unknown id
+        with self._lock:
+            self.results = [r for r in self.results if r.id != rid]
+            if self.model is not self.base and all(r.model is not self.model for r in self.results):
+                self.model = self.results[-1].model if len(self.results) > 1 else self.base
+        self._show_results()
+
+    def clear(self) -> None:
+        """Remove every run but the original (not while a job runs)."""
+        if self.worker.busy:
+            raise PanelBusyError("the panel is busy: clear the table when the job has ended")
+        with self._lock:
+            self.results, self.model = self.results[:1], self.base
+        self._show_results()
 
     def _update_histogram(self) -> None:
         name = self.layer.value

@@ -1,8 +1,12 @@
-"""The results table: one :class:`Run` per row, and the HTML the panel shows for them."""
+"""The results table: one :class:`Run` per row, and the HTML the panel shows for them.
+
+Tables are plain HTML in ``ipywidgets.HTML``; a click on a column header sorts the rows in the
+browser (no kernel round trip, numbers as numbers: each cell carries its sort key), so the
+same markup sorts in the live panel and in static outputs.
+"""
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,14 +16,25 @@ import torch.nn as nn
 
 import slimkit
 
-# the settings a results table label shows
-LABEL_KEYS = {"quantize": ("bits", "granularity", "scheme"), "prune": ("sparsity", "score", "structured"),
-              "distill": ("width", "temperature", "alpha"), "sparsify": ("sparsify_sparsity", "threshold", "format")}
+# a header's onclick: sort its table's body by that column (numeric keys from data-v), toggling
+# the direction; inline so it survives ipywidgets.HTML (which runs no <script>)
+SORT_JS = ("const th=this,t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),"
+           "b=t.tBodies[0],d=th.dataset.dir==='asc'?'desc':'asc',k=r=>{const c=r.children[i],"
+           "v=c.dataset.v;return v!==undefined&&v!==''?parseFloat(v):c.textContent};"
+           "[...th.parentNode.children].forEach(h=>{h.dataset.dir='';h.classList.remove('slimkit-sorted')});"
+           "th.dataset.dir=d;th.classList.add('slimkit-sorted');"
+           "[...b.rows].sort((x,y)=>{const a=k(x),c=k(y),s=typeof a==='number'&&typeof c==='number'?a-c:"
+           "String(a).localeCompare(String(c));return d==='asc'?s:-s}).forEach(r=>b.appendChild(r))")
+RED = "#b00020"
 
 
 @dataclass
 class Run:
-    """One row of the results table (``id`` 0 is the original model)."""
+    """One row of the results table (``id`` 0 is the original model).
+
+    ``steps``: the :class:`~.controls.Step` s that made it (their configs reproduce it, see
+    :meth:`code`); ``note``: why a step failed (e.g. the latency backend), "" when none did.
+    """
 
     id: int
     method: str
@@ -34,42 +49,74 @@ class Run:
     note: str = ""
     model: nn.Module | None = field(default=None, repr=False)
     reports: list[slimkit.Report] = field(default_factory=list, repr=False)
+    steps: tuple = field(default=(), repr=False)
 
     @property
     def label(self) -> str:
+        """The run as a person writes it: ``prune 80% magnitude > quantize int4 per_channel``."""
         if self.method == "original":
             return "original"
-        parts = []
-        for step in self.method.split("+"):
-            vals = ",".join(str(self.settings[k]) for k in LABEL_KEYS.get(step, ()) if k in self.settings)
-            parts.append(f"{step}({vals})")
-        return " > ".join(parts)
+        return " > ".join(s.label for s in self.steps) if self.steps else self.method
+
+    @property
+    def failed(self) -> bool:
+        """A step of the run failed (the model may stand, but a number is missing)."""
+        return self.status.startswith("failed")
 
     def row(self, base: Run | None) -> dict[str, Any]:
+        latency = "error" if math.isnan(self.latency_ms) and self.note else round(self.latency_ms, 3)
         out = {"#": self.id, "run": self.label, "accuracy": round(self.accuracy, 4),
-               "size KiB": round(self.size_bytes / 1024, 1), "latency ms": round(self.latency_ms, 3),
+               "size KiB": round(self.size_bytes / 1024, 1), "latency ms": latency,
                "status": self.status + (" (simulated)" if self.simulated else "")}
         if base is not None:
             out["Δ acc (pts)"] = round(100 * (self.accuracy - base.accuracy), 2)
             out["x smaller"] = round(base.size_bytes / max(self.size_bytes, 1), 2)
-            out["x faster"] = round(self.baseline_ms / self.latency_ms, 2) if self.latency_ms > 0 else math.nan
+            fast = self.baseline_ms / self.latency_ms if self.latency_ms > 0 else math.nan
+            out["x faster"] = "error" if math.isnan(fast) and self.note else round(fast, 2)
         out["seconds"] = round(self.seconds, 1)
-        out["note"] = self.note
         return out
 
-    def detail_html(self) -> str:
-        """Its settings and per-layer reports (what a click on its Pareto point shows)."""
-        reports = "".join(r._repr_html_() for r in self.reports)
-        return (f"<b>#{self.id} {html.escape(self.label)}</b><pre class='slimkit-settings'>"
-                f"{html.escape(json.dumps(self.settings, indent=1, default=str))}</pre>"
-                f"accuracy {self.accuracy:.2%}, {self.size_bytes / 1024:.1f} KiB, "
-                f"{self.latency_ms:.2f} ms{reports}")
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """Every layer of every step's report, one row each (the per-layer table)."""
+        out = []
+        for r in self.reports:
+            for lr in r.layers:
+                out.append({"step": r.method, "layer": lr.name, "kind": lr.kind, "action": lr.action,
+                            "params before": lr.params_before, "params after": lr.params_after,
+                            "bytes before": lr.bytes_before, "bytes after": lr.bytes_after,
+                            "sparsity %": None if lr.sparsity is None else round(100 * lr.sparsity, 1),
+                            "SQNR dB": None if lr.sqnr_db is None else round(lr.sqnr_db, 1), "note": lr.reason})
+        return out
+
+    def code(self) -> str:
+        """The Python that reproduces this run from the model and data given to the panel."""
+        if not self.steps:
+            return "# the original model: nothing to reproduce"
+        lines = ["import slimkit", "from slimkit.widgets.methods import splits", "",
+                 "train, test = splits(data)  # model, data: as given to Panel(model, data)", "m = model"]
+        for s in self.steps:
+            lines += s.code("m")
+        lines.append(f"m.eval()  # run #{self.id}: {self.label}")
+        return "\n".join(lines)
 
 
-def table_html(rows: Sequence[dict[str, Any]]) -> str:
+def _cell(value: Any) -> str:
+    """A table cell; numbers carry their sort key (so 10 sorts after 9), text is escaped."""
+    if value is None:
+        return "<td data-v=''></td>"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        key = "" if isinstance(value, float) and math.isnan(value) else f"{value}"
+        return f"<td data-v='{key}' style='text-align:right'>{html.escape(str(value))}</td>"
+    style = f" style='color:{RED}'" if value in ("error",) or str(value).startswith("failed") else ""
+    return f"<td{style}>{html.escape(str(value))}</td>"
+
+
+def table_html(rows: Sequence[dict[str, Any]], cls: str = "slimkit-results",
+               empty: str = "results appear here after the first run") -> str:
+    """A table whose headers sort it (click: ascending, again: descending)."""
     if not rows:
-        return "<i>results appear here after the first run</i>"
-    head = "".join(f"<th style='padding:2px 8px'>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(str(v))}</td>"
-                                    for v in r.values()) + "</tr>" for r in rows)
-    return f"<table class='slimkit-results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<i>{html.escape(empty)}</i>"
+    head = "".join(f"<th title='click to sort' style='cursor:pointer' onclick=\"{SORT_JS}\">"
+                   f"{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(_cell(v) for v in r.values()) + "</tr>" for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

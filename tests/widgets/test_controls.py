@@ -44,3 +44,25 @@ def test_int4_per_group_on_a_cnn_chooses_group_sizes_per_layer(make_panel):
     assert run.settings["group_size"] is None
     convs = [m for m in run.model.modules() if isinstance(m, QuantConv2d)]
     assert convs and all(m.bits == 4 for m in convs)
+
+
+def test_labels_read_as_a_person_writes_them(make_panel):
+    panel = make_panel(live=False)
+    plan = lambda method: panel.controls.plan(method, panel.train, panel.test).label  # noqa: E731
+    panel.set("prune", sparsity=0.8000000000000002, finetune_epochs=0)
+    assert plan("prune") == "prune 80% magnitude"  # no float noise, no bare False
+    panel.set(structured=True, finetune_epochs=3)
+    assert plan("prune") == "prune 80% magnitude structured +3 epochs fine-tune"
+    panel.set("quantize", bits=4, granularity="per_group")
+    assert plan("quantize") == "quantize int4 per_group"
+    panel.set(group_size=9, scheme="asymmetric", activations=True)
+    assert plan("quantize") == "quantize int4 per_group group 9 asymmetric +int8 activations"
+    panel.set("sparsify", sparsify_mode="threshold", threshold=0.02, format="csr")
+    assert plan("sparsify") == "sparsify |w|<0.02 csr"
+    panel.set("distill", width=0.5, temperature=2.0, fraction=0.25)
+    assert plan("distill") == "distill width 50% on 25% of train T=2 alpha=0.7 5 epochs"
+    # the core's own: numbers named, choices and flags as words, unset and False left out
+    assert slimkit.PruneConfig(sparsity=0.1 + 0.2, structured=False, score="fisher").label() == \
+        "prune sparsity=0.3 fisher"
+    assert slimkit.QuantConfig(bits=4, granularity="per_group").label(["bits", "granularity", "group_size"]) == \
+        "quantize bits=4 per_group"

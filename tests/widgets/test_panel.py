@@ -46,7 +46,7 @@ def test_quantize_run_from_the_widgets(make_panel, click):
     assert quantized.latency_ms > 0 and quantized.baseline_ms > 0
 
     rows = table_rows(panel)
-    assert len(rows) == 2 and rows[1][1] == "quantize(4,per_channel,symmetric)"
+    assert len(rows) == 2 and rows[1][1] == "quantize int4 per_channel"
     assert panel.rows()[1]["x smaller"] == pytest.approx(panel.results[0].size_bytes / quantized.size_bytes, rel=0.01)
 
     pareto = panel.plots.pareto
@@ -124,7 +124,7 @@ def test_pipeline_chains_steps(make_panel, click):
     panel.set("pipeline", pipeline=("quantize", "prune"), sparsity=0.5, finetune_epochs=0, bits=8)
     click(panel, panel.run_button)
     run = panel.results[-1]
-    assert run.method == "prune+quantize" and run.label.startswith("prune(0.5")
+    assert run.method == "prune+quantize" and run.label == "prune 50% magnitude > quantize int8 per_channel"
     assert len(run.reports) == 2
     w = run.model.get_submodule("classifier.1").dequantized_weight()
     assert (w == 0).float().mean().item() >= 0.45  # pruned zeros survive quantization
@@ -267,8 +267,8 @@ def test_clicking_a_pareto_point_shows_its_settings(make_panel, click):
     fig._js2py_pointsCallback = {"event_type": "plotly_click", "points": {
         "xs": [fig.data[0].x[1]], "ys": [fig.data[0].y[1]], "point_indexes": [1], "trace_indexes": [0]}}
     assert panel.selected is panel.results[1]
-    assert "#1 quantize(6,per_channel,symmetric)" in panel.detail.value
-    assert "&quot;bits&quot;: 6" in panel.detail.value or '"bits": 6' in panel.detail.value
+    assert "#1 quantize int6 per_channel" in panel.detail.value
+    assert "bits=6" in panel.detail.value
     with pytest.raises(InvalidParameterError):
         panel.show_run(7)
 
