@@ -23,6 +23,7 @@ from .config import Config, integer, number, signature
 from .data import batch_errors, batches, first_inputs
 from .errors import (
     IncompatibleModelsError,
+    Interrupted,
     InvalidParameterError,
     check_fraction,
     check_int,
@@ -108,18 +109,29 @@ def distill(teacher: nn.Module, student: nn.Module, data, config: DistillConfig 
 
     # a pruned student keeps its zeros while it learns (prune -> distill -> quantize composes)
     pruned = any(step.startswith("prune") for steps in history_of(student).values() for step in steps)
-    history = fit(work, data, epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay,
-                  seed=c.seed, loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress,
-                  after_step=keep_sparsity(work) if pruned else None)
+    try:
+        history = fit(work, data, epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, weight_decay=c.weight_decay,
+                      seed=c.seed, loss_fn=kd_loss, val_data=val_data, stage="distill", callbacks=progress,
+                      after_step=keep_sparsity(work) if pruned else None)
+    except Interrupted as e:  # a stop keeps the finished epochs' student (e.result), marked stopped
+        done = getattr(e, "history", [])
+        if done:
+            e.result = _result(teacher, student, work, done, c, val_data, output, stopped=True)
+        raise
+    return _result(teacher, student, work, history, c, val_data, output)
 
+
+def _result(teacher, student, work, history, c: DistillConfig, val_data, output, stopped: bool = False) -> Result:
     pt, ps = param_count(teacher), param_count(work)
     summary = {"teacher_params": pt, "student_params": ps, "params_ratio": ps / pt,
                "final_loss": history[-1]["loss"]}
+    if stopped:
+        summary["stopped_after_epochs"] = len(history)
     if val_data is not None:
         summary["val_accuracy"] = history[-1]["val_accuracy"]
         summary["teacher_val_accuracy"] = evaluate(teacher, val_data, output=output)["accuracy"]
-    params = dict(temperature=T, alpha=alpha, noise=c.noise, noise_samples=c.noise_samples, epochs=c.epochs,
-                  lr=c.lr, seed=c.seed)
+    params = dict(temperature=c.temperature, alpha=c.alpha, noise=c.noise, noise_samples=c.noise_samples,
+                  epochs=c.epochs, lr=c.lr, seed=c.seed)
     report = Report("distill", params, [_trained_row(n, m) for n, m in param_modules(work)], summary=summary)
     return Result(work, report.cover(student, work).chain(student, work, "distill"))
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import inputs as _inputs
 from .data import batch_errors, batches
-from .errors import check_positive
+from .errors import Interrupted, check_positive
 from .events import as_progress
 from .metrics import evaluate, flat, logits
 
@@ -45,26 +45,36 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         history = []
         progress.emit("start", stage, 0, epochs)
-        for epoch in range(1, epochs + 1):
-            model.train()
-            total, n = 0.0, 0
-            for i, (x, y) in enumerate(loader):
-                progress.check()
-                opt.zero_grad(set_to_none=True)
-                with batch_errors(i):
-                    loss = loss_fn(model, x, y)
-                loss.backward()
-                opt.step()
-                if after_step is not None:
-                    after_step(model)
-                total += loss.item() * len(y)
-                n += len(y)
-            sched.step()
-            row = {"epoch": epoch, "loss": total / max(n, 1)}
-            if val_data is not None:
-                row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
-            history.append(row)
-            progress.emit("metrics", stage, epoch, epochs, **row)
+        try:
+            _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history)
+        except Interrupted as e:  # the finished epochs travel with the error: a caller may keep them
+            model.eval()
+            e.history = history
+            raise
         model.eval()
         progress.emit("end", stage, epochs, epochs)
         return history
+
+
+def _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history) -> None:
+    """The epoch loop of :func:`fit`; appends each finished epoch's metrics to ``history``."""
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        for i, (x, y) in enumerate(loader):
+            progress.check()
+            opt.zero_grad(set_to_none=True)
+            with batch_errors(i):
+                loss = loss_fn(model, x, y)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+            total += loss.item() * len(y)
+            n += len(y)
+        sched.step()
+        row = {"epoch": epoch, "loss": total / max(n, 1)}
+        if val_data is not None:
+            row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
+        history.append(row)
+        progress.emit("metrics", stage, epoch, epochs, **row)

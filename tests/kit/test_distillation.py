@@ -169,9 +169,23 @@ def test_stop_interrupts_distillation():
             stop.set()
 
     snap = state_snapshot(student)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as info:
         slimkit.distill(teacher, student, (x, y), epochs=5, callbacks=listener, stop=stop)
     assert_unchanged(student, snap)
+    # the finished epoch is kept: a trained copy and a report that says it stopped
+    kept = info.value.result
+    assert kept.report.summary["stopped_after_epochs"] == 1 and len(info.value.history) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(kept.model.state_dict().values(), student.state_dict().values()))
+    assert kept.model(x).shape == student(x).shape
+
+
+def test_a_stop_before_any_epoch_finished_keeps_nothing():
+    teacher, student, x, y = _tiny_pair()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Interrupted) as info:
+        slimkit.distill(teacher, student, (x, y), epochs=5, stop=stop)
+    assert not hasattr(info.value, "result") and not getattr(info.value, "history", [])
 
 
 # ---- users' models: transformers outputs, the inputs rule, bad batches (issue 8) -------------

@@ -131,7 +131,7 @@ PARETO_POINTS = """() => {
   el.scrollIntoView({block: 'center'});
   const box = el.getBoundingClientRect(), t = el.data[1], xa = el._fullLayout.xaxis2, ya = el._fullLayout.yaxis2;
   return Array.from(t.x).map((x, i) => ({id: t.customdata[i],
-    x: box.left + xa._offset + xa.l2p(x), y: box.top + ya._offset + ya.l2p(t.y[i])}));
+    x: box.left + xa._offset + xa.c2p(x), y: box.top + ya._offset + ya.c2p(t.y[i])}));
 }"""
 
 TABLE_ROWS = "() => document.querySelectorAll('.slimkit-panel table.slimkit-results tbody tr').length"
