@@ -64,8 +64,8 @@ class Settings:
         steps = self._steps(method)
         out = [] if steps else ["pipeline: choose at least one step"]
         if {"quantize", "sparsify"} <= set(steps):
-            out.append("pipeline: quantize and sparsify both replace the layers, so neither can follow the other; "
-                       "choose one (prune then quantize keeps the pruned zeros)")
+            out.append("pipeline: quantize then sparsify (sparse integer storage) is not implemented yet; "
+                       "choose one (prune then quantize keeps the pruned zeros exactly)")
         for step in steps:
             configs, bad = self.controls.step(step, self.train, self.test)
             out += bad
