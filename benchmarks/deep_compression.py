@@ -19,8 +19,8 @@ import time
 import torch
 
 import slimkit
-from slimkit.autotune.build import CAN
 from slimkit.data import load_digits
+from slimkit.tuning.build import CAN
 from slimkit.zoo.models import pretrained_digits
 
 TARGET_RATIO, TARGET_DROP = 40.0, 0.5

@@ -37,7 +37,7 @@ _LAZY = {
     "quantize": ".quant.api", "QuantConfig": ".quant.config",
     "LayerReport": ".report", "Report": ".report", "Result": ".report",
     "sparsify": ".sparse.api", "SparsifyConfig": ".sparse.config",
-    "sensitivity": ".sensitivity", "autotune": ".autotune", "export": ".exporter", "ExportError": ".exporter",
+    "sensitivity": ".layer_sensitivity", "autotune": ".tuning", "export": ".exporter", "ExportError": ".exporter",
 }
 
 
@@ -61,11 +61,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .artifact import load, save, size  # noqa: F401
-    from .autotune import autotune  # noqa: F401
     from .distillation import DistillConfig, distill, shrink  # noqa: F401
     from .events import Event, Progress  # noqa: F401
     from .exporter import ExportError, export  # noqa: F401
     from .inputs import Inputs  # noqa: F401
+    from .layer_sensitivity import sensitivity  # noqa: F401
     from .measure import compare, latency  # noqa: F401
     from .metrics import evaluate, sqnr  # noqa: F401
     from .pruning.api import prune  # noqa: F401
@@ -73,9 +73,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .quant.api import quantize  # noqa: F401
     from .quant.config import QuantConfig  # noqa: F401
     from .report import LayerReport, Report, Result  # noqa: F401
-    from .sensitivity import sensitivity  # noqa: F401
     from .sparse.api import sparsify  # noqa: F401
     from .sparse.config import SparsifyConfig  # noqa: F401
+    from .tuning import autotune  # noqa: F401
 
 try:
     __version__ = version("slimkit")

@@ -100,18 +100,22 @@ def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
     yield from found
 
 
-def refuse_compressed(model: nn.Module, verb: str, advice: str, what: str = "model") -> None:
-    """Raise a clear error when ``model`` holds a layer a slimkit verb already replaced (integer,
-    codebook or sparse storage): ``verb`` acts on float weights. ``advice`` says which order works."""
+def refuse_compressed(model: nn.Module, verb: str, advice: str, what: str = "model",
+                      include: Iterable[str] | None = None, exclude: Iterable[str] | None = None) -> None:
+    """Raise a clear error when a layer ``verb`` would act on (selected by ``include``/``exclude``)
+    is one a slimkit verb already replaced (integer, codebook or sparse storage): ``verb`` acts on
+    float weights. Compressed layers outside the selection stay as they are, so per-layer mixes
+    (int4 here, int8 there) are built with one call per group. ``advice`` says which order works."""
     from .errors import InvalidParameterError
 
     for name, m in model.named_modules():
         kind = getattr(type(m), "_slimkit_kind", None)
-        if name and kind:
-            state = "sparse" if kind.startswith("sparse.") else "quantized"
-            raise InvalidParameterError(what, f"<layer {name!r}: {type(m).__name__}>",
-                                        f"float layers: {verb} cannot follow a step that stored {name!r} "
-                                        f"{state} ({type(m).__name__}); {advice}")
+        if not name or not kind or (include and not matches(name, include)) or matches(name, exclude):
+            continue
+        state = "sparse" if kind.startswith("sparse.") else "quantized"
+        raise InvalidParameterError(what, f"<layer {name!r}: {type(m).__name__}>",
+                                    f"float layers: {verb} cannot follow a step that stored {name!r} "
+                                    f"{state} ({type(m).__name__}); {advice} (or leave it out with include/exclude)")
 
 
 def unselected_reason(name: str, include: Iterable[str] | None, exclude: Iterable[str] | None) -> str:

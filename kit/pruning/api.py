@@ -54,9 +54,10 @@ def prune(model: nn.Module, config: PruneConfig | float | None = None, *, data=N
         or the same as a dict; ``epochs`` per step. Pruned weights are held at zero while fine-tuning.
     """
     check_module("model", model)
-    refuse_compressed(model, "prune", "prune the float model first: prune then quantize keeps the zeros exact, "
-                      "prune then sparsify stores them sparse")
     config = PruneConfig.build(config, settings)
+    refuse_compressed(model, "prune", "prune the float model first: prune then quantize keeps the zeros exact, "
+                      "prune then sparsify stores them sparse",
+                      include=config.include, exclude=config.exclude)
     job = _job(model, config, data, loss_fn, Finetune.of(finetune), callbacks, stop)
     result = (prune_units if config.structured else prune_weights)(model, job)
     how = f"{'structured ' if config.structured else ''}{config.score}"

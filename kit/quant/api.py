@@ -109,9 +109,10 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     defaults to cross-entropy. The rows' SQNR is then measured on the trained codebooks.
     """
     check_module("model", model)
-    refuse_compressed(model, "quantize", "quantize the float model (prune or distill first: prune then quantize "
-                      "keeps the zeros exact); quantizing a sparse layer's values is not implemented")
     config = QuantConfig.build(config, settings)
+    refuse_compressed(model, "quantize", "quantize the float model (prune or distill first: prune then quantize "
+                      "keeps the zeros exact); quantizing a sparse layer's values is not implemented",
+                      include=config.include, exclude=config.exclude)
     if config.auto_keep and metric is None:
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
     progress = as_progress(callbacks, stop)

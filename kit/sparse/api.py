@@ -109,9 +109,10 @@ def sparsify(model: nn.Module, config: SparsifyConfig | float | None = None, *, 
     Biases stay dense. The input model is not modified.
     """
     check_module("model", model)
-    refuse_compressed(model, "sparsify", "sparse integer storage (quantize then sparsify) is not implemented: "
-                      "prune, then quantize(method='codebook') keeps the pruned zeros as codebook index 0")
     config = SparsifyConfig.build(config, settings)
+    refuse_compressed(model, "sparsify", "sparse integer storage (quantize then sparsify) is not implemented: "
+                      "prune, then quantize(method='codebook') keeps the pruned zeros as codebook index 0",
+                      include=config.include, exclude=config.exclude)
     progress = as_progress(callbacks, stop)
 
     new, unparametrized = plain_copy(model)

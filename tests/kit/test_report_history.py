@@ -69,6 +69,20 @@ def test_verbs_refuse_a_compressed_model_naming_the_layer(mlp, digits):
             assert ("sparse" if first == "sparsify" else "quantized") in str(e.value)
 
 
+def test_per_layer_mixed_precision_is_one_call_per_group(mlp, digits):
+    """Compressed layers outside a verb's selection stay as they are; inside it they are refused."""
+    q4 = slimkit.quantize(mlp, bits=4, method="codebook", include=["net.1"]).model
+    mixed, report = slimkit.quantize(q4, bits=8, include=["net.3", "net.5"])
+    assert type(mixed.net[1]).__name__ == "CodebookLinear" and type(mixed.net[3]).__name__ == "QuantLinear"
+    assert history(mixed)["net.1"] == ["quantize codebook 4-bit"] and history(mixed)["net.3"] == ["quantize affine 8-bit"]
+    assert slimkit.size(mixed) < slimkit.size(slimkit.quantize(mlp, bits=8).model)
+    assert slimkit.evaluate(mixed, digits.test)["accuracy"] > 0.9
+    sparse = slimkit.sparsify(slimkit.prune(q4, 0.5, include=["net.3"]).model, sparsity=0.5, include=["net.3"]).model
+    assert type(sparse.net[1]).__name__ == "CodebookLinear" and type(sparse.net[3]).__name__ == "SparseLinear"
+    with pytest.raises(InvalidParameterError, match=r"quantize cannot follow .*'net\.1'.*include/exclude"):
+        slimkit.quantize(q4, bits=8, include=["net.*"])
+
+
 def test_a_compressed_teacher_is_fine(mlp, digits):
     teacher = slimkit.quantize(mlp, bits=8).model
     student, report = slimkit.distill(teacher, slimkit.zoo.models.DigitsMLP(hidden=(32,)), digits.train, epochs=1)

@@ -95,13 +95,20 @@ def build(model: nn.Module, settings: dict[str, Option], *, train=None, epochs: 
     for bits, names in sorted(_by(settings, "bits").items()):
         kw = {"method": "codebook"} if CAN["codebook"] and bits < 8 else {}
         out = quantize(out, bits=bits, include=_names(names), callbacks=progress, **kw).model
-    sparse = [n for n, o in settings.items() if o.sparsity]
+    # float layers with zeros are stored sparse; quantized ones keep their zeros in the integers
+    # (exact zeros, which entropy coding shrinks), since sparse integer storage is not built yet
+    sparse = [n for n, o in settings.items() if o.sparsity and not _compressed(out, n)]
     if sparse:
-        try:  # quantized layers stored sparse where this slimkit composes them; float ones always
+        try:
             out = sparsify(out, format="auto", include=_names(sparse), callbacks=progress).model
         except NothingToCompressError:
-            pass  # no sparse storage for these (quantized) layers: their zeros stay in the dense ints
+            pass  # sparse storage is not smaller for these layers
     return out
+
+
+def _compressed(model: nn.Module, name: str) -> bool:
+    """A verb already replaced this layer (integer, codebook or sparse storage)."""
+    return hasattr(type(model.get_submodule(name)), "_slimkit_kind")
 
 
 def _finetune(original, pruned, train, epochs, teacher_distill, seed, progress) -> nn.Module:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slimkit
-from slimkit.autotune import api as autotune_api
 from slimkit.errors import InvalidParameterError, InvalidTypeError
+from slimkit.tuning import api as autotune_api
 
 SMALL = {"bits": (4,), "sparsity": (0.9,)}
 
