@@ -209,4 +209,4 @@ def test_sensitivity_asks_the_core_for_every_method(make_panel, click, monkeypat
     assert [c[1] for c in calls] == ["distill", "prune"] and calls[0][0] is panel.base
     assert calls[0][2] == {"width": 0.25} and calls[1][2]["config"].sparsity == 0.7
     assert list(panel.plots.sensitivity.data[0].y) == [1.5, 0.25]
-    assert "prune 70% magnitude" in panel.plots.sensitivity.layout.title.text
+    assert "prune 70% magnitude" in panel.plots.figures()["sensitivity"].layout.title.text
