@@ -89,7 +89,12 @@ SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activati
            "prune": ("sparsity", "score", "structured", "finetune_epochs"),
            "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
            "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
-STYLE = dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
+def style() -> dict:
+    """A control's description width and its OWN layout (a shared Layout would share borders)."""
+    return dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
+
+
+INVALID_BORDER = "2px solid #b00020"
 INVALID_CSS = (".slimkit-invalid input, .slimkit-invalid select "
                "{outline: 2px solid #b00020 !important; outline-offset: -2px !important}")
 
@@ -106,7 +111,7 @@ class Spec:
 
 def _widget(name: str, spec: Spec) -> W.ValueWidget:
     s, value = spec.setting, spec.default
-    kw = dict(description=s.label or name, tooltip=s.help, **STYLE)
+    kw = dict(description=s.label or name, tooltip=s.help, **style())
     ranged = s.low is not None and s.high is not None and s.high != float("inf")
     if s.kind == "bool":
         return W.Checkbox(value, description=kw["description"], tooltip=s.help, indent=False)
@@ -248,22 +253,24 @@ class Controls:
                     page.append(name)
             name = f"{tab}_sweep"
             self.widgets[name] = W.Text(SWEEP_DEFAULTS[tab], description=f"sweep {SWEEP_PARAM[tab].split('_')[-1]}",
-                                        tooltip="values the Sweep button runs, comma separated", **STYLE)
+                                        tooltip="values the Sweep button runs, comma separated", **style())
             page.append(name)
         self.widgets["pipeline"] = W.SelectMultiple(options=PIPELINE_ORDER, value=("prune", "quantize"), rows=4,
-                                                    description="steps (in order)", **STYLE)
+                                                    description="steps (in order)", **style())
         self.widgets["device"] = W.Dropdown(options=devices, value="cpu" if "cpu" in devices else devices[0],
-                                            description="device", **STYLE)
-        self.widgets["backend"] = W.Dropdown(options=backends, value="eager", description="backend (latency)", **STYLE)
+                                            description="device", **style())
+        self.widgets["backend"] = W.Dropdown(options=backends, value="eager", description="backend (latency)",
+                                             **style())
         self.update()
 
     def mark(self, invalid: set[str]) -> None:
-        """Outline in red the controls whose values were refused (CSS: :data:`INVALID_CSS`)."""
+        """Mark in red the controls whose values were refused: a class (for the panel's CSS,
+        :data:`INVALID_CSS`) and a red border through the widget's own layout, which the widget
+        front-end draws as an inline style whatever CSS reaches the page."""
         for name, w in self.widgets.items():
-            if name in invalid:
-                w.add_class("slimkit-invalid")
-            else:
-                w.remove_class("slimkit-invalid")
+            bad = name in invalid
+            (w.add_class if bad else w.remove_class)("slimkit-invalid")
+            w.layout.border = INVALID_BORDER if bad else None
 
     def __getitem__(self, name: str) -> W.ValueWidget:
         return self.widgets[name]

@@ -31,7 +31,7 @@ from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
 from .checks import TABS, TOOLTIPS, Settings, html_list
-from .controls import INVALID_CSS, STYLE, SUMMARY, SWEEP_PARAM, Controls
+from .controls import INVALID_CSS, SUMMARY, SWEEP_PARAM, Controls, style
 from .frontend import frontend_is_live, in_ipython
 from .jobs import Jobs, Throttle, Worker
 from .plots import Plots, show_static
@@ -126,7 +126,7 @@ class Panel(Jobs, Settings):
         self.clear_button.on_click(lambda _: self.clear())
         self.picked = Selected(self)
         self.detail = self.picked.detail
-        self.layer = W.Dropdown(options=self._layers, description="histogram of", **STYLE)
+        self.layer = W.Dropdown(options=self._layers, description="histogram of", **style())
         self.layer.observe(lambda _: self._update_histogram(), names="value")
 
         for name in ("messages", "errors", "table", "status", "detail"):  # handles for the browser test

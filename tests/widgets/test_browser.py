@@ -271,8 +271,9 @@ def _issue_11(page, panel, rows: int) -> None:
     box.locator("input").fill("1.5")
     box.locator("input").press("Tab")
     panel.locator(".slimkit-messages", has_text="sparsity=1.5").wait_for(timeout=30_000)
-    # the red outline (class slimkit-invalid) is checked from Python only: in JupyterLab it does not show yet
     assert "slimkit-invalid" in box.get_attribute("class")
+    shown = box.evaluate("e => [getComputedStyle(e).borderTopWidth, getComputedStyle(e).borderTopColor]")
+    assert shown == ["2px", "rgb(176, 0, 32)"], shown  # red as drawn, not only a class
     box.locator("input").fill("0.5")
     box.locator("input").press("Tab")
     page.wait_for_function("() => !document.querySelector('.slimkit-messages').textContent.includes('1.5')")

@@ -138,8 +138,10 @@ def test_out_of_range_values_are_refused_not_clamped(make_panel):
     assert panel.controls["sparsity"].value == 1.5  # kept as typed
     assert "sparsity=1.5" in panel.messages.value and panel.run_button.disabled
     assert "slimkit-invalid" in panel.controls["sparsity"]._dom_classes
+    assert panel.controls["sparsity"].layout.border == "2px solid #b00020"
     panel.set(sparsity=0.5)
     assert "slimkit-invalid" not in panel.controls["sparsity"]._dom_classes and not panel.run_button.disabled
+    assert panel.controls["sparsity"].layout.border is None
     with pytest.raises(InvalidParameterError):
         panel.set(bits=9)  # a dropdown of the allowed widths
 
