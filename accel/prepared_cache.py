@@ -32,16 +32,39 @@ log = logging.getLogger("slimkit.accel")
 
 
 def model_digest(model: nn.Module) -> str:
-    """sha256 over the module tree (types, names) and every parameter/buffer (name, dtype, shape, bytes)."""
+    """sha256 over the module tree (names, types, each module's settings as ``extra_repr`` shows them,
+    train/eval) and every parameter and buffer, non-persistent ones included (name, dtype, shape, bytes):
+    two models that compute differently must not share a prepared form."""
     h = hashlib.sha256()
     for name, m in model.named_modules():
-        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__};".encode())
-    for name, t in list(model.state_dict(keep_vars=False).items()):
-        if isinstance(t, torch.Tensor):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()}):{m.training};".encode())
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def device_key(device: torch.device) -> dict[str, Any]:
+    """The device a form was prepared for; on CUDA its name and compute capability too."""
+    out: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        out.update(name=torch.cuda.get_device_name(device), capability=list(torch.cuda.get_device_capability(device)))
+    return out
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Versions of the runtimes a prepared form is loaded by (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("onnx", "onnxruntime", "openvino"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def cpu_key() -> dict[str, Any]:
@@ -60,7 +83,8 @@ def make_key(model: nn.Module, example: _inputs.ModelInputs, backend: str, optio
              device: torch.device) -> dict[str, Any]:
     import slimkit
 
-    return {"slimkit": slimkit.__version__, "torch": torch.__version__, "cpu": cpu_key(), "device": str(device),
+    return {"slimkit": slimkit.__version__, "torch": torch.__version__, "runtimes": runtime_versions(),
+            "cpu": cpu_key(), "device": device_key(device),
             "backend": backend, "options": {k: repr(v) for k, v in sorted(options.items())},
             "inputs": inputs_key(example), "model": model_digest(model)}
 
@@ -74,7 +98,14 @@ class PreparedCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # an AOTInductor entry is a shared library that is loaded and run, and key.json is a
+        # checksum, not a signature: a folder that other users can write is refused
+        if self.root.stat().st_mode & 0o002:
+            from slimkit.errors import InvalidParameterError
+
+            raise InvalidParameterError("prepared_cache", str(root), "a folder other users cannot write (it holds "
+                                        "compiled code that is loaded and run)")
 
     def lookup(self, key: dict[str, Any]) -> Path | None:
         """The entry's folder if one was stored under exactly ``key``, else None."""
@@ -99,7 +130,9 @@ class PreparedCache:
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.replace(tmp, final)
-            except OSError:  # another process published the same key meanwhile: theirs is as good
+            except OSError:  # another process published the same key meanwhile: use it only if it is that key
+                if self.lookup(key) is None:
+                    raise
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -75,3 +75,31 @@ def test_failed_write_leaves_no_entry(tmp_path):
     with pytest.raises(RuntimeError):
         PreparedCache(tmp_path).store(k, boom)
     assert list(tmp_path.iterdir()) == [] and accel.list_backends()
+
+
+def test_keys_differ_by_module_settings_buffers_and_mode():
+    """Models that compute differently never share a prepared form, even with equal state_dicts."""
+    def key(m):
+        return digest(make_key(m, torch.ones(1, 4), "onnxruntime", {}, torch.device("cpu")))
+
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(), torch.nn.LayerNorm(4)).eval()
+    other = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(approximate="tanh"),
+                                torch.nn.LayerNorm(4, eps=1e-3)).eval()
+    other.load_state_dict(base.state_dict())
+    assert key(base) != key(other)
+    assert key(base) != key(base.train())
+    base.eval().register_buffer("pos", torch.arange(4), persistent=False)
+    before = key(base)
+    base.pos += 1
+    assert key(base) != before
+
+
+def test_a_folder_others_can_write_is_refused(tmp_path):
+    from slimkit.errors import InvalidParameterError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(InvalidParameterError, match="other users cannot write"):
+        PreparedCache(shared)
+    assert oct(PreparedCache(tmp_path / "mine").root.stat().st_mode & 0o777) == oct(0o700)
