@@ -305,8 +305,8 @@ def _check_fits(path, skeleton: nn.Module, state: dict[str, torch.Tensor]) -> No
                                 f"{list(got.shape)}, the layer needs {want.dtype} {list(want.shape)}")
 
 
-_GROWTH = 64  # compression takes off less than this (int4 is 8x, 90% sparse ~10x)
-_CODED_GROWTH = 512  # ... and entropy coding of pruned codebook indices another ~8x (Deep Compression: 49x)
+_GROWTH = 64  # compression takes off less than this (int4 is 8x, 90% sparse ~10x); coded tensors
+# count at their declared (decoded) size, each bounded by its own payload (entropy.declared)
 _SLACK = 256 * 2**20  # room for derived buffers (position ids, masks) of small models
 
 
@@ -337,7 +337,7 @@ def _validate(path, meta: dict, model: nn.Module | None, state: dict[str, torch.
     file before anything real is allocated: the final model must hold exactly the stored
     (for coded tensors: declared) tensors, and what is built on the way, decoded tensors
     included, is bounded by the ``stored`` bytes."""
-    growth = _CODED_GROWTH if meta.get("coded") else _GROWTH
+    growth = _GROWTH
     with torch.device("meta"), _SkipInitOnMeta():
         skeleton = _base(path, meta, model)
         _check_size(path, skeleton, "an original architecture", stored, growth)
@@ -365,10 +365,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     check_aliases(path, meta["aliases"], tensors)
     coded = meta.get("coded", {})
     shapes = {**tensors, **_entropy.declared(path, coded, tensors)}  # coded: meta tensors, no memory
-    stored = sum(t.numel() * t.element_size() for t in tensors.values())
-    stored += sum(tensors[target].numel() * tensors[target].element_size() for target in meta["aliases"].values())
+    # the bytes the file holds, coded tensors at their declared size (each bounded by its payload)
+    stored = sum(t.numel() * t.element_size() for t in shapes.values())
+    stored += sum(shapes[target].numel() * shapes[target].element_size() for target in meta["aliases"].values())
     _validate(path, meta, model, {**shapes, **{k: shapes[t] for k, t in meta["aliases"].items()}}, stored)
-    if coded:  # declared shapes now fit the bounded skeleton: decoding allocates no more than that
+    if coded:  # declared shapes now fit the bounded skeleton; decoding works a chunk at a time
         tensors = _entropy.decode_all(path, coded, tensors, meta["decoded_sha256"])
     state = {**tensors, **{key: tensors[target] for key, target in meta["aliases"].items()}}
     skeleton = _base(path, meta, model)

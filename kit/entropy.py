@@ -42,6 +42,8 @@ _MAX_TABLE = 2**16  # distinct symbols an ANS table may hold (wider tensors are 
 # (0.5 MB/s here): used up to 256 KiB a tensor, level 9 (10 MB/s) above
 _ZSTD_LEVELS = ((2**18, 19), (None, 9))
 _ZSTD_WINDOW = 2**23
+MAX_GROWTH = 512  # bytes one coded entry may declare per coded byte (pruned codebook indices: ~50x seen)
+DECODE_CHUNK = 2**20  # symbols decoded at a time
 _BIG = 2**40
 
 
@@ -172,8 +174,12 @@ def _ans_decode(payload: memoryview, n: int, dtype=np.int64) -> np.ndarray:
     if (len(payload) - pos) % 4:
         raise ValueError("the coded words are not whole 32-bit words")
     words = np.frombuffer(payload[pos:], dtype="<u4").astype(np.uint32)
-    index = constriction.stream.stack.AnsCoder(words).decode(_model(np.array(counts)), n)
-    return table[index]
+    coder, model = constriction.stream.stack.AnsCoder(words), _model(np.array(counts))
+    out = np.empty(n, dtype=dtype)
+    for start in range(0, n, DECODE_CHUNK):  # int32 indices a chunk at a time: memory stays ~ the output's
+        m = min(DECODE_CHUNK, n - start)
+        out[start:start + m] = table[coder.decode(model, m)]
+    return out
 
 
 # --- zstd ----------------------------------------------------------------------------------------
@@ -216,9 +222,15 @@ def encode(t: torch.Tensor) -> tuple[bytes, dict] | None:
     candidates = [("zstd", "bytes")] + [("ans", s) for s, dts in SYMBOLS.items() if dtype in dts]
     for coder, symbols in candidates:
         payload = _zstd_encode(raw) if coder == "zstd" else _ans_encode(_symbols(flat, symbols))
-        if payload is not None and len(payload) < len(best[0]):
+        if payload is not None and len(payload) < len(best[0]) and allowed(len(raw), len(payload)):
             best = (payload, {"coder": coder, "symbols": symbols, "dtype": dtype, "shape": list(t.shape)})
     return None if best[1] is None else best
+
+
+def allowed(declared: int, payload: int) -> bool:
+    """The loader's bound on one coded entry: at most :data:`MAX_GROWTH` bytes per coded byte (plus
+    64 KiB). A save never writes what a load would refuse: a tensor coded smaller (a layer of zeros) is stored raw."""
+    return declared <= MAX_GROWTH * payload + 2**16
 
 
 def check_entry(where: str, entry, payload: torch.Tensor) -> tuple[torch.dtype, list[int]]:
@@ -287,13 +299,20 @@ def digest(tensors: dict[str, torch.Tensor], keys) -> str:
 
 
 def declared(path, coded: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Meta tensors (no memory) of the shapes and dtypes the coded entries declare."""
+    """Meta tensors (no memory) of the shapes and dtypes the coded entries declare. Each entry may
+    declare at most :data:`MAX_GROWTH` times its payload's bytes (plus a little for tiny tensors),
+    so one coded entry cannot raise the bound of the whole file."""
     out = {}
     for key, entry in coded.items():
         if key not in tensors:
             raise ArtifactError(f"{path} is corrupt: coded tensor {key!r} is not stored")
         dtype, shape = check_entry(f"{path}: coded tensor {key!r}", entry, tensors[key])
-        out[key] = torch.empty(shape, dtype=dtype, device="meta")
+        t = torch.empty(shape, dtype=dtype, device="meta")
+        payload = tensors[key].numel() * tensors[key].element_size()
+        if not allowed(t.numel() * t.element_size(), payload):
+            raise ArtifactError(f"{path}: coded tensor {key!r} declares {t.numel() * t.element_size():,} bytes "
+                                f"from {payload:,} coded bytes; refused")
+        out[key] = t
     return out
 
 

@@ -150,3 +150,23 @@ def test_zstd_frames_asking_for_a_large_window_are_refused():
     entry = {"coder": "zstd", "symbols": "bytes", "dtype": "uint8", "shape": [1000]}
     with pytest.raises(ArtifactError, match="too much memory"):
         entropy.decode("t", entry, _bytes(out.getvalue()))
+
+
+def test_ans_decodes_in_chunks_to_the_same_values(monkeypatch):
+    rng = np.random.default_rng(0)
+    stream = rng.choice(np.array([0, 0, 0, 1, 3, 7, 200], dtype=np.int64), size=5000)
+    payload = memoryview(entropy._ans_encode(stream))
+    whole = entropy._ans_decode(payload, stream.size)
+    monkeypatch.setattr(entropy, "DECODE_CHUNK", 7)
+    assert np.array_equal(entropy._ans_decode(payload, stream.size), whole) and np.array_equal(whole, stream)
+
+
+def test_a_coded_entry_cannot_declare_far_more_than_its_payload():
+    t = torch.zeros(4, 1 << 16, dtype=torch.int8)  # 256 KiB of zeros: any coding is a few bytes
+    assert entropy.encode(t) is None  # so a save stores it raw: a load would refuse the coded entry
+    payload = entropy._zstd_encode(t.numpy().tobytes())
+    entry = {"coder": "zstd", "symbols": "bytes", "dtype": "int8", "shape": [4, 1 << 16]}
+    with pytest.raises(ArtifactError, match="declares 262,144 bytes"):
+        entropy.declared("f", {"w": entry}, {"w": _bytes(payload)})
+    padded = payload + bytes(512 - len(payload))  # 512 coded bytes may declare 512 * 512 + 64 KiB
+    assert entropy.declared("f", {"w": entry}, {"w": _bytes(padded)})["w"].shape == (4, 1 << 16)
