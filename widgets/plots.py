@@ -5,11 +5,10 @@ The numbers live here in plain Python (the panel's worker thread appends to them
 from :mod:`.figures` and sends each one once. Live, every figure is a :class:`.PlotWidget`
 whose state is the figure's JSON, so a reloaded page draws the same data. Headless
 (papermill/nbconvert) nobody renders widgets, so the figures stay plain ``go.Figure`` s and
-:func:`static_bundle` renders them offline (plotly.js inlined once per kernel, never a CDN).
+:func:`static_bundle` renders them offline (plotly JSON + SVG: no plotly.js, never a CDN).
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -158,29 +157,15 @@ class Plots:
 
 # -- headless rendering -----------------------------------------------------------------
 
-_plotlyjs_sent = False
-
-
 def static_bundle(fig: go.Figure) -> dict[str, str | dict]:
-    """A display bundle for a figure without widgets: plotly's JSON mimetype (JupyterLab
-    renders it with its plotly extension) plus offline HTML for nbconvert/other viewers.
-
-    The first figure of a kernel session inlines plotly.js (~4.8 MB, once); later ones reuse
-    ``window.Plotly``. MathJax is left out (plotly would fetch it from a CDN).
-    """
-    global _plotlyjs_sent
-    import plotly.io as pio
+    """A display bundle for a figure without widgets: plotly's JSON mimetype (JupyterLab renders
+    it with its plotly extension) and an SVG for every other viewer (slimkit.runs.static), in the
+    light template (live figures take JupyterLab's theme instead). No plotly.js, no CDN."""
+    from slimkit.runs.static import bundle
 
     fig = go.Figure(getattr(fig, "figure", fig))  # a PlotWidget's figure, or a figure
-    fig.update_layout(template="plotly_white")  # live figures take JupyterLab's theme instead
-    include = not _plotlyjs_sent
-    _plotlyjs_sent = True
-    body = pio.to_html(fig, full_html=False, include_plotlyjs=include, include_mathjax=False,
-                       config={"displaylogo": False})
-    spec = json.loads(pio.to_json(fig, validate=False))
-    return {"application/vnd.plotly.v1+json": {"data": spec.get("data", []), "layout": spec.get("layout", {}),
-                                               "config": {"displaylogo": False}},
-            "text/html": body, "text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}
+    fig.update_layout(template="plotly_white")
+    return bundle(fig)
 
 
 def show_static(fig: go.Figure) -> None:

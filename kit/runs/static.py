@@ -67,23 +67,33 @@ def _draw_trace(ax, trace: dict[str, Any], index: int) -> bool:
         ax.plot(*zip(*pts), linestyle=_DASH.get(line.get("dash") or "solid", "-"), color=color,
                 label=label if "markers" not in mode else "_nolegend_")
     if "markers" in mode and pts:
-        c = [colors[i] for i, (a, b) in enumerate(zip(x, y)) if a is not None and b is not None] \
-            if isinstance(colors, list) else color
-        ax.scatter(*zip(*pts), c=c, s=(marker.get("size") or 6) ** 2 * 0.8, label=label, zorder=3)
+        keep = [i for i, (a, b) in enumerate(zip(x, y)) if a is not None and b is not None]
+        c = _per_point(colors, keep, color)
+        sizes = _per_point(marker.get("size"), keep, 6)
+        area = [(v or 6) ** 2 * 0.8 for v in sizes] if isinstance(sizes, list) else (sizes or 6) ** 2 * 0.8
+        ax.scatter(*zip(*pts), c=c, s=area, label=label, zorder=3)
     if "text" in mode and pts:
         for (a, b), t in zip(pts, trace.get("text") or []):
             ax.annotate(_text(t), (a, b), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     return True
 
 
+def _per_point(value, keep: list[int], default):
+    """A marker property given per point (plotly allows a list, possibly shorter) or for all."""
+    if isinstance(value, (list, tuple)):
+        return [value[i] if i < len(value) and value[i] is not None else default for i in keep]
+    return default if value is None else value
+
+
 def _style_axis(ax, layout: dict[str, Any], xname: str, yname: str) -> None:
     xa, ya = layout.get(xname) or {}, layout.get(yname) or {}
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    for spec, axis, set_label in ((xa, ax.xaxis, ax.set_xlabel), (ya, ax.yaxis, ax.set_ylabel)):
+    for spec, axis, set_label, set_scale in ((xa, ax.xaxis, ax.set_xlabel, ax.set_xscale),
+                                             (ya, ax.yaxis, ax.set_ylabel, ax.set_yscale)):
         set_label(_text(spec.get("title")), fontsize=9)
         if spec.get("type") == "log":  # ticks at 1, 2, 5 x 10^k written as plain numbers
-            axis._set_axes_scale("log")
+            set_scale("log")
             axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             axis.set_minor_formatter(NullFormatter())
