@@ -27,7 +27,11 @@ def _static_plots(nb) -> int:
             if PLOTLY_MIME in data:
                 data.pop("text/html", None)
                 if "image/svg+xml" not in data and "image/png" not in data:
-                    data["image/svg+xml"] = svg(data[PLOTLY_MIME])
+                    try:
+                        data["image/svg+xml"] = svg(data[PLOTLY_MIME])
+                    except Exception as e:  # one figure the SVG drawing cannot handle must not lose the report
+                        data["text/plain"] = f"{describe(data[PLOTLY_MIME])} could not be drawn: {e}"
+                        continue
                     data.setdefault("text/plain", describe(data[PLOTLY_MIME]))
                     count += 1
     return count

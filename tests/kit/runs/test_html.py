@@ -166,3 +166,16 @@ def test_plot_text_and_md_text_leave_plain_values_alone():
     assert table.md_text("val_accuracy 0.5 (int8)") == "val_accuracy 0.5 (int8)"
     assert table.md_text(0.123456) == "0.1235" and table.md_text(None) == ""
     assert table.plot_text('a "b" <i>') == 'a "b" &lt;i&gt;'
+
+
+def test_a_figure_that_cannot_be_drawn_does_not_lose_the_report(tmp_path, monkeypatch):
+    nb = _notebook_with_outputs("x", _figure("w"))
+    path = tmp_path / "r.ipynb"
+    nbformat.write(nb, path)
+
+    def broken(spec):
+        raise ValueError("a trace this SVG drawing does not know")
+
+    monkeypatch.setattr(reporting, "svg", broken)
+    page = reporting.export_html(path).read_text()
+    assert "could not be drawn: a trace this SVG drawing does not know" in page
