@@ -39,24 +39,24 @@ def compare_runs(records: list[Record], out_dir: str | Path, *, x: str | None = 
     """Write ``compare.csv``, ``compare.md`` and (with plotly) ``compare.html``: a table of the
     runs and a scatter of metric ``y`` against ``x`` (default: the first two numeric metrics)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(records, metrics)
     cols = list(dict.fromkeys(k for row in rows for k in row))
+    numeric = [c for c in cols if c not in ("duration_s",) and any(
+        isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows)]
+    metric_cols = [c for c in numeric if any(c in r.metrics for r in records)]
+    for axis, value in (("--x", x), ("--y", y)):  # checked before anything is written
+        if value is not None and value not in numeric:
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(axis, value, "a numeric metric of these runs: " + ", ".join(metric_cols)
+                                        if metric_cols else "a numeric metric, but these runs recorded none")
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md"}
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
     paths["md"].write_text(markdown_table(rows, cols))
-    numeric = [c for c in cols if c not in ("duration_s",) and any(
-        isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows)]
-    metric_cols = [c for c in numeric if any(c in r.metrics for r in records)]
-    for axis, value in (("--x", x), ("--y", y)):
-        if value is not None and value not in numeric:
-            from ..errors import InvalidParameterError
-
-            raise InvalidParameterError(axis, value, "a numeric metric of these runs: " + ", ".join(metric_cols)
-                                        if metric_cols else "a numeric metric, but these runs recorded none")
     x = x or (metric_cols[0] if metric_cols else None)
     y = y or next((c for c in metric_cols if c != x), None)
     if x and y:

@@ -82,7 +82,8 @@ def test_compare_refuses_an_unknown_axis_and_lists_the_metrics(tmp_path):
     from slimkit.errors import InvalidParameterError
 
     with pytest.raises(InvalidParameterError, match="accuracy, .*size"):
-        compare_runs([_record(i, "n") for i in range(2)], tmp_path, x="acuracy", y="size")
+        compare_runs([_record(i, "n") for i in range(2)], tmp_path / "c", x="acuracy", y="size")
+    assert not (tmp_path / "c").exists()  # refused before anything is written
 
 
 def _notebook_with_outputs(md: str, fig: dict) -> nbformat.NotebookNode:
