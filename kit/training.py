@@ -45,9 +45,12 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         history = []
         progress.emit("start", stage, 0, epochs)
+        ends: list[dict] = []  # the weights as the last finished epoch left them
         try:
-            _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history)
+            _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history, ends)
         except Interrupted as e:  # the finished epochs travel with the error: a caller may keep them
+            if ends:  # the model as its last finished epoch (and its metrics) left it, not mid-epoch
+                model.load_state_dict(ends[-1])
             model.eval()
             e.history = history
             raise
@@ -56,8 +59,10 @@ def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_de
         return history
 
 
-def _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history) -> None:
-    """The epoch loop of :func:`fit`; appends each finished epoch's metrics to ``history``."""
+def _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, stage, progress, history,
+            ends) -> None:
+    """The epoch loop of :func:`fit`; appends each finished epoch's metrics to ``history`` and keeps
+    that epoch's weights in ``ends`` (one copy, replaced each epoch)."""
     for epoch in range(1, epochs + 1):
         model.train()
         total, n = 0.0, 0
@@ -77,4 +82,6 @@ def _epochs(model, loader, opt, sched, epochs, loss_fn, val_data, after_step, st
         if val_data is not None:
             row["val_accuracy"] = evaluate(model, val_data)["accuracy"]
         history.append(row)
+        if epoch < epochs:
+            ends[:] = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
         progress.emit("metrics", stage, epoch, epochs, **row)

@@ -1,9 +1,11 @@
 """The one training loop: deterministic by seed, hooks, events, the caller's RNG untouched."""
+import threading
+
 import pytest
 import torch
 import torch.nn as nn
 
-from slimkit.errors import InvalidParameterError, InvalidTypeError
+from slimkit.errors import Interrupted, InvalidParameterError, InvalidTypeError
 from slimkit.metrics import evaluate
 from slimkit.training import fit
 
@@ -47,3 +49,20 @@ def test_bad_arguments():
         fit(model, data, epochs=1.5)
     with pytest.raises(InvalidParameterError, match="at least one"):
         evaluate(model, (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)))
+
+
+def test_a_stop_mid_epoch_leaves_the_weights_of_the_last_finished_epoch():
+    torch.manual_seed(0)
+    model, X, y = torch.nn.Linear(4, 3), torch.randn(64, 4), torch.randint(0, 3, (64,))
+    stop, seen = threading.Event(), []
+
+    def after(m):  # 4 steps an epoch (batch 16); stop 2 steps into the second epoch
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        if len(seen) == 6:
+            stop.set()
+
+    with pytest.raises(Interrupted) as info:
+        fit(model, (X, y), epochs=3, batch_size=16, after_step=after, stop=stop)
+    assert len(info.value.history) == 1 and len(seen) == 6
+    assert all(torch.equal(v, seen[3][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[5][k]) for k, v in model.state_dict().items())
