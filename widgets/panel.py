@@ -247,7 +247,8 @@ class Panel(Jobs, Settings):
             elif outcome == Status.OK:
                 self._last_status = f"{action} finished in {took:.1f} s"
             else:
-                kept = f"; kept #{self.job_runs[-1].id} ({self.job_runs[-1].status})" if self.job_runs else ""
+                kept = f"; kept #{self.job_runs[-1].id} ({html.escape(self.job_runs[-1].status)})" \
+                    if self.job_runs else ""
                 self._last_status = f"{action} stopped after {took:.1f} s{kept}"
             if outcome == Status.OK:
                 self.progress.value = 1.0

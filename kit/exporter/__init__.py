@@ -93,15 +93,24 @@ def export(model: nn.Module, example_inputs: _inputs.ModelInputs, path: str | os
             write_onnx(lowered, example_inputs, onnx_path, dynamic=dynamic, opset=opset)
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed on {type(model).__name__}: {_reason(e)}") from e
-        if format == "onnx":
-            shutil.move(str(onnx_path), target)
-            size = target.stat().st_size
-            diff = _onnx_diff(target, lowered, example_inputs, reference)
-        else:
-            ir = ov.convert_model(str(onnx_path))
-            ov.save_model(ir, str(target), compress_to_fp16=False)  # keep float parts fp32, int8 stays int8
-            size = target.stat().st_size + target.with_suffix(".bin").stat().st_size
-            diff = _openvino_diff(target, lowered, example_inputs, reference)
+        # written and checked in the work folder, then moved: a failure leaves the user's path as it was
+        try:
+            if format == "onnx":
+                built = [onnx_path]
+                diff = _onnx_diff(onnx_path, lowered, example_inputs, reference)
+            else:
+                ir = ov.convert_model(str(onnx_path))
+                built = [work / "ir" / target.name, work / "ir" / target.with_suffix(".bin").name]
+                ov.save_model(ir, str(built[0]), compress_to_fp16=False)  # float parts fp32, int8 stays int8
+                diff = _openvino_diff(built[0], lowered, example_inputs, reference)
+        except ExportError:
+            raise
+        except Exception as e:  # the runtime cannot load or run what was written
+            raise ExportError(f"the exported {format} model of {type(model).__name__} does not run in "
+                              f"{'onnxruntime' if format == 'onnx' else 'OpenVINO'}: {_reason(e)}") from e
+        for src, dst in zip(built, (target, target.with_suffix(".bin"))):
+            shutil.move(str(src), dst)
+        size = sum(p.stat().st_size for p in (target, target.with_suffix(".bin"))[:len(built)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Exported(target, format, how, size, time.perf_counter() - t0, diff)

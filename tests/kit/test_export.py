@@ -147,3 +147,19 @@ def test_openvino_ir_keeps_int8_weights(tmp_path):
     ex = slimkit.export(q, X[:4], tmp_path / "m.xml", format="openvino")
     assert ex.path.with_suffix(".bin").exists() and ex.max_abs_diff is not None and ex.max_abs_diff < 1e-2
     assert 'element_type="i8"' in ex.path.read_text()
+
+
+@pytest.mark.slow
+def test_a_model_the_runtime_cannot_run_leaves_the_users_file_alone(tmp_path, monkeypatch):
+    from slimkit import exporter
+
+    target = tmp_path / "m.onnx"
+    target.write_text("the user's earlier export")
+
+    def fails(*a, **k):
+        raise RuntimeError("[ONNXRuntimeError] cannot load")
+
+    monkeypatch.setattr(exporter, "_onnx_diff", fails)
+    with pytest.raises(slimkit.ExportError, match="does not run in onnxruntime.*cannot load"):
+        slimkit.export(_mlp(), X[:2], target)
+    assert target.read_text() == "the user's earlier export"
