@@ -20,14 +20,14 @@ from ..jsonsafe import strict_loads
 
 
 def fingerprint(model: nn.Module) -> str:
-    """A cheap identity of a model's weights: names, shapes and sums."""
+    """The identity of a model's weights (names, dtypes, shapes and bytes), so records made for
+    another model (a permuted or re-masked one too) are never reused."""
     h = hashlib.sha256()
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                h.update(f"{name}{tuple(t.shape)}{t.double().sum().item():.12e}".encode())
-            else:
-                h.update(f"{name}{tuple(t.shape)}".encode())
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
