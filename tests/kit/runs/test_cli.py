@@ -78,7 +78,8 @@ def test_run_runs_compare_end_to_end(tiny, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| id | status | notebook |" in table and "tiny.ipynb" in table
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"compare.csv", "compare.md", "compare.html"}
-    assert "Plotly.newPlot" in (tmp_path / "cmp" / "compare.html").read_text()
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "<svg" in page and "Plotly.newPlot" not in page and len(page) < 500_000  # static: no plotly.js
     assert main(["compare", "nope", "--out", str(out)]) == 2
     assert "the id of a recorded run" in capsys.readouterr().err
 
