@@ -41,10 +41,9 @@ import torch.nn as nn
 
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 from slimkit.exporter.lower import ExportError, lower
-from slimkit.exporter.onnx import args_kwargs as _args_kwargs
-from slimkit.exporter.onnx import dynamic_shapes as _dynamic_shapes
 from slimkit.exporter.onnx import feed as _feed
 from slimkit.exporter.onnx import forward_names as _forward_names
+from slimkit.exporter.onnx import write_onnx
 from slimkit.quant.layers import QWeight
 
 from . import inputs as _inputs
@@ -279,18 +278,8 @@ class OnnxRuntimeBackend(Backend):
         raise error
 
     def _export(self, model, example, path: Path, dynamic: bool, opset) -> None:
-        kwargs: dict[str, Any] = {"dynamo": True, "external_data": False, "optimize": True, "verbose": False}
-        if opset is not None:
-            kwargs["opset_version"] = opset
-        if dynamic:
-            kwargs["dynamic_shapes"] = _dynamic_shapes(model, example)
-        args, kwargs["kwargs"] = _args_kwargs(example)
-        if args and isinstance(args[-1], dict) and not kwargs["kwargs"]:
-            args += ({},)  # torch.onnx.export reads a trailing dict as keyword inputs; this one is an argument
-        noise = io.StringIO()  # the exporter prints its progress to stdout
         try:
-            with contextlib.redirect_stdout(noise):
-                torch.onnx.export(model, args, str(path), **kwargs)
+            write_onnx(model, example, path, dynamic=dynamic, opset=opset)
         except Exception as e:
             raise wrap_failure(self.name, model, "torch.onnx.export", e) from e
 
