@@ -1,7 +1,7 @@
 """slimkit.autotune on the digits CNN, against what a user or another tool would do by hand.
 
-    .venv/bin/python benchmarks/autotune_bench.py            # ~10-20 min on 2 quiet cores
-    .venv/bin/python benchmarks/autotune_bench.py --quick    # smoke run, numbers not meaningful
+    .venv/bin/python -m benchmarks.autotune_bench            # ~10-20 min on 2 quiet cores
+    .venv/bin/python -m benchmarks.autotune_bench --quick    # smoke run, numbers not meaningful
 
 - size: ``autotune(max_drop=0.5, objective="size")`` vs a search over ONE global quantization
   setting (bits 8/4/3/2 per channel, the smallest within the budget: what Intel Neural
@@ -13,13 +13,13 @@ Accuracy on the digits test split (450 images); fine-tuning on the training spli
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
 
 import slimkit
+from benchmarks.common import start
 from slimkit.data import load_digits
 from slimkit.zoo import demo
 from slimkit.zoo.models import pretrained_digits
@@ -45,11 +45,7 @@ def global_quant_search(model, test, base_acc) -> tuple[dict, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    print(f"load average at start: {os.getloadavg()}")
+    args = start(__doc__.splitlines()[0])
     digits = load_digits(seed=0)
     test, train = digits.test, digits.train
     cnn = pretrained_digits("cnn", seed=0)

@@ -43,6 +43,19 @@ class Settings:
         return str(self.workdir / "inductor")
 
 
+def start(description: str):
+    """The digits benchmarks' command line (``--quick``), 2 torch threads, and the load average
+    printed first (a loaded machine skews every time that follows)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="fewer steps and epochs: a smoke run")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"load average at start: {os.getloadavg()}")
+    return args
+
+
 def quiet_libraries() -> None:
     """Silence the chatter that would drown the progress log (exporter warnings, torchao's
     "Failed to load _C" lines, ORT's pre-processing advice)."""

@@ -1,8 +1,8 @@
 """Deep Compression on the digits models: pruned -> + quantized -> + entropy-coded, each stage's
 artifact ratio and accuracy, as Han et al. tabulate it (LeNet-300-100: 40x, no accuracy loss).
 
-    .venv/bin/python benchmarks/deep_compression.py            # ~3-6 min on 2 quiet cores
-    .venv/bin/python benchmarks/deep_compression.py --quick    # smoke run, numbers not meaningful
+    .venv/bin/python -m benchmarks.deep_compression            # ~3-6 min on 2 quiet cores
+    .venv/bin/python -m benchmarks.deep_compression --quick    # smoke run, numbers not meaningful
 
 Every size is a real artifact's bytes (``slimkit.size``, what ``slimkit.save`` writes: indices,
 scales/codebooks, masks and metadata counted); ratios are fp32 artifact bytes / stage bytes.
@@ -12,13 +12,11 @@ Issue 12's target: the CNN >= 40x smaller at <= 0.5 pt accuracy drop.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-import torch
-
 import slimkit
+from benchmarks.common import start
 from slimkit.data import load_digits
 from slimkit.tuning.build import CAN
 from slimkit.zoo.models import pretrained_digits
@@ -63,11 +61,7 @@ def stages(arch: str, digits, quick: bool) -> list[dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    print(f"load average at start: {os.getloadavg()}")
+    args = start(__doc__.splitlines()[0])
     t0 = time.perf_counter()
     digits = load_digits(seed=0)
     ok = True

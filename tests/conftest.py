@@ -82,3 +82,18 @@ def wait_for(predicate, timeout: float = 180.0, poll: float = 0.2) -> bool:
             return True
         time.sleep(poll)
     return False
+
+
+@pytest.fixture
+def no_openvino(monkeypatch):
+    """This process behaves as if the openvino package were not installed."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)

@@ -85,16 +85,6 @@ def test_prepared_form_is_reloaded_by_key_and_rebuilt_when_a_key_differs(int8, t
     assert accel.prepare(int8, X[:4], backend="onnxruntime", prepared_cache=tmp_path).info["prepared_cache"] == "miss"
 
 
-def test_openvino_missing_names_the_extra(monkeypatch):
-    import builtins
-
-    real = builtins.__import__
-
-    def no_openvino(name, *a, **k):
-        if name == "openvino":
-            raise ImportError("No module named 'openvino'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+def test_openvino_missing_names_the_extra(no_openvino):
     with pytest.raises(slimkit.DeviceUnavailableError, match=r"slimkit\[openvino\]"):
         accel.prepare(_mlp(), X[:4], backend="openvino")

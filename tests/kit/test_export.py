@@ -1,8 +1,6 @@
 """slimkit.export: int8 layers as QDQ with slimkit's own integers and scales, refusals, formats."""
 from __future__ import annotations
 
-import builtins
-
 import pytest
 import torch
 from torch import nn
@@ -127,15 +125,7 @@ def test_bad_arguments_fail_before_work(tmp_path, kwargs, match):
         slimkit.export(_mlp(), X[:2], path, **kwargs)
 
 
-def test_missing_openvino_names_the_extra(tmp_path, monkeypatch):
-    real = builtins.__import__
-
-    def no_openvino(name, *a, **k):
-        if name == "openvino":
-            raise ImportError("No module named 'openvino'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+def test_missing_openvino_names_the_extra(tmp_path, no_openvino):
     with pytest.raises(MissingRuntimeError, match=r"slimkit\[openvino\]"):
         slimkit.export(_mlp(), X[:2], tmp_path / "m.xml", format="openvino")
 
