@@ -135,6 +135,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _retry_locked(fn, timeout_s: float) -> None:
+    """Call ``fn`` until it no longer fails with "database is locked" (some lock waits in SQLite,
+    such as two processes creating one database, bypass busy_timeout), for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 class RunStore:
     """The run-record database. Cheap to open; one per process (connections are not shared)."""
 
@@ -145,10 +160,7 @@ class RunStore:
         try:
             self._con.row_factory = sqlite3.Row
             self._con.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            self._con.execute("PRAGMA journal_mode = WAL")
-            self._con.execute("PRAGMA synchronous = NORMAL")
-            with self._write() as con:
-                self._upgrade(con)
+            _retry_locked(self._open, timeout_s)
         except sqlite3.DatabaseError as e:  # "file is not a database", "malformed", unreadable
             self._con.close()
             raise ArtifactError(f"run-record database {self.path} cannot be used: {e} "
@@ -157,6 +169,15 @@ class RunStore:
             self._con.close()
             raise
         self.owner = (os.getpid(), socket.gethostname())
+
+    def _open(self) -> None:
+        # WAL is a property of the file: switch only once, since the switch needs a lock
+        # for which SQLite returns "locked" at once instead of waiting on busy_timeout.
+        if self._con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._con.execute("PRAGMA journal_mode = WAL")
+        self._con.execute("PRAGMA synchronous = NORMAL")
+        with self._write() as con:
+            self._upgrade(con)
 
     def _upgrade(self, con: sqlite3.Connection) -> None:
         """Create the schema, or migrate an older one to :data:`SCHEMA_VERSION`; refuse a newer one."""

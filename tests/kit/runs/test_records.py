@@ -112,6 +112,28 @@ def test_two_writers_in_separate_processes_lose_no_rows(tmp_path):
         assert len(store.query(status="ok")) == 300
 
 
+def _opener(path: str, go) -> None:
+    go.wait(30)
+    for _ in range(5):
+        with RunStore(path) as store:
+            store.count()
+
+
+def test_processes_creating_one_new_database_at_once_all_open_it(tmp_path):
+    """Creating the database and switching it to WAL takes locks SQLite does not wait for on
+    busy_timeout; several processes opening a fresh file at the same moment must all get in."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(20):
+        path, go = str(tmp_path / f"new{attempt}.sqlite"), ctx.Event()
+        procs = [ctx.Process(target=_opener, args=(path, go)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0] * 6, f"attempt {attempt}"
+
+
 # --- schema versions, bad files, owners ---------------------------------------------------
 
 _V1_SCHEMA = """CREATE TABLE runs (id TEXT PRIMARY KEY, key TEXT NOT NULL, sweep TEXT, notebook TEXT NOT NULL,
