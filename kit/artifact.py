@@ -256,7 +256,8 @@ def _base(path, meta: dict, model: nn.Module | None) -> nn.Module:
 
 # The modules whose layers register a kind here; `import slimkit` loads them lazily, so a fresh
 # process that only loads an artifact imports them before reading its kinds.
-LAYER_MODULES = ("quant.layers", "quant.fakequant", "quant.rnn", "quant.codebook_layers", "sparse.layers")
+LAYER_MODULES = ("quant.layers", "quant.fakequant", "quant.rnn", "quant.codebook_layers", "sparse.layers",
+                 "sparse.quantized")
 
 
 def _replace_layers(path, skeleton: nn.Module, meta: dict) -> None:

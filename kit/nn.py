@@ -101,18 +101,23 @@ def named_targets(model: nn.Module, types: tuple[type, ...] = WEIGHTED, *,
 
 
 def refuse_compressed(model: nn.Module, verb: str, advice: str, what: str = "model",
-                      include: Iterable[str] | None = None, exclude: Iterable[str] | None = None) -> None:
+                      include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                      allow=None) -> None:
     """Raise a clear error when a layer ``verb`` would act on (selected by ``include``/``exclude``)
-    is one a slimkit verb already replaced (integer, codebook or sparse storage): ``verb`` acts on
-    float weights. Compressed layers outside the selection stay as they are, so per-layer mixes
-    (int4 here, int8 there) are built with one call per group. ``advice`` says which order works."""
+    is one a slimkit verb already replaced (integer, codebook or sparse storage) and ``allow(layer)``
+    (the compressed layers ``verb`` composes with) does not accept. Compressed layers outside the
+    selection stay as they are, so per-layer mixes (int4 here, int8 there) are built with one call
+    per group. ``advice`` says which order works."""
     from .errors import InvalidParameterError
 
     for name, m in model.named_modules():
         kind = getattr(type(m), "_slimkit_kind", None)
         if not name or not kind or (include and not matches(name, include)) or matches(name, exclude):
             continue
-        state = "sparse" if kind.startswith("sparse.") else "quantized"
+        if allow is not None and allow(m):
+            continue
+        state = "sparse integer" if kind.startswith("sparse.int.") else \
+            "sparse" if kind.startswith("sparse.") else "quantized"
         raise InvalidParameterError(what, f"<layer {name!r}: {type(m).__name__}>",
                                     f"float layers: {verb} cannot follow a step that stored {name!r} "
                                     f"{state} ({type(m).__name__}); {advice} (or leave it out with include/exclude)")

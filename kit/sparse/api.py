@@ -32,6 +32,11 @@ from ..report import Action, LayerReport, Report, Result
 from .config import SparsifyConfig
 from .formats import FORMATS, format_bytes, holds_2_4
 from .layers import SparseConv, SparseEmbedding, SparseLinear
+from .quantized import SPARSE_CLASSES, can_sparsify, zero_codes
+from .quantized_pass import quantized_layer
+
+# float layers, and the quantized layers whose integer codes can be stored sparse
+TARGETS = WEIGHTED + tuple(SPARSE_CLASSES)
 
 # Sparsity from which torch's CSR matmul beats dense on CPU (benchmarks/sparse_study.py:
 # 4096x4096, one thread, batch 1-32, torch 2.13). Below it "auto" decompresses to dense.
@@ -110,13 +115,14 @@ def sparsify(model: nn.Module, config: SparsifyConfig | float | None = None, *, 
     """
     check_module("model", model)
     config = SparsifyConfig.build(config, settings)
-    refuse_compressed(model, "sparsify", "sparse integer storage (quantize then sparsify) is not implemented: "
-                      "prune, then quantize(method='codebook') keeps the pruned zeros as codebook index 0",
-                      include=config.include, exclude=config.exclude)
+    refuse_compressed(model, "sparsify", "sparsify the float or quantized model once (quantize then sparsify "
+                      "stores sparse integer weights; sparsify then quantize keeps the layout)",
+                      include=config.include, exclude=config.exclude, allow=can_sparsify)
     progress = as_progress(callbacks, stop)
 
     new, unparametrized = plain_copy(model)
-    targets = list(named_targets(new, WEIGHTED, include=config.include, exclude=config.exclude, method="sparsify"))
+    targets = list(named_targets(new, TARGETS, include=config.include, exclude=config.exclude, method="sparsify"))
+    _check_quantized([(n, m) for n, m in targets if can_sparsify(m)], config)
     if config.format == "2:4":
         bad = [n for n, m in targets if not _unsupported(m) and math.prod(_matrix(m).shape[1:]) % 4]
         if bad:
@@ -133,13 +139,34 @@ def sparsify(model: nn.Module, config: SparsifyConfig | float | None = None, *, 
             progress.emit("progress", "sparsify", i + 1, len(targets), sparsity=layer_sparsity)
     report = run.finish(model, {n for n, _ in targets})
     in_model_order(report.cover(model, new), model)
-    report.chain(model, new, lambda row: f"sparsify {row.details.get('format', '')}".strip()
-                 + (" (zeroed, kept dense)" if row.action == Action.ZEROED else ""))
+    report.chain(model, new, _step)
     progress.emit("end", "sparsify", len(targets), len(targets), compression=report.summary["compression"])
     return Result(new, report)
 
 
 signature(sparsify, SparsifyConfig)
+
+
+def _step(row: LayerReport) -> str:
+    """A row's history step; sparse integer rows say the share of zero codes and the code width."""
+    step = f"sparsify {row.details.get('format', '')}".strip()
+    if "codes" in row.details and row.sparsity is not None:
+        step += f" {row.sparsity:.0%} of {row.details['codes']}"
+    return step + (" (zeroed, kept dense)" if row.action == Action.ZEROED else "")
+
+
+def _check_quantized(targets: list, config: SparsifyConfig) -> None:
+    """Quantized layers the settings cannot act on: an error before any work."""
+    if targets and config.format == "2:4":
+        raise InvalidParameterError("format", "2:4", "'bitmask', 'csr' or 'auto' for quantized layers ("
+                                    f"{targets[0][0]!r}): sparse integer storage has no 2:4 layout")
+    for name, m in targets:
+        if zero_codes(m) is None:
+            raise InvalidParameterError(
+                "model", f"<layer {name!r}: {type(m).__name__} without a 0 centroid>",
+                "a codebook with a 0 centroid (quantize(method='codebook') reserves one only for a weight that "
+                "already holds zeros): sparsify or prune the float model first, then quantize(method='codebook'), "
+                "or leave the layer out with exclude")
 
 
 class _Pass:
@@ -150,8 +177,9 @@ class _Pass:
         self.owners: dict[int, list[str]] = {}  # tied weights: sparsifying one copy would untie them
         for name, m in new.named_modules():
             # stored weights only: a quantized layer's .weight property is a fresh tensor per read,
-            # whose freed memory could be reused by the next one and look like a tie
-            w = m._parameters.get("weight")
+            # whose freed memory could be reused by the next one and look like a tie; a quantized
+            # layer's own integer buffer (tied layers share it) stands for its weight
+            w = m._parameters.get("weight", m._buffers.get("qweight", m._buffers.get("indices")))
             if isinstance(w, torch.Tensor):
                 self.owners.setdefault(w.data_ptr(), []).append(name)
         self.report = Report("sparsify", {"threshold": config.threshold, "sparsity": config.sparsity,
@@ -163,6 +191,8 @@ class _Pass:
         """Zero and store layer ``name``; its sparsity, or None when it is left as is."""
         config, totals, report = self.config, self.totals, self.report
         module = self.new.get_submodule(name)
+        if can_sparsify(module):
+            return quantized_layer(self, name, module)
         weight = _matrix(module)
         kind = type(module).__name__
         before = tensor_bytes(module)
@@ -224,7 +254,7 @@ class _Pass:
         """Rows for the layers include/exclude left out, and the summary; refuses a run that changed nothing."""
         report, totals = self.report, self.totals
         for name, m in model.named_modules():
-            if is_target(m, WEIGHTED) and name not in chosen:
+            if is_target(m, TARGETS) and name not in chosen:
                 n, b = m.weight.numel(), tensor_bytes(m)
                 report.layers.append(LayerReport(name, type(m).__name__, Action.SKIPPED, n, n, b, b,
                                                  reason=unselected_reason(name, self.config.include,
@@ -236,7 +266,7 @@ class _Pass:
         all_zeros = _all_zeros(self.new, totals["zeros"], self.dense_kept)
         report.summary = {
             "sparsity": totals["zeros"] / max(totals["weights"], 1),
-            "sparsity_all_params": all_zeros / max(_numel(model.parameters()), 1),
+            "sparsity_all_params": all_zeros / max(_numel(model.parameters()) + _quantized_numel(model), 1),
             "weight_bytes_dense": totals["dense"],
             "weight_bytes_stored": totals["stored"],
             "weight_bytes_torch_csr_int64": totals["csr_int64"],
@@ -269,6 +299,11 @@ def _matrix(module: nn.Module) -> torch.Tensor:
 
 def _numel(tensors) -> int:
     return sum(t.numel() for t in tensors)
+
+
+def _quantized_numel(model: nn.Module) -> int:
+    """Weights held as integer codes (buffers, not parameters) by the quantized layers."""
+    return sum(math.prod(m.shape) for m in model.modules() if can_sparsify(m))
 
 
 def _all_zeros(new: nn.Module, target_zeros: int, dense_kept: set[int]) -> int:

@@ -110,13 +110,11 @@ class SparseIntWeight:
             values = torch.empty(nnz, dtype=torch.int8) if sb == 8 else \
                 torch.empty(math.ceil(nnz * sb / 8), dtype=torch.uint8)
         # the layout buffers encode() makes for a matrix with nnz non-zeros (empty here, filled by load)
-        layout = encode(torch.zeros(rows, cols, dtype=torch.uint8), fmt)
         if fmt == "csr":
-            layout["col"] = torch.empty(nnz, dtype=layout["col"].dtype)
-            layout["crow"] = torch.empty(rows + 1, dtype=index_dtype(nnz))
-        for name, t in layout.items():
-            if name != "values":
-                self.register_buffer(name, t)
+            self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(nnz)))
+            self.register_buffer("col", torch.empty(nnz, dtype=index_dtype(max(cols - 1, 0))))
+        else:
+            self.register_buffer("mask", torch.empty(math.ceil(rows * cols / 8), dtype=torch.uint8))
         self.register_buffer("values", values)
         self._dense = None
         self._init_bias(bias, has_bias, bias_size)
