@@ -39,6 +39,8 @@ from ..pruning.config import Finetune
 from ..pruning.importance import check_batch
 from ..report import Action, Compute, LayerReport, Report, Result
 from ..training import cross_entropy
+from ..sparse.layers import SparseWeight
+from ..sparse.requantize import densify, keep_sparse, sparse_float_layers
 from .build import copy_module, quantize_layer, share_weight
 from .calibrate import calibrate, input_range
 from .centroids import train_centroids
@@ -110,9 +112,13 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     """
     check_module("model", model)
     config = QuantConfig.build(config, settings)
-    refuse_compressed(model, "quantize", "quantize the float model (prune or distill first: prune then quantize "
-                      "keeps the zeros exact); quantizing a sparse layer's values is not implemented",
-                      include=config.include, exclude=config.exclude)
+    refuse_compressed(model, "quantize", "quantize a layer once: quantize the float or the sparsified model "
+                      "(prune, distill or sparsify first: their zeros stay exact zeros)",
+                      include=config.include, exclude=config.exclude, allow=lambda m: isinstance(m, SparseWeight))
+    sparse = sparse_float_layers(model, config.include, config.exclude)
+    if sparse:
+        return _quantize_sparse(model, config, sparse, activations=activations, metric=metric, finetune=finetune,
+                                loss_fn=loss_fn, callbacks=callbacks, stop=stop)
     if config.auto_keep and metric is None:
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
     progress = as_progress(callbacks, stop)
@@ -144,7 +150,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
 
     q = copy_module(model)
     act_stats = calibrate(q, activations, [n for n, _ in work], progress) if activations is not None else {}
-    report = Report("quantize", config.params(calibrated=activations is not None))
+    report = Report("quantize", _params(config, activations is not None))
     target_names, paths, built = {n for n, _ in targets}, module_paths(model), {}
     progress.emit("start", "quantize", 0, len(work))
     done = 0
@@ -190,6 +196,29 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
 
 
 signature(quantize, QuantConfig)
+
+
+def _quantize_sparse(model, config: QuantConfig, sparse: dict, **kwargs) -> Result:
+    """quantize on a sparsified model: its sparse layers as float, quantized, then stored sparse
+    again with their own layout (:mod:`slimkit.sparse.requantize`)."""
+    if config.mode == "simulated":
+        raise InvalidParameterError("mode", "simulated", f"'real' or 'auto' for sparse layers ({next(iter(sparse))!r}"
+                                    "...): simulated quantization keeps float weights and would lose the sparse "
+                                    "layout (exclude them, or quantize the float model before sparsify)")
+    q, report = quantize(densify(model, sparse), config, **kwargs)
+    keep_sparse(q, report, sparse)
+    report.summary["model_bytes_before"], report.summary["model_bytes_after"] = tensor_bytes(model), tensor_bytes(q)
+    report.summary.update(_summary(report))
+    return Result(q, report)
+
+
+def _params(config: QuantConfig, calibrated: bool) -> dict:
+    """The report's settings; a codebook has no scale scheme, granularity or groups: not listed."""
+    params = config.params(calibrated=calibrated)
+    if config.method == "codebook":
+        for key in ("scheme", "granularity", "group_size"):
+            params.pop(key)
+    return params
 
 
 def _check_finetune(model, config: QuantConfig, finetune, loss_fn):
