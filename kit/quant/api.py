@@ -38,9 +38,9 @@ from ..pruning.common import add_history
 from ..pruning.config import Finetune
 from ..pruning.importance import check_batch
 from ..report import Action, Compute, LayerReport, Report, Result
-from ..training import cross_entropy
 from ..sparse.layers import SparseWeight
 from ..sparse.requantize import densify, keep_sparse, sparse_float_layers
+from ..training import cross_entropy
 from .build import copy_module, quantize_layer, share_weight
 from .calibrate import calibrate, input_range
 from .centroids import train_centroids
