@@ -6,12 +6,14 @@ Unstructured pruning returns a dense model with zeros; ``slimkit.sparsify`` stor
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn as nn
 
 from ..config import signature
 from ..data import batches
-from ..errors import InvalidParameterError, InvalidTypeError, check_module
-from ..events import as_progress
+from ..errors import Interrupted, InvalidParameterError, InvalidTypeError, check_module
+from ..events import Progress, as_progress
 from ..nn import refuse_compressed
 from ..report import Result
 from ..training import cross_entropy
@@ -62,6 +64,11 @@ def prune(model: nn.Module, config: PruneConfig | float | None = None, *, data=N
     result = (prune_units if config.structured else prune_weights)(model, job)
     how = f"{'structured ' if config.structured else ''}{config.score}"
     result.report.chain(model, result.model, lambda row: f"prune {_share(row, config)} {how}")
+    if job.stopped is not None:  # stopped while fine-tuning: the finished epochs are kept, as distill does
+        step, e = job.stopped
+        result.report.summary.update(stopped_at_step=step, stopped_after_epochs=len(job.epochs))
+        e.result, e.history = result, job.epochs
+        raise e
     return result
 
 
@@ -96,4 +103,40 @@ def _job(model: nn.Module, config: PruneConfig, data, loss_fn, tune: Finetune | 
     params = dict(sparsity=config.sparsity, score=config.score, structured=config.structured, scope=config.scope,
                   steps=config.steps, finetune=None if tune is None else {"epochs": tune.epochs, "lr": tune.lr},
                   seed=config.seed)
-    return Job(config, data, loss_fn, tune, as_progress(callbacks, stop), params)
+    return _StoppableJob(config, data, loss_fn, tune, as_progress(callbacks, stop), params)
+
+
+@dataclass
+class _StoppableJob(Job):
+    """A Job whose fine-tuning may be stopped: the model keeps its last finished epoch (or, when
+    none of this step's finished, this step's pruned weights), later steps prune nothing more, and
+    ``prune`` re-raises the stop with that result. A stop outside fine-tuning stops as before."""
+
+    def __post_init__(self):
+        self.stopped: tuple[int, Interrupted] | None = None
+        self.epochs: list[dict] = []  # every finished fine-tuning epoch, all steps
+
+    def finetune(self, model: nn.Module, step: int, after_step=None) -> list[dict]:
+        if self.stopped is not None:
+            return []
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.tune else None
+        try:
+            history = super().finetune(model, step, after_step)
+        except Interrupted as e:
+            history = getattr(e, "history", [])
+            if not history:  # fit restores a finished epoch only: undo the partial one
+                model.load_state_dict(before)
+            self.stopped = (step, e)
+            self.progress = Progress(self.progress.callbacks)  # the remaining steps run, doing nothing
+        self.epochs += history
+        return history
+
+    def target(self, step: int) -> float:
+        return super().target(self.stopped[0] if self.stopped else step)
+
+    def scores(self, model, targets, step):
+        if self.stopped is None:
+            return super().scores(model, targets, step)
+        # any score keeps the masks as they are at the stopped step's target: the cheapest one
+        ctx = importance.ScoreContext(model, targets, None, self.loss_fn, self.config.seed, self.progress)
+        return importance.compute("magnitude", ctx)

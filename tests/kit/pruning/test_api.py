@@ -4,10 +4,10 @@ import threading
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_unchanged, state_snapshot
 
 import slimkit
-from conftest import assert_unchanged, state_snapshot
-from slimkit.errors import InvalidParameterError, InvalidTypeError, Interrupted, NothingToCompressError
+from slimkit.errors import Interrupted, InvalidParameterError, InvalidTypeError, NothingToCompressError
 from slimkit.nn import param_count
 from slimkit.pruning.api import keep_sparsity, schedule
 from slimkit.training import fit
@@ -203,6 +203,27 @@ def test_stop_during_finetune_interrupts(mlp, digits):
     with pytest.raises(Interrupted):
         slimkit.prune(mlp, 0.5, finetune=dict(data=digits.train), stop=stop)
     assert_unchanged(mlp, snap)
+
+
+def test_stop_mid_finetune_keeps_the_finished_epochs(mlp, digits):
+    stop = threading.Event()
+
+    def listener(e):
+        if e.stage == "finetune" and e.kind == "metrics":
+            stop.set()  # after the first epoch of step 1: step 2 never prunes or fine-tunes
+
+    snap = state_snapshot(mlp)
+    with pytest.raises(Interrupted) as info:
+        slimkit.prune(mlp, 0.6, steps=2, finetune=dict(data=digits.train, epochs=3), callbacks=listener, stop=stop)
+    assert_unchanged(mlp, snap)
+    kept = info.value.result
+    summary = kept.report.summary
+    assert summary["stopped_after_epochs"] == 1 and summary["stopped_at_step"] == 1 and len(info.value.history) == 1
+    assert summary["finetune_epochs"] == 1 and summary["finetune_final"]["loss"] == round(info.value.history[0]["loss"], 6)
+    assert abs(summary["sparsity"] - schedule(0.6, 1, 2)) < 0.01  # step 1's sparsity, its zeros held
+    untuned = slimkit.prune(mlp, 0.6, steps=2).model
+    assert any(not torch.equal(a, b) for a, b in zip(kept.model.state_dict().values(), untuned.state_dict().values()))
+    assert all(r.history == [f"prune {r.sparsity:.0%} magnitude"] for r in kept.report.changed)
 
 
 # ---- configs -----------------------------------------------------------------------------
