@@ -5,8 +5,11 @@ here. Each class is the quantized layer of the same kind (affine: :mod:`slimkit.
 codebook: :mod:`slimkit.quant.codebook_layers`) with its dense integer buffer (``qweight`` or
 ``indices``) replaced by
 
-- the layout of the non-zero codes: a bitmask (``mask``) or CSR (``crow``/``col``), exactly as
-  :mod:`slimkit.sparse.formats` stores a float weight;
+- the layout of the non-zero codes: a bitmask (``mask``) as :mod:`slimkit.sparse.formats` stores
+  a float weight, or CSR whose ``col`` holds RELATIVE indices (the gap from the previous non-zero
+  of the row, the first one's column itself) in one byte each, as Deep Compression does: a gap
+  over 255 gets filler entries (stored zero codes) every 255 columns. A 1024-wide int8 layer at
+  70% zeros stores 2 bytes per non-zero instead of 3 with absolute int16 columns;
 - ``values``: only the non-zero integer codes, row-major: int8 bytes for 5-8 bit affine values,
   packed 2 or 4 to a byte for int4/int2, bit-packed for codebook indices;
 - the layer's scales / zero points / codebook, unchanged.
@@ -59,13 +62,19 @@ def zero_codes(layer: QWeight) -> torch.Tensor | None:
     return _unrows(zp.reshape(-1, 1).expand_as(rows), layer.shape, layer.granularity, layer.axis)
 
 
-def byte_options(layer: QWeight, nnz: int) -> dict[str, int]:
-    """Stored bytes of this layer's codes dense and in each sparse layout (scales etc. excluded)."""
+def byte_options(layer: QWeight, nonzero: torch.Tensor) -> dict[str, int]:
+    """Stored bytes of this layer's codes dense and in each sparse layout (scales etc. excluded),
+    for the non-zero positions ``nonzero`` (bool, the weight's shape)."""
     rows, cols = layer.shape[0], math.prod(layer.shape[1:])
-    index = format_bytes(rows, cols, nnz, 0)
+    nnz = int(nonzero.sum())
+    csr = encode(fill_gaps(nonzero.reshape(rows, cols)).to(torch.uint8), "csr")
+    stored = csr["col"].numel()  # fillers included
+    gaps = relative_columns(csr["crow"], csr["col"])
     values = math.ceil(nnz * code_bits(layer) / 8)
-    return {"dense": math.ceil(rows * cols * code_bits(layer) / 8), "csr": index["csr"] + values,
-            "bitmask": index["bitmask"] + values}
+    return {"dense": math.ceil(rows * cols * code_bits(layer) / 8),
+            "csr": (rows + 1) * csr["crow"].element_size() + stored * gaps.element_size()
+                   + math.ceil(stored * code_bits(layer) / 8),
+            "bitmask": format_bytes(rows, cols, nnz, 0)["bitmask"] + values}
 
 
 def with_codes(layer: QWeight, codes: torch.Tensor) -> None:
@@ -76,21 +85,69 @@ def with_codes(layer: QWeight, codes: torch.Tensor) -> None:
         layer.qweight = codes.contiguous() if storage_bits(layer.bits) == 8 else pack(codes, layer.bits)
 
 
+_GAP_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def relative_columns(crow: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """CSR column indices as gaps: each one minus the previous column of its row (the first of
+    a row stays its column), in the smallest integer dtype that holds the largest gap."""
+    col = col.long()
+    gaps = col.clone()
+    gaps[1:] -= col[:-1]
+    starts = crow[:-1].long()[crow.diff() > 0]
+    gaps[starts] = col[starts]
+    return gaps.to(index_dtype(int(gaps.max()) if gaps.numel() else 0))
+
+
+GAP_LIMIT = 255  # the largest gap one uint8 holds
+
+
+def fill_gaps(nonzero: torch.Tensor, limit: int = GAP_LIMIT) -> torch.Tensor:
+    """``nonzero`` (rows, cols) with filler positions added so that no gap between stored
+    entries of a row (nor a row's first column) exceeds ``limit``."""
+    idx = nonzero.nonzero()
+    if not len(idx):
+        return nonzero
+    row, col = idx[:, 0], idx[:, 1]
+    prev = torch.cat([col.new_zeros(1), col[:-1]])
+    prev[torch.cat([torch.ones(1, dtype=torch.bool), row[1:] != row[:-1]])] = 0  # a row's first: from column 0
+    count = (col - prev - 1).clamp(min=0) // limit  # fillers needed before each entry
+    if not int(count.sum()):
+        return nonzero
+    starts = torch.repeat_interleave(prev, count)
+    step = torch.arange(int(count.sum())) - torch.repeat_interleave(count.cumsum(0) - count, count) + 1
+    out = nonzero.clone()
+    out[torch.repeat_interleave(row, count), starts + step * limit] = True
+    return out
+
+
+def absolute_columns(crow: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`relative_columns`: a running sum of the gaps restarted at each row."""
+    total = gaps.long().cumsum(0)
+    counts = crow.diff().long()
+    row_start = torch.repeat_interleave(crow[:-1].long(), counts)
+    before = torch.where(row_start > 0, total[(row_start - 1).clamp(min=0)], torch.zeros_like(total))
+    return total - before
+
+
 class SparseIntWeight:
     """Mixin placed before a quantized layer class: the layout + non-zero codes replace its dense
     integer buffer; everything else (spec, forward, ``weight``) is the quantized layer's."""
 
-    def __init__(self, *args, sparse_format: str = "bitmask", nnz: int = 0, **kwargs):
+    def __init__(self, *args, sparse_format: str = "bitmask", nnz: int = 0, gap_bytes: int = 1, **kwargs):
         if sparse_format not in LAYOUTS:
             raise ValueError(f"sparse_format {sparse_format!r} is not one of {LAYOUTS}")
-        object.__setattr__(self, "_layout", (sparse_format, int(nnz)))  # read by _init_qweight, before Module init
+        if gap_bytes not in _GAP_DTYPES:
+            raise ValueError(f"gap_bytes {gap_bytes!r} is not one of {sorted(_GAP_DTYPES)}")
+        # read by _init_qweight, which runs before Module init
+        object.__setattr__(self, "_layout", (sparse_format, int(nnz), gap_bytes))
         super().__init__(*args, **kwargs)
-        self.sparse_format, self.nnz = self._layout
+        self.sparse_format, self.nnz, self.gap_bytes = self._layout
         self.runs = ""
 
     def _init_qweight(self, qt, shape, bits, scheme, granularity, axis, group_size, bias, has_bias,
                       dtype: str = "float32", bias_size: int | None = None):
-        fmt, nnz = self._layout
+        fmt, nnz, gap_bytes = self._layout
         self.shape, self.bits, self.dtype = tuple(shape), bits, float_dtype(dtype)
         rows, cols = self.shape[0], math.prod(self.shape[1:])
         if not 0 <= nnz <= rows * cols:
@@ -112,7 +169,7 @@ class SparseIntWeight:
         # the layout buffers encode() makes for a matrix with nnz non-zeros (empty here, filled by load)
         if fmt == "csr":
             self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(nnz)))
-            self.register_buffer("col", torch.empty(nnz, dtype=index_dtype(max(cols - 1, 0))))
+            self.register_buffer("col", torch.empty(nnz, dtype=_GAP_DTYPES[gap_bytes]))
         else:
             self.register_buffer("mask", torch.empty(math.ceil(rows * cols / 8), dtype=torch.uint8))
         self.register_buffer("values", values)
@@ -123,7 +180,10 @@ class SparseIntWeight:
     def _nonzero(self) -> torch.Tensor:
         """Where the stored codes go (bool, row-major over the weight)."""
         rows, cols = self.shape[0], math.prod(self.shape[1:])
-        buffers = {n: getattr(self, n) for n in (("mask",) if self.sparse_format == "bitmask" else ("crow", "col"))}
+        if self.sparse_format == "bitmask":
+            buffers = {"mask": self.mask}
+        else:
+            buffers = {"crow": self.crow, "col": absolute_columns(self.crow, self.col)}
         ones = torch.ones(self.nnz, dtype=torch.bool, device=self.values.device)
         return decode({**buffers, "values": ones}, self.sparse_format, rows, cols).reshape(-1)
 
@@ -168,10 +228,11 @@ class SparseIntWeight:
 
     @property
     def sparsity(self) -> float:
+        """The share of weights not stored (CSR gap fillers count as stored)."""
         return 1 - self.nnz / math.prod(self.shape)
 
     def spec(self) -> dict:
-        return {**super().spec(), "sparse_format": self.sparse_format, "nnz": self.nnz}
+        return {**super().spec(), "sparse_format": self.sparse_format, "nnz": self.nnz, "gap_bytes": self.gap_bytes}
 
     # the rebuilt buffer follows the stored ones: moved or reloaded -> rebuilt on next use
     def _apply(self, fn, recurse=True):
@@ -220,10 +281,14 @@ def to_sparse_int(layer: QWeight, codes: torch.Tensor, fmt: str, keep: torch.Ten
             "a codebook with a 0 centroid: quantize(method='codebook') reserves one only for a weight that already "
             "holds zeros; sparsify (or prune) the float model first, then quantize(method='codebook')")
     nz = (codes != zero) if keep is None else keep.reshape(codes.shape).bool()
-    spec = layer.spec()
-    new = SPARSE_CLASSES[type(layer)](**spec, sparse_format=fmt, nnz=int(nz.sum()))
     rows = layer.shape[0]
+    if fmt == "csr":
+        nz = fill_gaps(nz.reshape(rows, -1)).reshape(codes.shape)
     layout = encode(nz.reshape(rows, -1).to(torch.uint8), fmt)
+    if fmt == "csr":
+        layout["col"] = relative_columns(layout["crow"], layout["col"])
+    new = SPARSE_CLASSES[type(layer)](**layer.spec(), sparse_format=fmt, nnz=int(nz.sum()),
+                                      gap_bytes=layout["col"].element_size() if fmt == "csr" else 1)
     stored = codes[nz]
     if isinstance(layer, CodebookWeight):
         layout["values"] = pack_bits(stored, layer.bits)

@@ -52,7 +52,7 @@ def quantized_layer(run, name: str, module: nn.Module) -> float | None:
     codes = zero_by_rule(module, config.threshold, None if config.format == "2:4" else config.sparsity)
     nnz = int((codes != zero_codes(module)).sum())
     sparsity = 1 - nnz / n
-    options = byte_options(module, nnz)
+    options = byte_options(module, codes != zero_codes(module))
     fmt = min(options, key=options.get) if config.format == "auto" else config.format  # dense wins ties
     rows = module.shape[0]
     value_bytes = math.ceil(nnz * code_bits(module) / 8)

@@ -83,13 +83,14 @@ def keep_sparse(q: nn.Module, report, layers: dict[str, SparseWeight]) -> None:
             set_module(q, row.name, new)
         else:
             layer.inner = new
-        row.params_after, row.sparsity = new.nnz, new.sparsity
+        row.params_after = int(keep.sum())  # fillers of the CSR gaps not counted
+        row.sparsity = 1 - row.params_after / keep.numel()
         row.bytes_after = tensor_bytes(get_module(q, row.name))
         kept = f"sparse {fmt} layout kept" + (" (2:4 stored as bitmask: no integer 2:4 layout)"
                                               if original.fmt == "2:4" else "")
         row.reason = new.execution if original.fmt in LAYOUTS else f"{kept}; {new.execution}"
         row.details.update(format=fmt, nnz=new.nnz)
         if row.history:
-            row.history[-1] += f" ({kept}, {new.sparsity:.0%} zeros)"
+            row.history[-1] += f" ({kept}, {row.sparsity:.0%} zeros)"
             hist[row.name] = row.history
     report.summary["steps"] = sorted({s for h in hist.values() for s in h}, key=_order(hist))

@@ -65,8 +65,10 @@ def test_quantize_then_sparsify_cnn_int8_is_exact_and_smaller(cnn, digits, fmt, 
         out = s(x)
         assert torch.equal(out, _same_codes_reference(q, s)(x))
     assert "int8 x int8" in s.classifier[1].runs  # the int8 kernel still runs
-    # int8 at 70% zeros: bitmask = 1 bit + 0.3 byte per weight; CSR = 0.3 x (1 value + 2 index bytes)
-    assert slimkit.size(s) < (0.6 if fmt == "bitmask" else 0.95) * slimkit.size(q)
+    # int8 at 70% zeros: bitmask = 1 bit + 0.3 byte per weight; CSR = 0.3 x (1 value + 1 relative index byte)
+    assert slimkit.size(s) < (0.5 if fmt == "bitmask" else 0.65) * slimkit.size(q)
+    if fmt == "csr":
+        assert s.classifier[1].col.dtype == torch.uint8  # 1024 columns: gaps fit a byte, absolute ones would not
     path = slimkit.save(s, tmp_path / "s.slim")
     assert path.stat().st_size == slimkit.size(s)
     back = slimkit.load(path, model=cnn)
@@ -179,6 +181,22 @@ def test_refused_orders_name_the_order_that_works(mlp):
         slimkit.sparsify(q, format="2:4")
     with pytest.raises(InvalidParameterError, match=r"structured.*sparse integer|sparse integer"):
         slimkit.prune(s, 0.5, structured=True)
+
+
+def test_csr_gaps_over_a_byte_get_fillers_and_stay_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2000, 3))
+    with torch.no_grad():
+        model[0].weight[:, 300:1700] = 0  # a long run of zeros: a gap of 1400 columns
+        model[0].weight[1] = 0  # an empty row
+    q = slimkit.quantize(model, bits=8).model
+    s = slimkit.sparsify(q, format="csr").model  # the zeros as they are
+    layer = s[0]
+    assert layer.col.dtype == torch.uint8 and layer.nnz == int((layer.weight != 0).sum()) + 2 * 5  # 5 fillers a row
+    assert torch.equal(layer.weight, q[0].weight)
+    x = torch.randn(4, 2000)
+    with torch.no_grad():
+        assert torch.equal(s(x), _same_codes_reference(q, s)(x))
 
 
 def test_codebook_report_lists_no_affine_settings(mlp):
