@@ -86,9 +86,9 @@ def keep_sparse(q: nn.Module, report, layers: dict[str, SparseWeight]) -> None:
         row.params_after = int(keep.sum())  # fillers of the CSR gaps not counted
         row.sparsity = 1 - row.params_after / keep.numel()
         row.bytes_after = tensor_bytes(get_module(q, row.name))
-        kept = f"sparse {fmt} layout kept" + (" (2:4 stored as bitmask: no integer 2:4 layout)"
-                                              if original.fmt == "2:4" else "")
-        row.reason = new.execution if original.fmt in LAYOUTS else f"{kept}; {new.execution}"
+        kept = f"sparse {fmt} layout kept"
+        row.reason = new.execution if original.fmt in LAYOUTS else \
+            f"2:4 stored as bitmask (no integer 2:4 layout); {new.execution}"
         row.details.update(format=fmt, nnz=new.nnz)
         if row.history:
             row.history[-1] += f" ({kept}, {row.sparsity:.0%} zeros)"

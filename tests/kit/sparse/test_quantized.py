@@ -156,6 +156,19 @@ def test_sparsify_then_quantize_keeps_zeros_and_layout(mlp, digits, method, tmp_
     assert row.history[1].startswith(f"quantize {method}") and "sparse csr layout kept, 80% zeros" in row.history[1]
 
 
+def test_sparsify_2_4_then_static_int8_stores_a_bitmask(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(64, 16)
+    s = slimkit.sparsify(model, format="2:4").model
+    q, report = slimkit.quantize(s, bits=8, activations=x)
+    assert q[0].act == "static" and q[0].sparse_format == "bitmask" and "2:4 stored as bitmask" in report.layers[0].reason
+    assert torch.equal(q[0].weight == 0, s[0].dense_weight() == 0)
+    with torch.no_grad():
+        assert torch.equal(slimkit.load(slimkit.save(q, tmp_path / "q.slim"), model=model)(x), q(x))
+    assert report.layers[0].history == ["sparsify 2:4", "quantize affine 8-bit (sparse bitmask layout kept, 50% zeros)"]
+
+
 def test_sparsify_then_quantize_keeps_unselected_sparse_layers(mlp):
     s = slimkit.sparsify(mlp, sparsity=0.8, format="bitmask").model
     q, report = slimkit.quantize(s, bits=8, keep=["net.5"])
