@@ -22,7 +22,7 @@ import math
 import time
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..data import batches, first_inputs
 from ..devices import resolve_device
@@ -121,7 +121,7 @@ class _Job(Starts):
             self.base_score, self.base_loss = self._score(self.model, who="metric")
         except SlimkitError:
             raise
-        except Exception as e:  # noqa: BLE001 - e.g. batches without targets: say so before any trial
+        except Exception as e:
             raise InvalidParameterError("data", type(data).__name__, "labelled (inputs, targets) batches or (X, y) "
                                         f"to score accuracy, or pass metric= ({type(e).__name__}: {e})") from e
         self.layers = self._layers()
@@ -143,7 +143,7 @@ class _Job(Starts):
             return 100.0 * r["accuracy"], r["loss"]
         try:
             value = float(self.metric(m))
-        except Exception as e:  # noqa: BLE001 - a metric that raises is the user's to fix, said clearly
+        except Exception as e:
             raise InvalidParameterError(who, self.metric, f"a callable model -> score that runs "
                                         f"({type(e).__name__}: {e})") from e
         if not math.isfinite(value):
@@ -166,7 +166,7 @@ class _Job(Starts):
         if "structured" in self.methods:
             try:
                 producers = {p for g in surgery.analyse(self.model).groups for p in g.producers[:1]}
-            except Exception as e:  # noqa: BLE001 - untraceable: no structured options, said in the report
+            except Exception as e:
                 if not bits and not sparsity:
                     raise NothingToCompressError(f"autotune: structured pruning needs a model torch.fx can "
                                                  f"trace ({type(e).__name__}: {e}); add 'quantize' or 'prune'") from e
@@ -349,9 +349,9 @@ class _Job(Starts):
             self.start, self.progress = pick.get("start"), Progress()
             model = self._build({n: Option(*o) for n, o in pick["options"].items()}, finetune=True)
         self._pruned = None
-        params = dict(max_drop=self.max_drop, objective=self.objective, methods=sorted(self.methods),
-                      device=str(self.dev), backend=_backend_name(self.backend), epochs=self.epochs,
-                      fine_tuned=self.train is not None, codebook=CAN["codebook"], entropy_coded_size=CAN["entropy"])
+        params = {"max_drop": self.max_drop, "objective": self.objective, "methods": sorted(self.methods),
+                      "device": str(self.dev), "backend": _backend_name(self.backend), "epochs": self.epochs,
+                      "fine_tuned": self.train is not None, "codebook": CAN["codebook"], "entropy_coded_size": CAN["entropy"]}
         report = autotune_report(self.model, model, params, self.trials, pick, met, self.stopped,
                                  self.objective, self.base_score, self.base_bytes, time.perf_counter() - self.t0)
         report.summary["unavailable"] = self.notes  # options the search could not use, with the reason

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..artifact import size as artifact_size
 from ..distillation import hinton_loss

@@ -98,7 +98,7 @@ def test_a_budget_nothing_meets_returns_the_closest_flagged(mlp, digits):
         with torch.no_grad():
             return -float((m(x) - ref).abs().max())
 
-    model, report = _run(mlp, digits, max_drop=0.0, metric=fidelity)
+    _model, report = _run(mlp, digits, max_drop=0.0, metric=fidelity)
     s = report.summary
     assert s["budget_met"] is False and "budget not met" in s["note"] and s["trials"] >= 1
     assert s["drop"] == min(t["drop"] for t in report.trials)
