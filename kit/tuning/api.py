@@ -1,11 +1,17 @@
 """``slimkit.autotune``: search compositions and per-layer settings under an accuracy budget.
 
+0. Starts (first trials, from known-good global recipes): for size, all weights pruned together
+   (global magnitude, fine-tuned) then codebook-quantized with trained centroids, the sparsest
+   share that meets the budget (Deep Compression's recipe); for latency, the largest uniform
+   structured share that meets it. Per-layer refinement then goes on from there.
 1. Probes: each layer alone is set to each of its options (structured share, sparsity, bits)
-   and the whole model is scored and measured (artifact bytes, or side-by-side latency).
+   and the whole model is scored (on a subsample of the data) and measured (artifact bytes, or
+   side-by-side latency, each probe timed then dropped).
 2. A knapsack over those measured gains and drops picks one option per layer within ``max_drop``.
-3. Trials: the pick is built for real (pruned, fine-tuned when ``train`` is given, quantized,
-   stored sparse), scored, sized and timed side by side with the original. A missed budget backs
-   off one layer one rung; a met budget pushes one layer one rung further, until nothing moves.
+3. Trials: the pick is built for real (pruned, fine-tuned when ``train`` is given, quantized with
+   trained centroids, stored sparse), scored on all the data, sized and timed side by side with
+   the original. A missed budget backs off one layer one rung; a met budget pushes one layer one
+   rung further, until nothing moves.
 Every probe and trial is an event and, with ``records``, a JSON line that a rerun reuses.
 """
 from __future__ import annotations
@@ -15,7 +21,8 @@ import itertools
 import math
 import time
 
-import torch.nn as nn
+import torch
+from torch import nn
 
 from ..data import batches, first_inputs
 from ..devices import resolve_device
@@ -38,16 +45,13 @@ from ..quant.plan import TARGET_TYPES
 from ..report import Result
 from . import search
 from .build import BASE, CAN, Option, build, size
+from .checks import METHODS, OBJECTIVES, _check_methods, _check_options
 from .records import Records, fingerprint, key
 from .report import autotune_report
+from .starts import Starts
 
-METHODS = ("quantize", "prune", "sparsify", "structured", "distill")
-OBJECTIVES = ("size", "latency")
-# options per layer and objective: what each method may do to one layer
-GRID = {
-    "size": {"bits": (8, 4, 3, 2), "sparsity": (0.5, 0.75, 0.9, 0.95), "structured": (0.5,)},
-    "latency": {"bits": (8,), "sparsity": (0.95,), "structured": (0.25, 0.5, 0.75)},
-}
+PROBE_SAMPLES = 256  # probes rank options, trials decide: probes score on a subsample
+
 
 
 def autotune(model: nn.Module, data, *, max_drop: float = 0.5, objective: str = "size", metric=None,
@@ -82,7 +86,7 @@ def autotune(model: nn.Module, data, *, max_drop: float = 0.5, objective: str = 
     return job.run()
 
 
-class _Job:
+class _Job(Starts):
     def __init__(self, model, data, max_drop, objective, metric, device, backend, methods, train, epochs, options,
                  time_budget_s, max_trials, records, callbacks, stop):
         check_module("model", model)
@@ -112,11 +116,12 @@ class _Job:
         self.model = copy.deepcopy(model).eval()
         self.data, self.metric = data, metric
         self.x = first_inputs(data)  # bad data: an error now
+        self.notes: list[str] = []  # options the search could not use, and why (in the report)
         try:
             self.base_score, self.base_loss = self._score(self.model, who="metric")
         except SlimkitError:
             raise
-        except Exception as e:  # noqa: BLE001 - e.g. batches without targets: say so before any trial
+        except Exception as e:
             raise InvalidParameterError("data", type(data).__name__, "labelled (inputs, targets) batches or (X, y) "
                                         f"to score accuracy, or pass metric= ({type(e).__name__}: {e})") from e
         self.layers = self._layers()
@@ -127,15 +132,18 @@ class _Job:
         self.trials: list[dict] = []
         self.best_model: tuple[str, nn.Module] | None = None
         self.stopped = ""
+        self.probe_data = _subsample(data) if metric is None else data
+        self.start: dict | None = None  # the global start the refinement builds on (size objective)
+        self._pruned: tuple[float, nn.Module] | None = None  # that start's pruned float model, cached
 
     # --- scores and measurements ------------------------------------------------------------
-    def _score(self, m: nn.Module, who: str = "metric") -> tuple[float, float | None]:
+    def _score(self, m: nn.Module, who: str = "metric", data=None) -> tuple[float, float | None]:
         if self.metric is None:
-            r = evaluate(m, self.data)  # unlabelled or bad data: a slimkit error naming data
+            r = evaluate(m, self.data if data is None else data)  # unlabelled or bad data: a slimkit error naming data
             return 100.0 * r["accuracy"], r["loss"]
         try:
             value = float(self.metric(m))
-        except Exception as e:  # noqa: BLE001 - a metric that raises is the user's to fix, said clearly
+        except Exception as e:
             raise InvalidParameterError(who, self.metric, f"a callable model -> score that runs "
                                         f"({type(e).__name__}: {e})") from e
         if not math.isfinite(value):
@@ -158,10 +166,17 @@ class _Job:
         if "structured" in self.methods:
             try:
                 producers = {p for g in surgery.analyse(self.model).groups for p in g.producers[:1]}
-            except Exception as e:  # noqa: BLE001 - untraceable: no structured options, said if nothing else
+            except Exception as e:
                 if not bits and not sparsity:
                     raise NothingToCompressError(f"autotune: structured pruning needs a model torch.fx can "
                                                  f"trace ({type(e).__name__}: {e}); add 'quantize' or 'prune'") from e
+                self.notes.append(f"structured: not used, torch.fx cannot trace {type(self.model).__name__} "
+                                  f"({type(e).__name__}: {e})")
+            else:
+                self.notes += [f"structured: {n} cannot be shrunk (its outputs reach the model output, a reshape "
+                               "or an op structured pruning cannot follow)" for n, m in self.model.named_modules()
+                               if is_prunable(m) and n not in producers]
+        self.producers = sorted(producers)
         out = {}
         for name, m in self.model.named_modules():
             if not (is_prunable(m) or isinstance(m, TARGET_TYPES)):
@@ -181,8 +196,14 @@ class _Job:
     def run(self) -> Result:
         self.progress.emit("start", "autotune", 0, self.max_trials, baseline=self.base_score)
         try:
-            ladders = self._probe()
-            self._search(ladders)
+            if self.objective == "size" and self._size_start():
+                seed = self._best()
+                refine = self._refine_layers()
+                self._search(self._probe(refine), self.max_drop - seed["drop"], from_start=True)
+            else:
+                if self.objective == "latency":
+                    self._uniform_structured()
+                self._search(self._probe(self.layers), self.max_drop)
         except Interrupted as e:
             self.stopped = str(e)
         Progress(self.progress.callbacks).emit("end", "autotune", len(self.trials), self.max_trials)
@@ -195,48 +216,61 @@ class _Job:
         if self.max_trials is not None and len(self.trials) >= self.max_trials:
             raise Interrupted(f"max_trials={self.max_trials} run")
 
-    def _probe(self) -> dict[str, list[search.Rung]]:
-        """Every (layer, option) alone: its drop and loss increase, and its bytes or milliseconds saved."""
-        todo = [(n, o) for n, opts in self.layers.items() for o in opts[1:]]
-        rows, fresh, models = {}, [], {}
+    def _probe(self, layers: dict[str, list[Option]]) -> dict[str, list[search.Rung]]:
+        """Every (layer, option) alone, the others at their first option: its drop and loss increase
+        on the probe data, and its bytes or milliseconds saved. Latency probes are timed side by side
+        with the original one at a time, then dropped (only one probed model alive at a time)."""
+        ref_key = key(self.run_key, "probe-ref", self.start)
+        ref = self.records.get(ref_key)
+        if ref is None:
+            m = self._build({})
+            score, loss = self._score(m, data=self.probe_data)
+            ref = {"key": ref_key, "kind": "probe", "layer": None, "score": score, "loss": loss, "bytes": size(m)}
+            self.records.add(ref)
+        todo = [(n, o) for n, opts in layers.items() for o in opts[1:]]
+        rows = {}
         for i, (name, opt) in enumerate(todo):
             self._check_budget()
-            k = key(self.run_key, "probe", name, opt)
+            k = key(self.run_key, "probe", self.start, name, opt)
             row = self.records.get(k)
             if row is None:
-                m = build(self.model, {name: opt})
-                score, loss = self._score(m)
+                m = self._build({name: opt})
+                score, loss = self._score(m, data=self.probe_data)
                 row = {"key": k, "kind": "probe", "layer": name, "option": list(opt), "label": opt.label(),
-                       "score": score, "drop": self.base_score - score,
-                       "loss_increase": None if loss is None else loss - self.base_loss,
-                       "bytes": size(m)}
-                row["gain"] = self.base_bytes - row["bytes"]
-                fresh.append(row)
+                       "score": score, "drop": ref["score"] - score,
+                       "loss_increase": None if loss is None else loss - ref["loss"], "bytes": size(m)}
+                row["gain"] = ref["bytes"] - row["bytes"]
                 if self.objective == "latency":
-                    models[k] = m
-                else:
-                    self.records.add(row)
+                    ms = self._latency({"original": self.model, "probe": m})
+                    row["latency_ms"], row["gain"] = ms["probe"], ms["original"] - ms["probe"]
+                del m
+                self.records.add(row)
             rows[(name, opt)] = row
             self.progress.emit("progress", "autotune.probe", i + 1, len(todo), drop=row["drop"])
-        if models:  # all new probes timed in one side-by-side run with the original
-            ms = self._latency({"original": self.model, **models})
-            for row in fresh:
-                row["latency_ms"] = ms[row["key"]]
-                row["gain"] = ms["original"] - ms[row["key"]]
-                self.records.add(row)
         return {n: search.ladder([(o, rows[(n, o)]["gain"], search.cost_of(rows[(n, o)]["drop"],
                                                                            rows[(n, o)]["loss_increase"]))
-                                  for o in opts[1:]]) for n, opts in self.layers.items()}
+                                  for o in opts[1:]], base=opts[0]) for n, opts in layers.items()}
 
-    def _search(self, ladders) -> None:
-        at = search.knapsack(ladders, self.max_drop)
-        if not any(at.values()):  # nothing fits the budget by the probes: still try the cheapest change
+    def _build(self, changed: dict[str, Option], *, finetune: bool = False) -> nn.Module:
+        """The model with these layers changed: from the original, or on top of the start (every
+        other layer at the start's bits)."""
+        kw = {"train": self.train, "epochs": self.epochs} if finetune else {}
+        if self.start is None:
+            return build(self.model, changed, teacher_distill="distill" in self.methods, progress=self.progress, **kw)
+        full = {n: changed.get(n, Option(0.0, 0.0, self.start["bits"])) for n in self._quantizable()}
+        return build(self._pruned_model(), full, progress=self.progress, **kw)
+
+    def _search(self, ladders, budget: float, from_start: bool = False) -> None:
+        """Knapsack, then verified one-rung moves. ``from_start``: every rung 0 is the start, a
+        trial already met, so the search may come back to it and push from there."""
+        at = search.knapsack(ladders, max(budget, 0.0))
+        if not any(at.values()) and not from_start:  # nothing fits by the probes: still try the cheapest
             first = search.push(ladders, at, set())
             if first is None:
                 return
             at[first] = 1
         frozen, last_push = set(), None
-        while any(at.values()):
+        while from_start or any(at.values()):
             self._check_budget()
             ok = self._trial(search.settings_of(ladders, at))["ok"]
             if not ok and last_push is None:  # never met yet: back off the riskiest layer one rung
@@ -255,7 +289,7 @@ class _Job:
 
     def _trial(self, settings: dict[str, Option]) -> dict:
         changed = {n: o for n, o in settings.items() if not o.is_base}
-        k = key(self.run_key, "trial", self.max_drop, sorted((n, list(o)) for n, o in changed.items()))
+        k = key(self.run_key, "trial", self.max_drop, self.start, sorted((n, list(o)) for n, o in changed.items()))
         done = next((t for t in self.trials if t["key"] == k), None)
         if done is not None:
             return done
@@ -263,11 +297,10 @@ class _Job:
         m = None
         if row is None:
             t = time.perf_counter()
-            m = build(self.model, changed, train=self.train, epochs=self.epochs,
-                      teacher_distill="distill" in self.methods, progress=self.progress)
+            m = self._build(changed, finetune=True)
             score, _ = self._score(m)
             ms = self._latency({"original": self.model, "candidate": m})
-            row = {"key": k, "kind": "trial", "settings": {n: o.label() for n, o in changed.items()},
+            row = {"key": k, "kind": "trial", "start": self.start, "settings": self._labels(changed),
                    "options": {n: list(o) for n, o in changed.items()}, "score": score,
                    "drop": self.base_score - score, "bytes": size(m), "latency_ms": ms["candidate"],
                    "original_latency_ms": ms["original"], "speedup": ms["original"] / ms["candidate"],
@@ -284,6 +317,14 @@ class _Job:
                            drop=row["drop"], score=row["score"], size_bytes=row["bytes"], size_ratio=row["size_ratio"],
                            latency_ms=row["latency_ms"], speedup=row["speedup"], ok=float(row["ok"]))
         return row
+
+    def _labels(self, changed: dict[str, Option]) -> dict[str, str]:
+        if self.start is None:
+            return {n: o.label() for n, o in changed.items()}
+        real = self._realized()  # on top of the start: a layer's sparsity is at least the start's
+        return {n: Option(o.structured, max(o.sparsity, real[n]), o.bits).label() + (" (codebook)" if CAN["codebook"]
+                                                                                      and o.bits < 8 else "")
+                for n, o in changed.items()}
 
     def _objective(self, row: dict) -> float:
         return row["bytes"] if self.objective == "size" else 1.0 / row["speedup"]
@@ -304,60 +345,29 @@ class _Job:
             model = copy.deepcopy(self.model)
         elif met and self.best_model is not None and self.best_model[0] == pick["key"]:
             model = self.best_model[1]
-        else:  # resumed from records, or the closest miss: rebuilt from its settings
-            model = build(self.model, {n: Option(*o) for n, o in pick["options"].items()}, train=self.train,
-                          epochs=self.epochs, teacher_distill="distill" in self.methods)
-        params = dict(max_drop=self.max_drop, objective=self.objective, methods=sorted(self.methods),
-                      device=str(self.dev), backend=_backend_name(self.backend), epochs=self.epochs,
-                      fine_tuned=self.train is not None, codebook=CAN["codebook"], entropy_coded_size=CAN["entropy"])
+        else:  # resumed from records, or the closest miss: rebuilt from its settings, past any stop
+            self.start, self.progress = pick.get("start"), Progress()
+            model = self._build({n: Option(*o) for n, o in pick["options"].items()}, finetune=True)
+        self._pruned = None
+        params = {"max_drop": self.max_drop, "objective": self.objective, "methods": sorted(self.methods),
+                      "device": str(self.dev), "backend": _backend_name(self.backend), "epochs": self.epochs,
+                      "fine_tuned": self.train is not None, "codebook": CAN["codebook"], "entropy_coded_size": CAN["entropy"]}
         report = autotune_report(self.model, model, params, self.trials, pick, met, self.stopped,
                                  self.objective, self.base_score, self.base_bytes, time.perf_counter() - self.t0)
+        report.summary["unavailable"] = self.notes  # options the search could not use, with the reason
         return Result(model, report)
 
 
-def _check_methods(methods, objective: str, train) -> frozenset[str]:
-    if isinstance(methods, str):
-        methods = (methods,)
-    if not hasattr(methods, "__iter__") or isinstance(methods, (bytes, dict)):
-        raise InvalidTypeError("methods", methods, f"a collection of {', '.join(METHODS)}")
-    methods = tuple(methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise InvalidParameterError("methods", methods, f"a non-empty collection of {', '.join(map(repr, METHODS))}")
-    found = frozenset(methods)
-    if "distill" in found and not {"structured", "prune"} & found:
-        raise InvalidParameterError("methods", methods, "'distill' with 'structured' or 'prune' (autotune distills "
-                                    "the original into its pruned models; alone it has no student to train)")
-    if "distill" in found and train is None and methods == METHODS:
-        found -= {"distill"}  # the default set: nothing to distill with, said in the report's params
-    elif "distill" in found and train is None:
-        raise InvalidParameterError("train", None, "training batches when methods include 'distill'")
-    if objective == "latency" and not {"quantize", "structured", "sparsify"} & found:
-        raise InvalidParameterError("methods", methods, "for objective='latency', at least one of 'quantize', "
-                                    "'structured', 'sparsify' (zeros alone in dense layers change no latency)")
-    return found
-
-
-def _check_options(options, objective: str) -> dict[str, tuple]:
-    grid = dict(GRID[objective])
-    if options is None:
-        return grid
-    if not isinstance(options, dict) or not set(options) <= set(grid):
-        raise InvalidParameterError("options", options, "None or a dict with keys among "
-                                    "'bits', 'sparsity', 'structured'")
-    for name, values in options.items():
-        values = (values,) if isinstance(values, (int, float)) else values
-        if not hasattr(values, "__iter__") or isinstance(values, (str, bytes, dict)):
-            raise InvalidTypeError(f"options[{name!r}]", values, "a list of values")
-        values = tuple(values)
-        for v in values:
-            fine = (isinstance(v, int) and 2 <= v <= 8) if name == "bits" else \
-                (isinstance(v, (int, float)) and 0 < v < 1)
-            if isinstance(v, bool) or not fine:
-                raise InvalidParameterError(f"options[{name!r}]", v, "bits in 2..8" if name == "bits"
-                                            else "shares in (0, 1)")
-        grid[name] = values
-    return grid
+def _subsample(data, n: int = PROBE_SAMPLES):
+    """Probes score on at most ``n`` samples of (X, y) tensor data (trials on all of it); other
+    data (batches, loaders) is used whole."""
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        return data
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y) > n:
+        return x[:n], y[:n]
+    return data
 
 
 def _backend_name(backend) -> str:

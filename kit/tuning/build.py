@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..artifact import size as artifact_size
 from ..distillation import hinton_loss
@@ -81,9 +81,19 @@ def _by(settings: dict[str, Option], field: str) -> dict:
     return groups
 
 
+def prune_global(model: nn.Module, sparsity: float, *, train=None, epochs: int = 0, seed: int = 0,
+                 progress=None) -> nn.Module:
+    """The known-good start of a size search (Deep Compression's first stage): all weights ranked
+    together to ``sparsity``, in 3 steps fine-tuned in between when ``train`` is given."""
+    tune = {"data": train, "epochs": epochs} if train is not None and epochs > 0 else None
+    steps = 3 if tune else 1
+    return prune(model, sparsity, scope="global", steps=steps, seed=seed, finetune=tune, callbacks=progress).model
+
+
 def build(model: nn.Module, settings: dict[str, Option], *, train=None, epochs: int = 0, teacher_distill=False,
           seed: int = 0, progress=None) -> nn.Module:
-    """The model with each named layer set to its option (unnamed layers stay as they are)."""
+    """The model with each named layer set to its option (unnamed layers stay as they are).
+    With ``train``: fine-tuned after pruning, and codebook centroids trained after quantizing."""
     out = model
     for share, names in sorted(_by(settings, "structured").items()):
         out = prune(out, share, structured=True, include=_names(names), seed=seed, callbacks=progress).model
@@ -92,8 +102,12 @@ def build(model: nn.Module, settings: dict[str, Option], *, train=None, epochs: 
     changed = any(o.structured or o.sparsity for o in settings.values())
     if changed and train is not None and epochs > 0:
         out = _finetune(model, out, train, epochs, teacher_distill, seed, progress)
-    for bits, names in sorted(_by(settings, "bits").items()):
+    groups = sorted(_by(settings, "bits").items(), reverse=True)
+    last_codebook = next((b for b, _ in reversed(groups) if CAN["codebook"] and b < 8), None)
+    for bits, names in groups:
         kw = {"method": "codebook"} if CAN["codebook"] and bits < 8 else {}
+        if bits == last_codebook and train is not None and epochs > 0:
+            kw["finetune"] = {"data": train, "epochs": epochs}  # trains every codebook's centroids so far
         out = quantize(out, bits=bits, include=_names(names), callbacks=progress, **kw).model
     # float layers with zeros are stored sparse; quantized ones keep their zeros in the integers
     # (exact zeros, which entropy coding shrinks), since sparse integer storage is not built yet

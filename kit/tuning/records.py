@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import InvalidTypeError
 from ..jsonsafe import strict_loads

@@ -15,6 +15,7 @@ from .build import BASE, Option
 
 LOSS_WEIGHT = 10.0  # points of cost per nat of mean cross-entropy increase (ranks zero-drop options)
 STEPS = 200  # resolution of the knapsack's drop axis
+PUSH_FLOOR = 0.05  # points: the least cost a push is charged
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,12 @@ class Rung:
     cost: float
 
 
-def ladder(probes: list[tuple[Option, float, float]]) -> list[Rung]:
-    """A layer's useful options, from the base (no change) up: each rung gains more than the one
-    below and costs more (an option that gains less for no less cost is dropped)."""
-    rungs = sorted((Rung(o, max(g, 0.0), max(c, 0.0)) for o, g, c in probes if not o.is_base),
+def ladder(probes: list[tuple[Option, float, float]], base: Option = BASE) -> list[Rung]:
+    """A layer's useful options, from the base (no change, or the start's setting) up: each rung
+    gains more than the one below and costs more (one that gains less for no less cost is dropped)."""
+    rungs = sorted((Rung(o, max(g, 0.0), max(c, 0.0)) for o, g, c in probes if o != base),
                    key=lambda r: (r.gain, r.cost))
-    out = [Rung(BASE, 0.0, 0.0)]
+    out = [Rung(base, 0.0, 0.0)]
     for r in rungs:
         if r.gain <= out[-1].gain:
             continue
@@ -84,10 +85,12 @@ def back_off(ladders: dict[str, list[Rung]], at: dict[str, int]) -> str | None:
 
 
 def push(ladders: dict[str, list[Rung]], at: dict[str, int], frozen: set[str]) -> str | None:
-    """The layer to move one rung up: the most gain per cost added (layers that failed: frozen)."""
+    """The layer to move one rung up: the most gain per cost added (layers that failed: frozen).
+    Costs below ``PUSH_FLOOR`` count as that floor, so among moves the probes call free the
+    biggest gain goes first (a verified trial is expensive; a tiny layer's free rung can wait)."""
     def price(n):
         lo, hi = ladders[n][at[n]], ladders[n][at[n] + 1]
-        return (hi.cost - lo.cost + 1e-6) / (hi.gain - lo.gain + 1e-12)
+        return max(hi.cost - lo.cost, PUSH_FLOOR) / (hi.gain - lo.gain + 1e-12)
     movable = [n for n in at if n not in frozen and at[n] + 1 < len(ladders[n])]
     return min(movable, key=price) if movable else None
 

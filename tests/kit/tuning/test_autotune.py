@@ -48,7 +48,7 @@ def test_records_resume_skips_finished_probes_and_trials(mlp, digits, tmp_path, 
     path = tmp_path / "trials.jsonl"
     _, first = _run(mlp, digits, max_drop=1.0, records=path)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert {r["kind"] for r in lines} == {"probe", "trial"}
+    assert {"probe", "trial"} <= {r["kind"] for r in lines} <= {"probe", "trial", "start"}
     built = []
     real = autotune_api.build
     monkeypatch.setattr(autotune_api, "build", lambda *a, **k: built.append(1) or real(*a, **k))
@@ -98,7 +98,7 @@ def test_a_budget_nothing_meets_returns_the_closest_flagged(mlp, digits):
         with torch.no_grad():
             return -float((m(x) - ref).abs().max())
 
-    model, report = _run(mlp, digits, max_drop=0.0, metric=fidelity)
+    _model, report = _run(mlp, digits, max_drop=0.0, metric=fidelity)
     s = report.summary
     assert s["budget_met"] is False and "budget not met" in s["note"] and s["trials"] >= 1
     assert s["drop"] == min(t["drop"] for t in report.trials)
@@ -139,3 +139,61 @@ def test_bad_input_is_refused_before_any_trial(mlp, digits, kwargs, error):
 def test_data_without_labels_is_refused_when_accuracy_is_needed(mlp, digits):
     with pytest.raises(slimkit.SlimkitError):
         slimkit.autotune(mlp, [digits.test.X[:8]])
+
+
+def test_size_search_starts_from_the_global_deep_compression_recipe(mlp, digits):
+    """The first trial is the hand recipe (global pruning fine-tuned, codebook with trained
+    centroids), the same bytes and score as the verbs called by hand; refinement only improves it."""
+    train = (digits.train.X[:256], digits.train.y[:256])
+    _, report = _run(mlp, digits, max_drop=20.0, train=train, epochs=1, max_trials=3,
+                     options={"bits": (4, 2), "sparsity": (0.9,)})
+    first = report.trials[0]
+    assert first["start"] == {"sparsity": 0.9, "bits": 4} and first["ok"]
+    assert all(v.endswith("4b (codebook)") for v in first["settings"].values())
+    torch.manual_seed(0)
+    pruned, _ = slimkit.prune(mlp, 0.9, scope="global", steps=3, seed=0, finetune={"data": train, "epochs": 1})
+    hand, _ = slimkit.quantize(pruned, bits=4, method="codebook", finetune={"data": train, "epochs": 1})
+    assert first["bytes"] == slimkit.size(hand, entropy=True)
+    assert first["score"] == pytest.approx(100 * slimkit.evaluate(hand, _test(digits))["accuracy"])
+    assert report.summary["bytes"] <= first["bytes"] and report.summary["trials"] == len(report.trials) <= 3
+
+
+def test_latency_probes_are_timed_one_at_a_time_and_the_start_is_uniform_structured(mlp, digits, monkeypatch):
+    timed = []
+    real = autotune_api._Job._latency
+    monkeypatch.setattr(autotune_api._Job, "_latency", lambda self, models: timed.append(len(models))
+                        or real(self, models))
+    _, report = slimkit.autotune(mlp, _test(digits), objective="latency", max_drop=100.0, max_trials=2,
+                                 methods=("structured", "quantize"), options={"structured": (0.25, 0.5)})
+    assert timed and max(timed) == 2  # the original and one candidate: no probed model is kept
+    first = report.trials[0]["settings"]
+    assert first and set(first.values()) == {"ch-50%"}  # the largest uniform share first
+    # the output layer cannot lose units: said, not dropped silently
+    assert any("net.5 cannot be shrunk" in n for n in report.summary["unavailable"])
+
+
+class Untraceable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(64, 32), torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            h = h * 1.0
+        return self.fc2(h)
+
+
+def test_structured_options_an_untraceable_model_cannot_use_are_reported(digits):
+    model = Untraceable()
+    _, report = slimkit.autotune(model, _test(digits), objective="latency", max_drop=100.0, max_trials=1,
+                                 methods=("structured", "quantize"))
+    assert any("torch.fx cannot trace Untraceable" in n for n in report.summary["unavailable"])
+
+
+def test_probes_score_a_subsample_and_trials_all_the_data():
+    x, y = torch.zeros(1000, 3), torch.zeros(1000, dtype=torch.long)
+    px, py = autotune_api._subsample((x, y))
+    assert len(px) == len(py) == autotune_api.PROBE_SAMPLES
+    batches = [(x[:10], y[:10])]
+    assert autotune_api._subsample(batches) is batches
