@@ -197,7 +197,7 @@ class Jobs:
         return Run(rid, "+".join(s.method for s in steps) or "original", {**settings, **where},
                    slimkit.evaluate(model, self.test)["accuracy"], slimkit.size(model), timed[0], timed[-1],
                    status, time.time() - t0, any(r.simulated for r in reports), note, model, list(reports),
-                   tuple(steps))
+                   tuple(steps), slimkit.size(model, entropy=True))
 
     def _baseline(self, where: dict) -> Run:
         if not self.results:
