@@ -226,12 +226,13 @@ class Jobs:
         try:
             for i, step in enumerate(steps):
                 self._set_span(lo + (hi - lo) * i / len(steps), lo + (hi - lo) * (i + 1) / len(steps))
+                timed = {}  # autotune times its trials where the panel times runs
                 if step.method == "auto":
                     self.plots.start_auto(step.configs["auto"].objective, f"run #{self._next_id} {step.label}")
+                    timed = {"device": where["device"],
+                             "backend": M.autotune_backend(where["backend"], self._latency_x, where["device"])}
                 result = M.apply(step.method, model, step.configs, self.train, self.test,
-                                 callbacks=self._events(prefix), stop=stop, device=where["device"],
-                                 backend=M.autotune_backend(where["backend"], self._latency_x, where["device"])
-                                 if step.method == "auto" else "eager")
+                                 callbacks=self._events(prefix), stop=stop, **timed)
                 model, finished = result.model, finished + [step]
                 reports.append(result.report)
                 if step.method == "auto":

@@ -68,15 +68,14 @@ class Run:
     def row(self, base: Run | None) -> dict[str, Any]:
         latency = "error" if math.isnan(self.latency_ms) and self.note else round(self.latency_ms, 3)
         out = {"#": self.id, "run": self.label, "accuracy": round(self.accuracy, 4),
-               "size KiB": round(self.size_bytes / 1024, 1),
-               "entropy-coded KiB": None if self.entropy_bytes is None else round(self.entropy_bytes / 1024, 1),
-               "latency ms": latency,
+               "size KiB": round(self.size_bytes / 1024, 1), "latency ms": latency,
                "status": self.status + (" (simulated)" if self.simulated else "")}
         if base is not None:
             out["Δ acc (pts)"] = round(100 * (self.accuracy - base.accuracy), 2)
             out["x smaller"] = round(base.size_bytes / max(self.size_bytes, 1), 2)
             fast = self.baseline_ms / self.latency_ms if self.latency_ms > 0 else math.nan
             out["x faster"] = "error" if math.isnan(fast) and self.note else round(fast, 2)
+        out["entropy-coded KiB"] = None if self.entropy_bytes is None else round(self.entropy_bytes / 1024, 1)
         out["seconds"] = round(self.seconds, 1)
         return out
 
