@@ -28,10 +28,10 @@ class QuantizePanel(Config):
 
     activations: bool = flag(False, "calibrate activations on the training data (int8 inputs)",
                              label="calibrate activations (int8 inputs)")
-    # None while the control is disabled (affine: quantize trains no centroids)
-    centroid_epochs: int | None = integer(0, 0, 10_000, "codebook: epochs training the shared values on the "
-                                          "training data (Deep Compression's trained quantization; 0: none)",
-                                          optional=True, label="centroid fine-tune epochs")
+    # None (the control disabled or empty) or 0: no training; affine quantization trains no centroids
+    centroid_epochs: int | None = integer(None, 0, 10_000, "codebook: epochs training the shared values on the "
+                                          "training data (Deep Compression's trained quantization; empty or 0: "
+                                          "none)", optional=True, label="centroid fine-tune epochs")
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,7 @@ SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature"
 SWEEP_DEFAULTS = {"quantize": "8, 6, 4, 3, 2", "prune": "0.5, 0.7, 0.8, 0.9, 0.95", "distill": "1, 2, 4, 8",
                   "sparsify": "0.5, 0.8, 0.9, 0.95"}
 # the settings a results row always shows for each method (with any other changed from its default)
-SUMMARY = {"quantize": ("bits", "quantize_method", "granularity", "group_size", "scheme", "activations",
-                        "centroid_epochs"),
+SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activations"),  # + method etc. when changed
            "prune": ("sparsity", "score", "structured", "finetune_epochs"),
            "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
            "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format"),
@@ -149,6 +148,9 @@ class Spec:
     default: Any
 
 
+PLACEHOLDERS = {"centroid_epochs": "(none: no training)", "auto_max_trials": "(none: no limit)"}
+
+
 def _widget(name: str, spec: Spec) -> W.ValueWidget:
     s, value = spec.setting, spec.default
     kw = dict(description=s.label or name, tooltip=s.help, **style())
@@ -158,8 +160,8 @@ def _widget(name: str, spec: Spec) -> W.ValueWidget:
     if s.kind == "choice":
         return W.Dropdown(options=s.options(), value=value, **kw)
     if value is None or s.kind == "names":  # None is a value here: typed as text, empty means None
-        return W.Text("", placeholder="(none: automatic)" if s.kind != "names" else "name globs, comma separated",
-                      **kw)
+        return W.Text("", placeholder=PLACEHOLDERS.get(name, "(none: automatic)") if s.kind != "names"
+                      else "name globs, comma separated", **kw)
     # no sliders: a slider's readout clamps what is typed (1.5 -> 0.99) without a word; a text
     # box keeps it, and the config's check refuses it with a message and a red outline
     if s.kind == "int" and ranged and s.high - s.low <= 16:  # bits: pick one, nothing to clamp
