@@ -126,8 +126,21 @@ class Report:
     def rows(self) -> list[dict[str, Any]]:
         return [asdict(l) for l in self.layers]
 
+    @property
+    def has_history(self) -> bool:
+        """Some layer went through more than this report's own step (a chain of verbs)."""
+        return any(len(l.history) > 1 for l in self.layers)
+
+    def _history(self, head: list[str], rows: list[list], layers: list[LayerReport]) -> None:
+        """Add the "history" column (every step of each layer, oldest first) when there is one."""
+        if self.has_history:
+            head.append("history")
+            for row, l in zip(rows, layers):
+                row.append(HISTORY_SEP.join(l.history))
+
     def table(self) -> str:
-        """A plain-text table (the CLI and ``print(report)``)."""
+        """A plain-text table (the CLI and ``print(report)``); a "history" column when the
+        layers went through a chain of steps (prune, then quantize...)."""
         head = ["layer", "kind", "action", "params", "bytes", "sparsity", "SQNR dB", "note"]
         rows = [[l.name, l.kind, l.action,
                  f"{l.params_before}->{l.params_after}" if l.params_before != l.params_after else str(l.params_after),
@@ -135,6 +148,7 @@ class Report:
                  "" if l.sparsity is None else f"{l.sparsity:.1%}",
                  "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}",
                  l.reason] for l in self.layers]
+        self._history(head, rows, self.layers)
         title = f"{self.method} {self.params}" + ("  [SIMULATED: fake-quant in fp32]" if self.simulated else "")
         extra = "".join(f"\n{k}: {v}" for k, v in self.summary.items())
         return title + "\n" + text(head, rows) + extra
@@ -148,26 +162,27 @@ class Report:
                  f"{l.bytes_before:,} → {l.bytes_after:,}",
                  "" if l.sparsity is None else f"{l.sparsity:.1%}",
                  "" if l.sqnr_db is None else f"{l.sqnr_db:.1f} dB", l.reason] for l in self.layers]
+        self._history(head, rows, self.layers)
         return markdown(head, rows) + "\n"
 
     def __str__(self) -> str:
         return self.table()
 
     def _repr_html_(self) -> str:
-        cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                l.name, l.kind, l.action, l.params_before, l.params_after, l.bytes_before, l.bytes_after,
-                "" if l.sparsity is None else f"{l.sparsity:.1%}",
-                "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}", l.reason)) + "</tr>"
-            for l in self.layers)
-        head = "".join(f"<th>{h}</th>" for h in (
-            "layer", "kind", "action", "params before", "params after", "bytes before", "bytes after",
-            "sparsity", "SQNR dB", "note"))
+        head = ["layer", "kind", "action", "params before", "params after", "bytes before", "bytes after",
+                "sparsity", "SQNR dB", "note"]
+        rows = [[l.name, l.kind, l.action, l.params_before, l.params_after, l.bytes_before, l.bytes_after,
+                 "" if l.sparsity is None else f"{l.sparsity:.1%}",
+                 "" if l.sqnr_db is None else f"{l.sqnr_db:.1f}", l.reason] for l in self.layers]
+        self._history(head, rows, self.layers)
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+        heads = "".join(f"<th>{html.escape(h)}</th>" for h in head)
         flag = " <b>(simulated)</b>" if self.simulated else ""
-        return f"<p>{html.escape(self.method)}{flag}</p><table><tr>{head}</tr>{cells}</table>"
+        return f"<p>{html.escape(self.method)}{flag}</p><table><tr>{heads}</tr>{cells}</table>"
 
 
 HISTORY = "_slimkit_history"
+HISTORY_SEP = " → "  # how the history column joins a layer's steps
 
 
 def history(model: nn.Module) -> dict[str, list[str]]:

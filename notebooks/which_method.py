@@ -19,7 +19,9 @@
 # The article's answer: *it depends on the model, the hardware and the application; try several
 # and measure*. This notebook automates that: it sweeps each method over a few settings on the
 # digits CNN, measures accuracy, saved size and latency on this machine, plots the trade-offs,
-# and picks the best result that fits a budget (largest accuracy drop, largest size).
+# and picks the best result that fits a budget (largest accuracy drop, largest size). Then
+# `slimkit.autotune` searches compositions and per-layer settings under the same budget, and its
+# pick is compared with the grid's.
 #
 # Run it headless (papermill underneath; one directory per run with the output notebook,
 # `params.yaml`, `metrics.json`, `status.json`, an HTML report and a row in the run records):
@@ -48,6 +50,10 @@ finetune_lr: float = 0.001  # fine-tuning learning rate (Adam), in (0, 1]
 distill_epochs: int = 3  # distillation epochs per student, in [1, 500]
 distill_lr: float = 0.005  # distillation learning rate (Adam), in (0, 1]
 arch: str = "cnn"  # the digits teacher: one of cnn, mlp
+autotune_budget_s: float = 60.0  # autotune: seconds the search may take (probes and trials), in (0, 1e6]
+autotune_trials: int = 4  # autotune: whole-model trials at most, in [1, 1000]
+autotune_bits: list = [4]  # autotune, objective size: per-layer bit widths tried (few: a quick search)
+autotune_sparsity: list = [0.9]  # autotune, objective size: per-layer sparsities tried
 
 # %%
 from IPython.display import Markdown, display
@@ -128,10 +134,49 @@ else:
     print(f"  {pick['label']}: accuracy {pick['accuracy']:.1%}, {pick['size_bytes'] / 1024:,.1f} KiB "
           f"({tried[0]['size_bytes'] / pick['size_bytes']:.1f}x smaller than fp32)")
 
+# %% [markdown]
+# ## The same budget, searched: `slimkit.autotune`
+# The grid above tries one method and one global setting at a time. `slimkit.autotune` measures
+# each layer's sensitivity to each option (bits, sparsity, units removed), picks per-layer
+# settings with a knapsack under the budget, builds and scores whole models, and backs off or
+# pushes layer by layer. Its sizes are of the entropy-coded artifact, so the grid's pick is
+# measured the same way here. A small time budget and few options per layer keep this notebook
+# quick; more time and `options=None` (autotune's full grid) search further.
+
+# %% tags=["nbval-ignore-output"]
+tuned, tune_report = slimkit.autotune(teacher, data.test, max_drop=max_drop, objective=objective, device=dev,
+                                      methods=("quantize", "prune", "sparsify", "structured"),
+                                      train=data.train if finetune_epochs else None, epochs=finetune_epochs,
+                                      time_budget_s=autotune_budget_s, max_trials=autotune_trials,
+                                      options={"bits": autotune_bits, "sparsity": autotune_sparsity,
+                                               "structured": structured_grid[-1:]} if objective == "size" else None)
+summary = tune_report.summary
+auto_acc = slimkit.evaluate(tuned, data.test)["accuracy"]
+auto_coded = slimkit.size(tuned, entropy=True)
+grid_coded = slimkit.size(models[pick["label"]], entropy=True) if pick else None
+auto_ms = slimkit.latency({"fp32: teacher": teacher, "autotune": tuned}, data.test.X[:latency_batch],
+                          rounds=timing_rounds, num_threads=timing_threads or None, device=device)["ms"]["autotune"]
+print(f"autotune: {summary['trials']} trials in {summary['wall_s']:.1f} s, budget "
+      f"{'met' if summary['budget_met'] else 'NOT met'}" + (f" ({summary['stopped']})" if summary["stopped"] else ""))
+rows = [{"pick": "autotune", "test accuracy": f"{auto_acc:.1%}", "entropy-coded KiB": f"{auto_coded / 1024:,.1f}",
+         "latency (ms)": f"{auto_ms:.3f}"}]
+if pick:
+    rows.insert(0, {"pick": f"grid: {pick['label']}", "test accuracy": f"{pick['accuracy']:.1%}",
+                    "entropy-coded KiB": f"{grid_coded / 1024:,.1f}", "latency (ms)": f"{pick['latency_ms']:.3f}"})
+display(Markdown(markdown_table(rows)))
+if pick:
+    print(f"autotune's pick is {grid_coded / auto_coded:.2f}x smaller (entropy-coded) and "
+          f"{pick['latency_ms'] / auto_ms:.2f}x as fast as the grid's")
+display(Markdown(tune_report.to_markdown()))
+
 # %%
 metrics = {"seed": seed, "device": str(dev), "teacher_accuracy": teacher_acc, "fits": len(fits),
            "pick": pick["label"] if pick else None,
            "pick_accuracy": pick["accuracy"] if pick else None, "pick_size_bytes": pick["size_bytes"] if pick else None,
            "pick_latency_ms": pick["latency_ms"] if pick else None,
-           "tried": tried}
+           "tried": tried,
+           "autotune_trials": summary["trials"], "autotune_budget_met": summary["budget_met"],
+           "autotune_wall_s": summary["wall_s"], "autotune_accuracy": auto_acc, "autotune_size_bytes": auto_coded,
+           "autotune_latency_ms": auto_ms, "grid_pick_size_bytes_entropy": grid_coded,
+           "autotune_vs_grid_size": grid_coded / auto_coded if pick else None}
 print("metrics ->", save_metrics(metrics))

@@ -16,7 +16,7 @@ from . import methods as M
 from .controls import METHODS, PIPELINE_ORDER
 from .results import RED
 
-TABS = (*METHODS, "pipeline")
+TABS = (*METHODS, "pipeline", "auto")
 TOOLTIPS = {"run": "run the tab's method", "sweep": "run once per value in the sweep box",
             "sensitivity": "compress one layer at a time"}
 
@@ -63,12 +63,14 @@ class Settings:
         method = method or self.method
         steps = self._steps(method)
         out = [] if steps else ["pipeline: choose at least one step"]
-        if {"quantize", "sparsify"} <= set(steps):
-            out.append("pipeline: quantize then sparsify (sparse integer storage) is not implemented yet; "
-                       "choose one (prune then quantize keeps the pruned zeros exactly)")
+        # no refusals of chains here: the library says which it takes, when its step runs
         for step in steps:
             configs, bad = self.controls.step(step, self.train, self.test)
             out += bad
+            if "auto" in configs:
+                why, names = M.autotune_problem(configs["auto"])
+                out += [f"auto: {why}"] if why else []
+                self.controls.invalid |= names
             why = "quantize" in configs and M.group_size_problem(self.base, configs["quantize"])
             if why:
                 out.append(f"quantize: {why}")
@@ -81,7 +83,7 @@ class Settings:
         except SlimkitError as e:
             out.append(f"device: {e}")
         if action == "sweep":
-            if method == "pipeline":
+            if method in ("pipeline", "auto"):
                 out.append("sweep: choose a single method tab (quantize, prune, distill or sparsify)")
             else:
                 try:
@@ -106,7 +108,7 @@ class Settings:
         why = {"run": msgs, **{a: [m for m in self.problems(action=a) if m not in msgs]
                                for a in ("sweep", "sensitivity")}}
         self.controls.mark(self.controls.invalid)
-        sweep = [] if self.method == "pipeline" else [f"Sweep is disabled: {m}" for m in why["sweep"]]
+        sweep = [] if self.method in ("pipeline", "auto") else [f"Sweep is disabled: {m}" for m in why["sweep"]]
         self.messages.value = html_list(msgs + sweep)  # the others' reasons: in the buttons' tooltips
         busy = self.worker.busy
         for action, b in self.buttons.items():

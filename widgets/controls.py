@@ -28,6 +28,10 @@ class QuantizePanel(Config):
 
     activations: bool = flag(False, "calibrate activations on the training data (int8 inputs)",
                              label="calibrate activations (int8 inputs)")
+    # None (the control disabled or empty) or 0: no training; affine quantization trains no centroids
+    centroid_epochs: int | None = integer(None, 0, 10_000, "codebook: epochs training the shared values on the "
+                                          "training data (Deep Compression's trained quantization; empty or 0: "
+                                          "none)", optional=True, label="centroid fine-tune epochs")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,36 @@ class SparsifyPanel(Config):
 
 
 @dataclass(frozen=True)
+class AutoPanel(Config):
+    """``slimkit.autotune``'s settings as the auto tab offers them (its data are the panel's)."""
+
+    max_drop: float = number(0.5, 0, float("inf"), "allowed accuracy drop (points) from the original",
+                             label="max drop (pts)", wording="a number >= 0 (points of accuracy)")
+    objective: str = choice("size", ("size", "latency"), "smallest artifact, or fastest on the device below",
+                            label="objective")
+    quantize: bool = flag(True, "2/3/4/8 bits per layer (codebook where slimkit has it)", label="quantize")
+    prune: bool = flag(True, "unstructured sparsity per layer", label="prune")
+    sparsify: bool = flag(True, "sparse storage (and CSR execution for latency)", label="sparsify")
+    structured: bool = flag(True, "units removed per layer", label="structured")
+    distill: bool = flag(False, "fine-tune pruned trials on the original's soft targets (needs epochs > 0)",
+                         label="distill")
+    time_budget_s: float | None = number(60.0, 0, float("inf"), "stop the search after this many seconds "
+                                         "with the best so far (empty: no limit)", low_open=True, optional=True,
+                                         label="time budget (s)")
+    max_trials: int | None = integer(None, 1, 2**31 - 1, "stop after this many whole-model trials (empty: "
+                                     "no limit)", optional=True, label="max trials")
+    epochs: int = integer(0, 0, 10_000, "fine-tune epochs per trial after pruning, on the training data",
+                          label="fine-tune epochs")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m for m in AUTO_METHODS if getattr(self, m))
+
+
+AUTO_METHODS = ("quantize", "prune", "sparsify", "structured", "distill")
+
+
+@dataclass(frozen=True)
 class Group:
     """The controls of one config on a tab. ``prefix``: always prefix the names (nested configs)."""
 
@@ -69,8 +103,11 @@ TAB_GROUPS: dict[str, tuple[Group, ...]] = {
               Group("finetune", slimkit.Finetune, skip=("epochs",), prefix=True)),
     "distill": (Group("distill_panel", DistillPanel), Group("distill", slimkit.DistillConfig)),
     "sparsify": (Group("sparsify_panel", SparsifyPanel), Group("sparsify", slimkit.SparsifyConfig)),
+    "auto": (Group("auto", AutoPanel, prefix=True),),
 }
-METHODS = tuple(TAB_GROUPS)
+METHODS = tuple(t for t in TAB_GROUPS if t != "auto")  # the verbs a tab runs (auto searches over them)
+# control names that would clash with the panel's own words (``panel.set(method, ...)``): prefixed
+RESERVED = {"method"}
 PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
 
 # the panel's starting values where they differ from the configs' defaults
@@ -78,17 +115,19 @@ DEFAULTS = {"epochs": 5, "sparsify_sparsity": 0.9, "threshold": 0.01, "format": 
 
 # a control that applies only given another's value; disabled, its setting is unset (None)
 DEPENDS = {"group_size": ("granularity", "per_group"), "sparsify_sparsity": ("sparsify_mode", "sparsity"),
-           "threshold": ("sparsify_mode", "threshold")}
+           "threshold": ("sparsify_mode", "threshold"), "centroid_epochs": ("quantize_method", "codebook")}
 
 # what a sweep varies on each tab (a control name)
 SWEEP_PARAM = {"quantize": "bits", "prune": "sparsity", "distill": "temperature", "sparsify": "sparsify_sparsity"}
 SWEEP_DEFAULTS = {"quantize": "8, 6, 4, 3, 2", "prune": "0.5, 0.7, 0.8, 0.9, 0.95", "distill": "1, 2, 4, 8",
                   "sparsify": "0.5, 0.8, 0.9, 0.95"}
 # the settings a results row always shows for each method (with any other changed from its default)
-SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activations"),
+SUMMARY = {"quantize": ("bits", "granularity", "group_size", "scheme", "activations"),  # + method etc. when changed
            "prune": ("sparsity", "score", "structured", "finetune_epochs"),
            "distill": ("width", "temperature", "alpha", "noise", "epochs", "fraction"),
-           "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format")}
+           "sparsify": ("sparsify_mode", "sparsify_sparsity", "threshold", "format"),
+           "auto": ("auto_max_drop", "auto_objective", *(f"auto_{m}" for m in AUTO_METHODS), "auto_time_budget_s",
+                    "auto_max_trials", "auto_epochs")}
 def style() -> dict:
     """A control's description width and its OWN layout (a shared Layout would share borders)."""
     return dict(style={"description_width": "120px"}, layout=W.Layout(width="340px"))
@@ -109,6 +148,9 @@ class Spec:
     default: Any
 
 
+PLACEHOLDERS = {"centroid_epochs": "(none: no training)", "auto_max_trials": "(none: no limit)"}
+
+
 def _widget(name: str, spec: Spec) -> W.ValueWidget:
     s, value = spec.setting, spec.default
     kw = dict(description=s.label or name, tooltip=s.help, **style())
@@ -118,8 +160,8 @@ def _widget(name: str, spec: Spec) -> W.ValueWidget:
     if s.kind == "choice":
         return W.Dropdown(options=s.options(), value=value, **kw)
     if value is None or s.kind == "names":  # None is a value here: typed as text, empty means None
-        return W.Text("", placeholder="(none: automatic)" if s.kind != "names" else "name globs, comma separated",
-                      **kw)
+        return W.Text("", placeholder=PLACEHOLDERS.get(name, "(none: automatic)") if s.kind != "names"
+                      else "name globs, comma separated", **kw)
     # no sliders: a slider's readout clamps what is typed (1.5 -> 0.99) without a word; a text
     # box keeps it, and the config's check refuses it with a message and a red outline
     if s.kind == "int" and ranged and s.high - s.low <= 16:  # bits: pick one, nothing to clamp
@@ -155,13 +197,14 @@ def _pct(v: float) -> str:
 
 # how a step's label reads: (config key, settings always shown, settings shown when changed, formats)
 LABELS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
-    "quantize": (("quantize", ("bits", "granularity"), ("group_size", "scheme", "mode")),
-                 ("quantize_panel", (), ("activations",))),
+    "quantize": (("quantize", ("bits", "granularity"), ("method", "group_size", "scheme", "mode")),
+                 ("quantize_panel", (), ("activations", "centroid_epochs"))),
     "prune": (("prune", ("sparsity", "score"), ("structured", "scope", "steps")),
               ("prune_panel", ("finetune_epochs",), ())),
     "distill": (("distill_panel", ("width",), ("fraction",)),
                 ("distill", ("temperature", "alpha"), ("noise", "epochs"))),
     "sparsify": (("sparsify", ("sparsity", "threshold", "format"), ()),),
+    "auto": (("auto", ("objective", "max_drop"), ("time_budget_s", "max_trials", "epochs")),),
 }
 FORMATS = {"bits": lambda v: f"int{v}", "sparsity": _pct, "group_size": lambda v: f"group {v}",
            "activations": lambda v: "+int8 activations",
@@ -169,7 +212,11 @@ FORMATS = {"bits": lambda v: f"int{v}", "sparsity": _pct, "group_size": lambda v
            "width": lambda v: f"width {_pct(v)}", "fraction": lambda v: f"on {_pct(v)} of train",
            "temperature": lambda v: f"T={v:g}", "alpha": lambda v: f"alpha={v:g}", "noise": lambda v: f"noise={v:g}",
            "epochs": lambda v: f"{v} epochs", "threshold": lambda v: f"|w|<{v:g}", "steps": lambda v: f"in {v} steps",
-           "scope": lambda v: f"{v} scope", "mode": lambda v: f"{v} mode"}
+           "scope": lambda v: f"{v} scope", "mode": lambda v: f"{v} mode", "method": str,
+           "centroid_epochs": lambda v: f"+{v} epochs centroids" if v else "",
+           "objective": lambda v: "smallest" if v == "size" else "fastest",
+           "max_drop": lambda v: f"within {v:g} pts", "time_budget_s": lambda v: f"{v:g} s budget",
+           "max_trials": lambda v: f"<= {v} trials"}
 
 
 @dataclass(frozen=True)
@@ -198,6 +245,8 @@ class Step:
         c = self.configs
         if self.method == "quantize":
             extra = {"activations": "train"} if c["quantize_panel"].activations else {}
+            if c["quantize_panel"].centroid_epochs:
+                extra["finetune"] = f"dict(data=train, epochs={c['quantize_panel'].centroid_epochs})"
             return [f"{model} = {c['quantize'].code(model, extra)}.model"]
         if self.method == "prune":
             extra = {"data": "train"}
@@ -209,11 +258,22 @@ class Step:
             return [f"{model} = {c['prune'].code(model, extra)}.model"]
         if self.method == "sparsify":
             return [f"{model} = {c['sparsify'].code(model)}.model"]
+        if self.method == "auto":
+            a = c["auto"]
+            args = "".join(f", {k}={v!r}" for k, v in auto_kwargs(a).items())
+            train = ", train=train" if a.epochs else ""
+            return [f"{model} = slimkit.autotune({model}, test{args}{train}).model  # the search's pick"]
         panel = c["distill_panel"]
         data = "train" if panel.fraction >= 1 else f"subset(train, {panel.fraction!r})"
         return [*([] if data == "train" else ["from slimkit.data import subset"]),
                 f"student = slimkit.shrink({model}, {panel.width!r})",
                 f"{model} = {c['distill'].code(f'{model}, student, {data}', {'val_data': 'test'})}.model"]
+
+
+def auto_kwargs(a: AutoPanel) -> dict[str, Any]:
+    """``slimkit.autotune``'s keywords from the auto tab (data, train and device are the panel's)."""
+    return {"max_drop": a.max_drop, "objective": a.objective, "methods": a.methods,
+            "time_budget_s": a.time_budget_s, "max_trials": a.max_trials, "epochs": a.epochs}
 
 
 def parse_values(text: str, name: str, kind: str) -> list[float]:
@@ -247,10 +307,13 @@ class Controls:
                 for field, (setting, default) in g.cls.settings().items():
                     if setting.kind == "any" or field in g.skip:
                         continue
-                    name = f"{g.key}_{field}" if g.prefix or field in self.specs else field
+                    clash = g.prefix or field in self.specs or field in RESERVED
+                    name = f"{g.key}_{field}" if clash else field
                     spec = self.specs[name] = Spec(g.key, field, setting, DEFAULTS.get(name, default))
                     self.widgets[name] = _widget(name, spec)
                     page.append(name)
+            if tab not in SWEEP_PARAM:
+                continue
             name = f"{tab}_sweep"
             self.widgets[name] = W.Text(SWEEP_DEFAULTS[tab], description=f"sweep {SWEEP_PARAM[tab].split('_')[-1]}",
                                         tooltip="values the Sweep button runs, comma separated", **style())

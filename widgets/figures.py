@@ -170,3 +170,36 @@ def pareto(runs: Sequence[dict[str, Any]]) -> go.Figure:
         fig.add_scatter(x=[None], y=[None], mode="markers", name=plot_text(m), marker={"size": 10, "color": c},
                         hoverinfo="skip")
     return fig
+
+
+def auto_state(objective: str = "size", title: str = "") -> dict[str, Any]:
+    """What :func:`autotune` draws: the objective, every trial's numbers, the pick, the Pareto set."""
+    return {"objective": objective, "title": title, "trials": [], "pick": None, "pareto": []}
+
+
+def autotune(state: dict[str, Any]) -> go.Figure:
+    """The search's trials as they arrive: artifact bytes (or latency) against score drop, within
+    the budget filled, outside it hollow; the Pareto set joined by a dotted line; the pick a star."""
+    size = state["objective"] == "size"
+    key, unit = ("size_bytes", "artifact size (KiB)") if size else ("latency_ms", "latency (ms / batch)")
+    trials = state["trials"]
+    xs = [t[key] / 1024 if size else t[key] for t in trials]
+    drops = [t["drop"] for t in trials]
+    title = f"autotune: {plot_text(state['title'])}" if state["title"] else "autotune: trials (auto tab)"
+    fig = _figure(title=title, xaxis=dict(title_text=unit, **scale_axis(xs)),
+                  yaxis={"title_text": "score drop (points)"})
+    hover = [f"trial {i}: {plot_text(t['label']) or 'original'}<br>drop {t['drop']:+.3f} pts<br>"
+             f"{t['size_bytes'] / 1024:,.1f} KiB, {t['latency_ms']:.3g} ms" for i, t in enumerate(trials)]
+    ok = [bool(t.get("ok")) for t in trials]
+    fig.add_scatter(x=xs, y=drops, mode="markers", name="trials", customdata=list(range(len(trials))),
+                    hovertext=hover, hoverinfo="text",
+                    marker={"size": 9, "color": "#1f77b4", "symbol": ["circle" if o else "circle-open" for o in ok]})
+    front = sorted((xs[i], drops[i]) for i in state["pareto"] if i < len(trials))
+    fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto set",
+                    line={"dash": "dot", "color": "#888888", "shape": "hv"}, hoverinfo="skip")
+    pick = state["pick"]
+    shown = pick is not None and pick < len(trials)
+    fig.add_scatter(x=[xs[pick]] if shown else [], y=[drops[pick]] if shown else [], mode="markers+text",
+                    name="pick", text=[f"pick: trial {pick}"] if shown else [], textposition="top center",
+                    marker={"size": 16, "symbol": "star", "color": "#d62728"}, hoverinfo="skip", cliponaxis=False)
+    return fig

@@ -134,6 +134,16 @@ class Worker:
         return not t.is_alive()
 
 
+def _status(reports: list) -> str:
+    """How a run ended by its reports: an autotune search may end early or miss its budget."""
+    summary = reports[-1].summary if reports else {}
+    if summary.get("budget_met") is False:
+        return "budget not met: " + ("the closest trial" if summary.get("trials") else "no trial finished (unchanged)")
+    if summary.get("stopped"):
+        return f"search ended early ({summary['stopped']}): the best so far"
+    return "done"
+
+
 class Jobs:
     """The panel's work, run in the worker thread (mixed into :class:`~.panel.Panel`, whose
     state it updates: results, model, plots, progress). Each run starts from the original."""
@@ -151,7 +161,9 @@ class Jobs:
                 done = lo + (hi - lo) * min(1.0, ev.step / ev.total)
                 self._progress = self._progress_high = max(self._progress_high, done)
             self._progress_text = f"{prefix}{ev.stage} {ev.step}/{ev.total or '?'}"
-            if ev.kind == "metrics" and ("loss" in ev.metrics or "val_accuracy" in ev.metrics):
+            if ev.kind == "metrics" and ev.stage == "autotune" and "drop" in ev.metrics:  # one trial
+                self.plots.add_trial(ev.metrics, ev.message)
+            elif ev.kind == "metrics" and ("loss" in ev.metrics or "val_accuracy" in ev.metrics):
                 self._epoch += 1
                 self.plots.add_epoch(self._epoch, ev.metrics)
             self.throttle.poke(force=ev.kind == "end")
@@ -185,7 +197,7 @@ class Jobs:
         return Run(rid, "+".join(s.method for s in steps) or "original", {**settings, **where},
                    slimkit.evaluate(model, self.test)["accuracy"], slimkit.size(model), timed[0], timed[-1],
                    status, time.time() - t0, any(r.simulated for r in reports), note, model, list(reports),
-                   tuple(steps))
+                   tuple(steps), slimkit.size(model, entropy=True))
 
     def _baseline(self, where: dict) -> Run:
         if not self.results:
@@ -214,10 +226,17 @@ class Jobs:
         try:
             for i, step in enumerate(steps):
                 self._set_span(lo + (hi - lo) * i / len(steps), lo + (hi - lo) * (i + 1) / len(steps))
+                timed = {}  # autotune times its trials where the panel times runs
+                if step.method == "auto":
+                    self.plots.start_auto(step.configs["auto"].objective, f"run #{self._next_id} {step.label}")
+                    timed = {"device": where["device"],
+                             "backend": M.autotune_backend(where["backend"], self._latency_x, where["device"])}
                 result = M.apply(step.method, model, step.configs, self.train, self.test,
-                                 callbacks=self._events(prefix), stop=stop)
+                                 callbacks=self._events(prefix), stop=stop, **timed)
                 model, finished = result.model, finished + [step]
                 reports.append(result.report)
+                if step.method == "auto":
+                    self.plots.set_auto_pick(result.report.summary.get("pick_trial"), result.report.pareto)
         except slimkit.Interrupted as e:
             partial = getattr(e, "result", None)  # the finished epochs of a step, when the core kept them
             if isinstance(partial, slimkit.Result):
@@ -228,7 +247,13 @@ class Jobs:
                 self._record(self._measure(tuple(finished), model, reports, where, t0,
                                            status=f"stopped after {finished[-1].method}"))
             raise
-        run = self._record(self._measure(steps, model, reports, where, t0))
+        except slimkit.SlimkitError as e:  # the library refused a step (e.g. a chain it does not take)
+            if finished:
+                self._record(self._measure(tuple(finished), model, reports, where, t0,
+                                           status=f"failed: {steps[len(finished)].method} refused after "
+                                                  f"{finished[-1].method}: {e}"))
+            raise
+        run = self._record(self._measure(steps, model, reports, where, t0, status=_status(reports)))
         self._update_histogram()
         return run
 

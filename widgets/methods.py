@@ -75,15 +75,19 @@ def backend_problem(backend: str, device: str) -> str | None:
 
 
 def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test, *, callbacks=None, stop=None,
-          include: list[str] | None = None) -> slimkit.Result:
+          include: list[str] | None = None, device="cpu", backend="eager") -> slimkit.Result:
     """Run one method on ``model`` with its ``configs`` (see ``Controls.step``); the input is
     never changed. ``include`` limits quantize/prune/sparsify to some layers (per-layer
-    sensitivity); prune then skips fine-tuning, which would move every layer."""
+    sensitivity); prune then skips fine-tuning, which would move every layer. ``device`` and
+    ``backend`` (see :func:`autotune_backend`): where autotune times its trials."""
     run = {"callbacks": callbacks, "stop": stop}
     only = {} if include is None else {"include": include}
     if method == "quantize":
-        calibrate = train if configs["quantize_panel"].activations else None  # quantize uses <= 512 rows
-        return slimkit.quantize(model, configs["quantize"], activations=calibrate, **only, **run)
+        panel = configs["quantize_panel"]
+        calibrate = train if panel.activations else None  # quantize uses <= 512 rows
+        # codebook centroids trained on the training data (quantize refuses it for affine, and says so)
+        tune = {"finetune": {"data": train, "epochs": panel.centroid_epochs}} if panel.centroid_epochs else {}
+        return slimkit.quantize(model, configs["quantize"], activations=calibrate, **tune, **only, **run)
     if method == "prune":
         finetune = configs.get("finetune") if include is None else None
         return slimkit.prune(model, configs["prune"], data=train, finetune=finetune, **only, **run)
@@ -94,7 +98,46 @@ def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test
         student = slimkit.shrink(model, panel.width)
         data = train if panel.fraction >= 1 else subset(train, panel.fraction)
         return slimkit.distill(model, student, data, configs["distill"], val_data=test, **run)
-    raise InvalidParameterError("method", method, "one of quantize, prune, distill, sparsify")
+    if method == "auto":
+        from .controls import auto_kwargs
+
+        a = configs["auto"]
+        return slimkit.autotune(model, test, train=train if a.epochs else None, device=device, backend=backend,
+                                **auto_kwargs(a), **run)
+    raise InvalidParameterError("method", method, "one of quantize, prune, distill, sparsify, auto")
+
+
+def autotune_problem(auto) -> tuple[str | None, set[str]]:
+    """Why ``slimkit.autotune`` would refuse the auto tab's methods (its own check, asked before
+    anything runs; the rest it checks when it starts), and the controls to outline."""
+    from slimkit.tuning import api
+
+    check = getattr(api, "_check_methods", None)  # private: absent after a refactor, autotune says it at start
+    if check is None:
+        return None, set()
+    try:
+        check(auto.methods, auto.objective, "train" if auto.epochs else None)
+    except slimkit.SlimkitError as e:
+        names = {"methods": {f"auto_{m}" for m in ("quantize", "prune", "sparsify", "structured", "distill")},
+                 "train": {"auto_epochs"}}.get(getattr(e, "name", ""), set())
+        return str(e), names
+    return None, set()
+
+
+def autotune_backend(backend: str, x: torch.Tensor, device: str):
+    """What ``slimkit.autotune`` takes as ``backend``: "eager", or a callable preparing each model
+    with ``slimkit.accel`` on the panel's latency batch (named after the backend, for its records)."""
+    if backend == "eager":
+        return "eager"
+    from slimkit.accel import prepare
+
+    dev = resolve_device(device)
+
+    def run(m: nn.Module):
+        return prepare(m, x, backend=backend, device=dev)
+
+    run.__name__ = backend
+    return run
 
 
 def sensitivity(model: nn.Module, test, config: slimkit.QuantConfig, *, callbacks=None, stop=None) -> list[dict]:

@@ -31,7 +31,7 @@ from slimkit.nn import WEIGHTED, named_targets, param_count
 
 from . import methods as M
 from .checks import TABS, TOOLTIPS, Settings, html_list
-from .controls import INVALID_CSS, SUMMARY, SWEEP_PARAM, Controls, style
+from .controls import AUTO_METHODS, INVALID_CSS, SUMMARY, SWEEP_PARAM, Controls, style
 from .frontend import frontend_is_live, in_ipython
 from .jobs import Jobs, Throttle, Worker
 from .plots import Plots, show_static
@@ -95,6 +95,15 @@ class Panel(Jobs, Settings):
             note = W.HTML("Runs the chosen steps in this order with the settings of their tabs; "
                           "stopping keeps the last finished step.")
             return W.VBox([note, self.controls["pipeline"]])
+        if tab == "auto":
+            note = W.HTML("Searches compositions and per-layer settings of the chosen methods (slimkit.autotune) "
+                          "for the smallest or fastest model within the accuracy budget; trials appear in the "
+                          "autotune plot as they finish; Stop keeps the best so far.")
+            names = self.controls.pages[tab]
+            methods = [n for n in names if n.removeprefix("auto_") in AUTO_METHODS]
+            rest = [self.controls[n] for n in names if n not in methods]
+            boxes = W.HBox([W.HTML("methods:"), *(self.controls[n] for n in methods)], layout=W.Layout(**WRAP))
+            return W.VBox([note, *rest[:2], boxes, *rest[2:]])
         names = self.controls.pages[tab]
         main = [self.controls[n] for n in names if n in SUMMARY[tab]]
         more = [self.controls[n] for n in names if n not in SUMMARY[tab] and n != f"{tab}_sweep"]
@@ -137,7 +146,7 @@ class Panel(Jobs, Settings):
                                              layout=W.Layout(**WRAP))], layout=W.Layout(width="100%"))
         p = self.plots
         if self.live:
-            plots = W.HBox([p.curves, p.sweep, p.sensitivity, p.histogram, p.pareto], layout=W.Layout(**WRAP))
+            plots = W.HBox([p.curves, p.sweep, p.sensitivity, p.histogram, p.pareto, p.auto], layout=W.Layout(**WRAP))
         else:
             plots = W.HTML("(plots are shown as cell outputs in this mode)")
         title = W.HTML(f"{CSS}<b>slimkit panel</b>: {html.escape(type(self.base).__name__)}, "
@@ -369,5 +378,5 @@ class Panel(Jobs, Settings):
                 show_static(fig)
 
     def _show_outputs(self, action: str) -> None:
-        self.show({"run": ("curves", "histogram", "pareto"), "sweep": ("sweep", "pareto"),
+        self.show({"run": ("curves", "histogram", "pareto", "auto"), "sweep": ("sweep", "pareto"),
                    "sensitivity": ("sensitivity",)}[action])

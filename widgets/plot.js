@@ -55,7 +55,8 @@ function render({model, el}) {
 
   const click = ev => {
     const p = ev.points && ev.points[0];
-    if (p) model.send({event: "click", trace: p.curveNumber, point: p.pointNumber});
+    // the point's own id (customdata) too: the figure may have changed since it was drawn
+    if (p) model.send({event: "click", trace: p.curveNumber, point: p.pointNumber, id: p.customdata ?? null});
   };
   const draw = () => {
     frame = 0;

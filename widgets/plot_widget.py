@@ -63,14 +63,15 @@ class PlotWidget(anywidget.AnyWidget):
     """Draws ``figure`` in the browser; :meth:`show` draws a new one.
 
     ``data`` is the figure's traces (as on a ``go.Figure``); ``figure`` the whole figure.
-    ``on_click(trace, point)`` is called with the indexes of a clicked point.
+    ``on_click(trace, point, id)`` is called with the indexes of a clicked point and its id
+    (customdata; None when the browser sent none).
     """
 
     _esm = Path(__file__).with_name("plot.js")
     spec = traitlets.Dict().tag(sync=True)
     lib = traitlets.Instance(PlotlyJS).tag(sync=True, **W.widget_serialization)
 
-    def __init__(self, figure: go.Figure, on_click: Callable[[int, int], Any] | None = None, **kwargs):
+    def __init__(self, figure: go.Figure, on_click: Callable[[int, int, int | None], Any] | None = None, **kwargs):
         # fills its share of a row, shrinks with the output area; its height is the figure's
         kwargs.setdefault("layout", W.Layout(flex="1 1 360px", min_width="0", width="auto"))
         super().__init__(lib=plotly_js(), **kwargs)
@@ -87,10 +88,16 @@ class PlotWidget(anywidget.AnyWidget):
         return self.figure.data
 
     def _message(self, _, content: dict, buffers=None) -> None:
-        """A click in the browser: indexes are checked against this figure, never trusted."""
+        """A click in the browser: ``on_click(trace, point, id)`` with ``id`` the point's
+        customdata as the browser drew it (None when it sent none). Indexes are checked against
+        this figure, never trusted; a message with an id skips that check, since the figure may
+        have been redrawn since the click (the receiver checks the id against what it holds)."""
         if not isinstance(content, dict) or content.get("event") != "click" or self.on_click is None:
             return
-        trace, point = content.get("trace"), content.get("point")
-        if (isinstance(trace, int) and isinstance(point, int) and 0 <= trace < len(self.figure.data)
-                and 0 <= point < len(self.figure.data[trace].x or ())):
-            self.on_click(trace, point)
+        trace, point, ident = content.get("trace"), content.get("point"), content.get("id")
+        if not (isinstance(trace, int) and isinstance(point, int)) or isinstance(trace, bool):
+            return
+        if isinstance(ident, int) and not isinstance(ident, bool):
+            self.on_click(trace, point, ident)
+        elif ident is None and 0 <= trace < len(self.figure.data) and 0 <= point < len(self.figure.data[trace].x or ()):
+            self.on_click(trace, point, None)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from . import figures as F
 
-NAMES = ("curves", "sweep", "sensitivity", "histogram", "pareto")
+NAMES = ("curves", "sweep", "sensitivity", "histogram", "pareto", "auto")
 HIST_LIMIT = 1_000_000  # weights binned per layer; a larger layer is binned from a fixed sample
 
 
@@ -41,6 +41,7 @@ class Plots:
         self._sens: tuple | None = None
         self._hist: tuple | None = None
         self._runs: list[dict[str, Any]] = []
+        self._auto: dict[str, Any] = F.auto_state()  # the auto tab's trials, as their events arrive
         self._figs = {name: self._build(name) for name in NAMES}
         self.views: dict[str, Any] = {}
         if live:
@@ -54,6 +55,7 @@ class Plots:
     sensitivity = property(lambda self: self._shown("sensitivity"))
     histogram = property(lambda self: self._shown("histogram"))
     pareto = property(lambda self: self._shown("pareto"))
+    auto = property(lambda self: self._shown("auto"))
 
     def _shown(self, name: str):
         return self.views[name] if self.live else self._figs[name]
@@ -120,6 +122,24 @@ class Plots:
             self._runs = [dict(r) for r in runs]
             self._dirty.add("pareto")
 
+    def start_auto(self, objective: str, title: str) -> None:
+        """A new search: its trials plot bytes (objective "size") or latency against score drop."""
+        with self._lock:
+            self._auto = F.auto_state(objective, title)
+            self._dirty.add("auto")
+
+    def add_trial(self, metrics: dict[str, float], label: str = "") -> None:
+        """One autotune trial event's numbers (drop, size_bytes, latency_ms, ok...)."""
+        with self._lock:
+            self._auto["trials"].append({**metrics, "label": label})
+            self._dirty.add("auto")
+
+    def set_auto_pick(self, pick: int | None, pareto: Sequence[int] = ()) -> None:
+        """The search's pick (trial index) and Pareto set, from its report, once it ends."""
+        with self._lock:
+            self._auto["pick"], self._auto["pareto"] = pick, list(pareto)
+            self._dirty.add("auto")
+
     # -- data out (throttled) -------------------------------------------------------------
 
     def _build(self, name: str) -> go.Figure:
@@ -131,6 +151,8 @@ class Plots:
             return F.sensitivity(*(self._sens or ([], [], "", [])))
         if name == "histogram":
             return F.histogram(*(self._hist or ("", [], [], [], 0.0)))
+        if name == "auto":
+            return F.autotune(self._auto)
         return F.pareto(self._runs)
 
     def flush(self) -> None:
@@ -143,10 +165,16 @@ class Plots:
             if name in self.views:
                 self.views[name].show(fig)
 
-    def _clicked(self, trace: int, point: int) -> None:
-        run_id = self._figs["pareto"].data[trace].customdata
-        if self.on_pick is not None and run_id is not None:
-            self.on_pick(int(run_id[point]))
+    def _clicked(self, trace: int, point: int, run_id: int | None = None) -> None:
+        """A Pareto click: the run whose id the browser sent (unknown ids do nothing; rows may
+        have been deleted since), or, from a client that sends no id, the point's customdata."""
+        with self._lock:
+            ids = [r["id"] for r in self._runs]
+        if run_id is None:
+            data = self._figs["pareto"].data[trace].customdata
+            run_id = None if data is None else int(data[point])
+        if self.on_pick is not None and run_id in ids:
+            self.on_pick(run_id)
 
     def figures(self) -> dict[str, go.Figure]:
         return dict(self._figs)

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 import slimkit
+from slimkit.report import HISTORY_SEP
 
 # a header's onclick: sort its table's body by that column (numeric keys from data-v), toggling
 # the direction; inline so it survives ipywidgets.HTML (which runs no <script>)
@@ -50,6 +51,7 @@ class Run:
     model: nn.Module | None = field(default=None, repr=False)
     reports: list[slimkit.Report] = field(default_factory=list, repr=False)
     steps: tuple = field(default=(), repr=False)
+    entropy_bytes: int | None = None  # the artifact entropy-coded: slimkit.size(model, entropy=True)
 
     @property
     def label(self) -> str:
@@ -73,6 +75,7 @@ class Run:
             out["x smaller"] = round(base.size_bytes / max(self.size_bytes, 1), 2)
             fast = self.baseline_ms / self.latency_ms if self.latency_ms > 0 else math.nan
             out["x faster"] = "error" if math.isnan(fast) and self.note else round(fast, 2)
+        out["entropy-coded KiB"] = None if self.entropy_bytes is None else round(self.entropy_bytes / 1024, 1)
         out["seconds"] = round(self.seconds, 1)
         return out
 
@@ -85,7 +88,24 @@ class Run:
                             "params before": lr.params_before, "params after": lr.params_after,
                             "bytes before": lr.bytes_before, "bytes after": lr.bytes_after,
                             "sparsity %": None if lr.sparsity is None else round(100 * lr.sparsity, 1),
-                            "SQNR dB": None if lr.sqnr_db is None else round(lr.sqnr_db, 1), "note": lr.reason})
+                            "SQNR dB": None if lr.sqnr_db is None else round(lr.sqnr_db, 1), "note": lr.reason,
+                            "history": HISTORY_SEP.join(lr.history)})
+        return out
+
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """An autotune run's trials (settings, score, drop, bytes, latency; the Pareto set and the
+        pick marked), one row each; [] for the other runs."""
+        out = []
+        for r in self.reports:
+            pick = r.summary.get("pick_trial")
+            for t in getattr(r, "trials", ()):
+                out.append({"trial": t["trial"], "settings": "; ".join(f"{n}: {v}" for n, v in t["settings"].items())
+                            or "original", "score": round(t["score"], 3), "drop (pts)": round(t["drop"], 3),
+                            "KiB": round(t["bytes"] / 1024, 1), "x smaller": round(t["size_ratio"], 2),
+                            "latency ms": round(t["latency_ms"], 3), "x faster": round(t["speedup"], 2),
+                            "within budget": "yes" if t["ok"] else "no",
+                            "pareto": "yes" if t["trial"] in getattr(r, "pareto", ()) else "",
+                            "pick": "pick" if t["trial"] == pick else ""})
         return out
 
     def code(self) -> str:

@@ -99,12 +99,25 @@ class Selected:
         sim = " (simulated: fake-quantized in float)" if run.simulated else ""
         self.detail.value = (
             f"<b>#{run.id} {html.escape(run.label)}</b>: {html.escape(run.status)}{sim}, accuracy "
-            f"{run.accuracy:.2%}, {run.size_bytes / 1024:.1f} KiB, "
+            f"{run.accuracy:.2%}, {run.size_bytes / 1024:.1f} KiB"
+            + (f" ({run.entropy_bytes / 1024:.1f} KiB entropy-coded)" if run.entropy_bytes is not None else "")
+            + ", "
             f"{'latency: error' if run.note else f'{run.latency_ms:.3g} ms'}{note}"
             f"<div class='slimkit-settings' style='{BOX}'>{html.escape(settings)}</div>"
             f"<div style='max-height:32em;overflow:auto;width:100%'>"
             + table_html(run.layer_rows(), "slimkit-layers", "the original model: no per-layer report")
-            + "</div>")
+            + "</div>" + self._trials(run))
+
+    @staticmethod
+    def _trials(run: Run) -> str:
+        """An autotune run's trials table (every whole-model trial of its search)."""
+        rows = run.trial_rows()
+        if not rows:
+            return ""
+        summary = run.reports[-1].summary
+        note = html.escape(summary.get("note") or f"{len(rows)} trials in {summary.get('wall_s', 0):.1f} s")
+        return (f"<p><b>autotune trials</b>: {note}</p><div style='max-height:24em;overflow:auto;width:100%'>"
+                + table_html(rows, "slimkit-trials") + "</div>")
 
     def _click(self, action: str) -> None:
         run = self.run

@@ -120,3 +120,28 @@ def test_transformerish_prune_then_codebook_round_trips(tmp_path):
             assert torch.equal(q.get_submodule(name).weight[zero], torch.zeros(int(zero.sum())))
     assert history(back) == history(q)  # the artifact keeps the steps, so a later verb's report shows them
 
+
+
+def test_report_tables_show_the_history_column_for_a_chain_only(mlp):
+    pruned, one = slimkit.prune(mlp, 0.7)
+    assert not one.has_history and "history" not in one.table() and "history" not in one._repr_html_()
+    _, report = slimkit.quantize(pruned, bits=4, method="codebook")
+    assert report.has_history
+    chain = "prune 70% magnitude → quantize codebook 4-bit"
+    lines = report.table().splitlines()
+    assert "history" in lines[1] and any(chain in line for line in lines)
+    assert chain in report.to_markdown() and "| history |" in report.to_markdown()
+    assert f"<td>{chain}</td>" in report._repr_html_()
+    skipped = [r for r in report.layers if r.action == "skipped"]
+    assert all(not r.history for r in skipped)  # their cell is empty, never another layer's steps
+
+
+def test_history_cells_are_escaped_in_html_and_markdown():
+    from slimkit.report import LayerReport, Report
+
+    hostile = "<img src=x onerror=alert(1)>|x"
+    report = Report("quantize", {}, [LayerReport("fc", "Linear", "quantized", history=["prune 50%", hostile])])
+    html_out = report._repr_html_()
+    assert "<img" not in html_out and "&lt;img src=x onerror=alert(1)&gt;" in html_out
+    md = report.to_markdown()
+    assert "<img" not in md and "&lt;img" in md and "\\|x" in md  # a cell's | does not split the row

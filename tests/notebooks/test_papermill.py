@@ -63,6 +63,11 @@ def _which_method(m):
     assert m["pick_accuracy"] >= m["teacher_accuracy"] - 0.01 - 1e-9  # the default budget: 1 point
     fitting = [t for t in m["tried"] if t["accuracy"] >= m["teacher_accuracy"] - 0.01 - 1e-9]
     assert m["pick_size_bytes"] == min(t["size_bytes"] for t in fitting)  # the default objective: size
+    # autotune under the same budget: it ran trials, its pick keeps the budget when it says it met it
+    assert m["autotune_trials"] >= 1, "the autotune cell's time budget ended before any trial"
+    if m["autotune_budget_met"]:
+        assert m["autotune_accuracy"] >= m["teacher_accuracy"] - 0.01 - 1e-9
+    assert m["autotune_vs_grid_size"] == pytest.approx(m["grid_pick_size_bytes_entropy"] / m["autotune_size_bytes"])
 
 
 MAX_OUTPUT_BYTES = 2 * 2**20  # output notebook and HTML report of a default run

@@ -88,6 +88,48 @@ def test_clicking_a_pareto_point_picks_its_run_and_bad_messages_do_nothing():
     assert picked == [7]
 
 
+def test_a_pareto_click_picks_the_run_by_the_id_the_browser_drew_not_by_its_index():
+    picked = []
+    plots = filled(live=True, on_pick=picked.append)
+    view = plots.views["pareto"]
+    drawn = plots.figures()["pareto"].data[0].customdata  # what the browser holds: ids 0..11
+    plots.set_runs([r for r in runs(12) if r["id"] not in (2, 3)])  # rows deleted before the message came
+    plots.flush()
+    view._handle_custom_msg({"event": "click", "trace": 0, "point": 5, "id": drawn[5]}, [])
+    assert picked == [5]  # by index the new figure's point 5 is run 7
+    view._handle_custom_msg({"event": "click", "trace": 0, "point": 2, "id": 2}, [])  # a deleted run
+    view._handle_custom_msg({"event": "click", "trace": 0, "point": 2, "id": True}, [])  # not an id
+    view._handle_custom_msg({"event": "click", "trace": 0, "point": 2, "id": "7"}, [])
+    assert picked == [5]
+
+
+def test_autotune_plot_adds_trials_as_they_arrive_and_stars_the_pick():
+    plots = Plots(live=True)
+    plots.start_auto("size", "run #1 auto <b>x</b>")
+    plots.flush()
+    assert not plots.has_data("auto")
+    trials = [(0.1, 50_000, True), (0.9, 20_000, False), (0.3, 30_000, True)]
+    for i, (drop, size, ok) in enumerate(trials):
+        plots.add_trial({"drop": drop, "size_bytes": size, "latency_ms": 1.0, "ok": float(ok)}, f"fc: {i}")
+        plots.flush()
+        assert len(plots.auto.spec["data"][0]["x"]) == i + 1  # each trial drawn as its event arrives
+    points, front, pick = plots.figures()["auto"].data
+    assert list(points.y) == [0.1, 0.9, 0.3] and points.x[1] == pytest.approx(20_000 / 1024)
+    assert list(points.marker.symbol) == ["circle", "circle-open", "circle"]  # outside the budget: hollow
+    assert list(pick.x) == []
+    plots.set_auto_pick(2, [1, 2])
+    plots.flush()
+    points, front, pick = plots.figures()["auto"].data
+    assert list(pick.x) == [points.x[2]] and list(pick.y) == [0.3]
+    assert sorted(front.x) == sorted([points.x[1], points.x[2]])
+    assert "<b>" not in plots.figures()["auto"].layout.title.text  # user text never markup
+    plots.start_auto("latency", "")
+    plots.add_trial({"drop": 0.2, "size_bytes": 1, "latency_ms": 3.5, "ok": 1.0})
+    plots.flush()
+    fig = plots.figures()["auto"]
+    assert list(fig.data[0].x) == [3.5] and "latency" in fig.layout.xaxis.title.text
+
+
 def test_sweeps_of_different_settings_keep_their_own_axes():
     fig = filled(live=False).figures()["sweep"]
     bits, sparsity = fig.data
