@@ -110,13 +110,10 @@ def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test
 def autotune_problem(auto) -> tuple[str | None, set[str]]:
     """Why ``slimkit.autotune`` would refuse the auto tab's methods (its own check, asked before
     anything runs; the rest it checks when it starts), and the controls to outline."""
-    from slimkit.tuning import api
+    from slimkit.tuning import check_methods
 
-    check = getattr(api, "_check_methods", None)  # private: absent after a refactor, autotune says it at start
-    if check is None:
-        return None, set()
     try:
-        check(auto.methods, auto.objective, "train" if auto.epochs else None)
+        check_methods(auto.methods, auto.objective, "train" if auto.epochs else None)
     except slimkit.SlimkitError as e:
         names = {"methods": {f"auto_{m}" for m in ("quantize", "prune", "sparsify", "structured", "distill")},
                  "train": {"auto_epochs"}}.get(getattr(e, "name", ""), set())

@@ -45,7 +45,7 @@ from ..quant.plan import TARGET_TYPES
 from ..report import Result
 from . import search
 from .build import BASE, CAN, Option, build, size
-from .checks import METHODS, OBJECTIVES, _check_methods, _check_options
+from .checks import METHODS, OBJECTIVES, check_methods, _check_options
 from .records import Records, fingerprint, key
 from .report import autotune_report
 from .starts import Starts
@@ -94,7 +94,7 @@ class _Job(Starts):
         if objective not in OBJECTIVES:
             raise InvalidParameterError("objective", objective, "'size' or 'latency'")
         self.objective = objective
-        self.methods = _check_methods(methods, objective, train)
+        self.methods = check_methods(methods, objective, train)
         self.grid = _check_options(options, objective)
         self.dev = resolve_device(device)
         if backend != "eager" and not callable(backend):

@@ -12,7 +12,9 @@ GRID = {
 }
 
 
-def _check_methods(methods, objective: str, train) -> frozenset[str]:
+def check_methods(methods, objective: str, train) -> frozenset[str]:
+    """The methods autotune will use, or a slimkit error saying why ``methods`` cannot be searched
+    (unknown names, an empty set, distill without a pruning method or without ``train``)."""
     if isinstance(methods, str):
         methods = (methods,)
     if not hasattr(methods, "__iter__") or isinstance(methods, (bytes, dict)):

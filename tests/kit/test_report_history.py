@@ -62,8 +62,15 @@ def test_verbs_refuse_a_compressed_model_naming_the_layer(mlp, digits):
     verbs = {"prune": lambda m: slimkit.prune(m, 0.5), "quantize": lambda m: slimkit.quantize(m, bits=8),
              "sparsify": lambda m: slimkit.sparsify(m, sparsity=0.5),
              "distill": lambda m: slimkit.distill(mlp, m, digits.train, epochs=1)}
+    composes = {("quantize-affine", "sparsify"), ("sparsify", "quantize")}  # sparse integer weights (issue 12 §1)
     for first, model in _compressed(mlp).items():
         for verb, call in verbs.items():
+            if (first, verb) in composes:
+                continue
+            if (first, verb) == ("quantize", "sparsify"):  # a codebook built without zeros has no 0 centroid
+                with pytest.raises(InvalidParameterError, match=r"'net\.1'.*0 centroid.*sparsify or prune the float"):
+                    call(model)
+                continue
             with pytest.raises(InvalidParameterError, match=rf"{verb} cannot follow .*'net\.1'") as e:
                 call(model)
             assert ("sparse" if first == "sparsify" else "quantized") in str(e.value)
