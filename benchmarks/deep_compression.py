@@ -8,7 +8,7 @@ Every size is a real artifact's bytes (``slimkit.size``, what ``slimkit.save`` w
 scales/codebooks, masks and metadata counted); ratios are fp32 artifact bytes / stage bytes.
 The quantization stage is codebook quantization with trained centroids where this slimkit has
 ``quantize(method="codebook")``, else affine per-channel int (the table says which).
-Issue 12's target: the CNN >= 40x smaller at <= 0.5 pt accuracy drop.
+Issue 12's target: the CNN >= 40x smaller at <= 0.5 pt accuracy drop; the MLP within the same 0.5 pt.
 """
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ from slimkit.tuning.build import CAN
 from slimkit.zoo.models import pretrained_digits
 
 TARGET_RATIO, TARGET_DROP = 40.0, 0.5
-RECIPES = {  # arch: (global sparsity, bits); chosen on the training split's needs, not on the test set
-    "cnn": (0.95, 4),
-    "mlp": (0.9, 4),
+RECIPES = {  # arch: (global sparsity, bits, pruning steps = epochs per step, layers left dense)
+    "cnn": (0.95, 4, 3, ()),
+    # MLP: 90% global pruning of all three layers cost 1.1 pt; the 128x10 output layer (1,280
+    # weights, 2.5% of the model) is where global magnitude ranking cuts too deep. Left dense, with
+    # 92% of the rest pruned in 5 steps of 5 epochs. Chosen on a validation split carved from the
+    # training set (80/20, stratified, seed 1): the largest ratio among 85/88/90/92% whose val drop
+    # was <= 0.5 pt (0.37 pt; 90% with the output layer pruned: 2.2 pt), never on the test set.
+    "mlp": (0.92, 4, 5, ("net.5",)),
 }
 
 
@@ -32,17 +37,22 @@ def _acc(model, test) -> float:
     return 100.0 * slimkit.evaluate(model, test)["accuracy"]
 
 
+def _dense_note(dense) -> str:
+    return f" ({', '.join(dense)} left dense)" if dense else ""
+
+
 def stages(arch: str, digits, quick: bool) -> list[dict]:
-    sparsity, bits = RECIPES[arch]
-    steps, epochs = (1, 1) if quick else (3, 3)
+    sparsity, bits, steps, dense = RECIPES[arch]
+    steps, epochs = (1, 1) if quick else (steps, steps)
     model = pretrained_digits(arch, seed=0)
     test, train = digits.test, digits.train
     rows = [{"stage": "fp32", "bytes": slimkit.size(model), "accuracy": _acc(model, test), "note": ""}]
     pruned, _ = slimkit.prune(model, sparsity, scope="global", steps=steps, seed=0,
-                              finetune={"data": train, "epochs": epochs})
+                              finetune={"data": train, "epochs": epochs}, exclude=list(dense) or None)
     stored, _ = slimkit.sparsify(pruned, format="auto")
     rows.append({"stage": "pruned", "bytes": slimkit.size(stored), "accuracy": _acc(stored, test),
-                 "note": f"{sparsity:.0%} global magnitude, {steps} steps + fine-tune, stored sparse (auto format)"})
+                 "note": f"{sparsity:.0%} global magnitude{_dense_note(dense)}, {steps} steps x {epochs} epochs "
+                         "fine-tune, stored sparse (auto format)"})
     if CAN["codebook"]:
         q, _ = slimkit.quantize(pruned, bits=bits, method="codebook", finetune={"data": train, "epochs": epochs})
         how = f"codebook {2 ** bits} shared values per layer, centroids trained"
@@ -73,12 +83,12 @@ def main() -> int:
         for r in rows:
             print(f"| {r['stage']} | {r['bytes']:,} | {r['ratio']:.1f}x | {r['accuracy']:.2f}% | {r['drop']:+.2f} | "
                   f"{r['note']} |")
-        if arch == "cnn":
-            final = rows[-1]
-            met = final["ratio"] >= TARGET_RATIO and final["drop"] <= TARGET_DROP
-            ok &= met
-            print(f"\nTARGET CNN >= {TARGET_RATIO:.0f}x at <= {TARGET_DROP} pt drop: "
-                  f"{final['ratio']:.1f}x at {final['drop']:+.2f} pt -> {'met' if met else 'NOT met'}")
+        final = rows[-1]
+        ratio = TARGET_RATIO if arch == "cnn" else 1.0  # the MLP's budget is the accuracy drop alone
+        met = final["ratio"] >= ratio and final["drop"] <= TARGET_DROP
+        ok &= met
+        print(f"\nTARGET {arch.upper()} {f'>= {ratio:.0f}x ' if arch == 'cnn' else ''}at <= {TARGET_DROP} pt drop: "
+              f"{final['ratio']:.1f}x at {final['drop']:+.2f} pt -> {'met' if met else 'NOT met'}")
     print(f"\nwall {time.perf_counter() - t0:.0f} s; load average at end: {os.getloadavg()}")
     return 0 if ok or args.quick else 1
 
