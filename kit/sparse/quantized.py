@@ -190,26 +190,31 @@ class SparseIntWeight:
     def codes(self) -> torch.Tensor:
         """The dense codes in the weight's shape (cached: rebuilt after a move or a load)."""
         if self._dense is None:
-            zero = zero_codes(self)
-            codes = torch.zeros(self.shape, dtype=torch.uint8 if isinstance(self, CodebookWeight) else torch.int8,
-                                device=self.values.device)
-            codes[...] = zero.to(codes.device)
-            if isinstance(self, CodebookWeight):
-                stored = unpack_bits(self.values, self.bits, self.nnz)
-            elif storage_bits(self.bits) == 8:
-                stored = self.values
-            else:
-                stored = unpack(self.values, self.bits, (self.nnz,))
-            codes.view(-1)[self._nonzero()] = stored
-            self._dense = codes
+            with torch.inference_mode(False):  # a cache built under inference mode would break later autograd calls
+                self._dense = self._rebuild()
         return self._dense
+
+    def _rebuild(self) -> torch.Tensor:
+        zero = zero_codes(self)
+        codes = torch.zeros(self.shape, dtype=torch.uint8 if isinstance(self, CodebookWeight) else torch.int8,
+                            device=self.values.device)
+        codes[...] = zero.to(codes.device)
+        if isinstance(self, CodebookWeight):
+            stored = unpack_bits(self.values, self.bits, self.nnz)
+        elif storage_bits(self.bits) == 8:
+            stored = self.values
+        else:
+            stored = unpack(self.values, self.bits, (self.nnz,))
+        codes.view(-1)[self._nonzero()] = stored
+        return codes
 
     @property
     def qweight(self) -> torch.Tensor:
         """The quantized layer's dense buffer (int8, or packed bytes for int4/int2), rebuilt once."""
         if self._packed is None or self._packed[0] is not self.codes():
             codes = self.codes()
-            self._packed = (codes, codes if storage_bits(self.bits) == 8 else pack(codes, self.bits))
+            with torch.inference_mode(False):
+                self._packed = (codes, codes if storage_bits(self.bits) == 8 else pack(codes, self.bits))
         return self._packed[1]
 
     _packed = None

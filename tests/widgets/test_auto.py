@@ -88,15 +88,23 @@ def test_pipeline_runs_prune_then_codebook_and_shows_the_history(make_panel, mlp
     assert histories == {"prune 80% magnitude → quantize codebook 4-bit"}
 
 
-def test_a_chain_the_library_refuses_shows_its_error_and_keeps_the_finished_step(make_panel, mlp):
+def test_quantize_then_sparsify_runs_as_one_pipeline(make_panel, mlp):
     panel = make_panel(live=False, model=mlp)
     panel.set("pipeline", pipeline=("quantize", "sparsify"), bits=8)
-    try:
-        run = panel.run()
-    except InvalidParameterError as e:  # today: sparsify takes float layers only, and says so
-        assert "sparsify cannot follow" in str(e) and "sparsify cannot follow" in panel.errors.value
-        kept = panel.results[-1]
-        assert kept.label.startswith("quantize") and kept.status.startswith("failed: sparsify refused after quantize")
-        assert panel.model is kept.model
-    else:  # once sparse integer storage lands, the chain runs
-        assert run.method == "quantize+sparsify"
+    run = panel.run()
+    assert run.method == "quantize+sparsify" and run.status == "done"
+    histories = {r["history"] for r in run.layer_rows() if r["step"] == "sparsify" and r["history"]}
+    assert histories and all("quantize" in h and "sparsify" in h for h in histories)
+
+
+def test_a_chain_the_library_refuses_shows_its_error_and_keeps_the_finished_step(make_panel, mlp):
+    """2:4 storage of integer codes is refused by the library (not by the panel): the error is shown
+    and the quantized model of the finished step is kept."""
+    panel = make_panel(live=False, model=mlp)
+    panel.set("pipeline", pipeline=("quantize", "sparsify"), bits=8, format="2:4", sparsify_sparsity=0.5)
+    with pytest.raises(InvalidParameterError) as e:
+        panel.run()
+    assert "2:4" in str(e.value) and "2:4" in panel.errors.value
+    kept = panel.results[-1]
+    assert kept.label.startswith("quantize") and kept.status.startswith("failed: sparsify refused after quantize")
+    assert panel.model is kept.model

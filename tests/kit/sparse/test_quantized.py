@@ -216,3 +216,15 @@ def test_codebook_report_lists_no_affine_settings(mlp):
     report = slimkit.quantize(mlp, bits=4, method="codebook").report
     assert not {"scheme", "granularity", "group_size"} & set(report.params)
     assert {"scheme", "granularity"} <= set(slimkit.quantize(mlp, bits=8).report.params)
+
+
+def test_a_sparse_integer_model_first_run_under_inference_mode_still_runs_outside_it(mlp, digits):
+    """The dense integer buffer is rebuilt on first use: built under torch.inference_mode() (as
+    slimkit.evaluate runs), it must not poison later ordinary calls (the panel measures, then trains)."""
+    q = slimkit.quantize(mlp, bits=8).model
+    s = slimkit.sparsify(q, sparsity=0.7, format="bitmask").model
+    x = digits.test.X[:16]
+    with torch.inference_mode():
+        first = s(x)
+    again = s(x)
+    assert torch.equal(first, again) and not again.is_inference()
