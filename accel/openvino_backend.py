@@ -10,6 +10,11 @@ float weights fp32 (not OpenVINO's default fp16 compression) and int8 weights in
 activations and sets the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: OpenVINO then quantizes
 activations itself (its numbers, not slimkit's per-token ones); None (default) runs slimkit's exact
 per-token arithmetic and sets the hint to 0 (off), so the graph is what slimkit wrote.
+
+Static (calibrated) int8 layers with full-range 8-bit weights are refused on CPUs without VNNI:
+OpenVINO runs their QDQ pattern as u8 x s8 with ``vpmaddubsw``, whose int16 pair sums saturate
+(measured: one static Linear off by 31% of its output range on a Zen 3). Weights quantized to 7
+bits (``slimkit.quantize(..., bits=7, activations=data)``, NNCF's "overflow fix") run exactly.
 """
 from __future__ import annotations
 
@@ -57,6 +62,23 @@ def _type_name(t) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
 
 
+def _check_saturation(model) -> None:
+    """BackendError naming static 8-bit int8 layers when this CPU lacks VNNI (see the module notes)."""
+    from slimkit.hardware import fingerprint
+    from slimkit.quant.layers import QuantLinear
+
+    if any("vnni" in f for f in fingerprint().get("cpu_flags", [])):
+        return
+    bad = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel
+           and m.act == "static" and m.bits == 8]
+    if bad:
+        raise BackendError(
+            f"backend 'openvino' would compute wrong numbers for {len(bad)} static int8 layers ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): this CPU has no VNNI, and OpenVINO's u8 x s8 kernel saturates on "
+            "full-range 8-bit weights. Quantize with bits=7 (slimkit.quantize(model, bits=7, activations=data)), "
+            "or leave activations dynamic")
+
+
 @register_backend
 class OpenVinoBackend(Backend):
     name = "openvino"
@@ -88,6 +110,7 @@ class OpenVinoBackend(Backend):
             raise InvalidParameterError("dynamic_quantization", dq, "None or a group size (positive int; "
                                         "large, e.g. 2**20, means one scale per token)")
         activations = "exact" if dq is None else "runtime"
+        _check_saturation(model)
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         setup: dict[str, float] = {}
         info: dict[str, Any] = {}
