@@ -44,9 +44,8 @@ import torch.nn as nn
 
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 from slimkit.exporter.lower import ExportError, lower
-from slimkit.exporter.onnx import ORT_SESSION_CONFIG
+from slimkit.exporter.onnx import ORT_SESSION_CONFIG, write_onnx
 from slimkit.exporter.onnx import forward_names as _forward_names
-from slimkit.exporter.onnx import write_onnx
 from slimkit.quant.layers import QWeight
 
 from . import inputs as _inputs

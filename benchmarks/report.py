@@ -53,8 +53,8 @@ def minilm_section(r: dict[str, Any]) -> str:
                     + f"; assumption: {r.get('limit_note', '?')}).")
     ov = r.get("verdict_openvino", {})
     if ov:
-        out += ["", "**Target (issue 13): slimkit's best int8 row (any backend running slimkit's recipe, mean cosine "
-                ">= 0.998, >= 3.5x smaller) at least as fast as OpenVINO int8 + NNCF.**", ""]
+        out += ["", ("**Target (issue 13): slimkit's best int8 row (any backend running slimkit's recipe, mean cosine "
+                     ">= 0.998, >= 3.5x smaller) at least as fast as OpenVINO int8 + NNCF.**"), ""]
         if "note" in ov:
             out.append(f"- {ov['note']}")
         for shape, res in ov.items():

@@ -16,7 +16,6 @@ from torch import nn
 
 from .. import inputs as _inputs
 
-
 # ONNX Runtime session settings for slimkit's QDQ graphs. Its DQMatMulToMatMulNBits fusion turns
 # DequantizeLinear(int8 weight) + MatMul into MatMulNBits, whose default accuracy level (4) quantizes
 # the activations to int8 *again* (per block): measured on MiniLM, mean cosine 0.99755 instead of
