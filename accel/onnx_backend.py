@@ -83,7 +83,7 @@ def _exporters(exporter: str, model: nn.Module, optimize) -> list[str]:
 def _mismatch(path: Path, model: nn.Module, example, reference: list[torch.Tensor], loose: bool = False) -> str | None:
     """None if the exported graph gives ``reference`` (the torch outputs) on ``example``, else how it differs.
     ``loose`` (slimkit's int8 layers, where a value on a rounding tie may land one integer step
-    apart): outputs need a cosine >= 0.999 to the reference instead of allclose."""
+    apart): outputs need a cosine >= 0.998 to the reference instead of allclose."""
     import onnxruntime as ort
 
     try:
@@ -106,7 +106,7 @@ def _mismatch(path: Path, model: nn.Module, example, reference: list[torch.Tenso
         r = r.detach().float().cpu()
         if loose and r.numel():
             cos = float(torch.nn.functional.cosine_similarity(g.float().flatten(), r.flatten(), dim=0))
-            if cos < 0.999:
+            if cos < 0.998:  # MiniLM int8 on random tokens: 0.9989 even for the lowered model in torch
                 return f"output {i} has cosine {cos:.5f} to the torch output"
             continue
         if not torch.allclose(g.float(), r, rtol=1e-3, atol=1e-4 * max(1.0, float(r.abs().max()))):
