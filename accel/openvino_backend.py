@@ -5,6 +5,16 @@ Recorded, because it changes the numbers: OpenVINO's CPU plugin computes float p
 default on CPUs with AVX-512 BF16 (``precision=None`` keeps its default; "f32" or "bf16" set
 ``INFERENCE_PRECISION_HINT``); ``info["precision"]`` is what the compiled model reports. The IR keeps
 float weights fp32 (not OpenVINO's default fp16 compression) and int8 weights int8.
+
+``dynamic_quantization=N`` (a group size) exports slimkit's int8 Linear layers with float
+activations and sets the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: OpenVINO then quantizes
+activations itself (its numbers, not slimkit's per-token ones); None (default) runs slimkit's exact
+per-token arithmetic and sets the hint to 0 (off), so the graph is what slimkit wrote.
+
+Static (calibrated) int8 layers with full-range 8-bit weights are refused on CPUs without VNNI:
+OpenVINO runs their QDQ pattern as u8 x s8 with ``vpmaddubsw``, whose int16 pair sums saturate
+(measured: one static Linear off by 31% of its output range on a Zen 3). Weights quantized to 7
+bits (``slimkit.quantize(..., bits=7, activations=data)``, NNCF's "overflow fix") run exactly.
 """
 from __future__ import annotations
 
@@ -22,38 +32,51 @@ import torch
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError
 from slimkit.exporter import export
 from slimkit.exporter.lower import ExportError
-from slimkit.exporter.onnx import feed as _feed
 from slimkit.exporter.onnx import forward_names
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
 from .prepared_cache import load_or_build
+from .runtime_call import RuntimeCall, check_threads
 
 PRECISIONS = (None, "f32", "bf16")
 
 
-class _Compiled:
+class _Compiled(RuntimeCall):
     """Calls a compiled OpenVINO model like the torch model: tensors in, the model's output structure out."""
 
+    runtime = "OpenVINO"
+
     def __init__(self, compiled, positional: list[str], out_spec):
-        self.compiled, self.positional, self.out_spec = compiled, positional, out_spec
+        super().__init__(positional, out_spec)
+        self.compiled = compiled
         self.input_names = [p.get_any_name() for p in compiled.inputs]
         self.request = compiled.create_infer_request()
 
-    def __call__(self, *args, **kwargs):
-        given = _feed(self.input_names, self.positional, args, kwargs)
-        missing = [n for n in self.input_names if not isinstance(given.get(n), torch.Tensor)]
-        if missing:
-            raise BackendError(f"the OpenVINO model needs inputs {missing}; got {sorted(given)}")
-        res = self.request.infer({n: given[n].detach().cpu().contiguous().numpy() for n in self.input_names})
-        outs = [torch.from_numpy(res[o].copy()) for o in self.compiled.outputs]
-        if self.out_spec is not None:
-            return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
-        return outs[0] if len(outs) == 1 else tuple(outs)
+    def _run(self, feed: dict) -> list:
+        res = self.request.infer(feed)
+        return [res[o].copy() for o in self.compiled.outputs]
 
 
 def _type_name(t) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+
+
+def _check_saturation(model) -> None:
+    """BackendError naming static 8-bit int8 layers when this CPU lacks VNNI (see the module notes)."""
+    from slimkit.hardware import fingerprint
+    from slimkit.quant.layers import QuantLinear
+
+    if any("vnni" in f for f in fingerprint().get("cpu_flags", [])):
+        return
+    bad = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel
+           and m.act == "static" and m.bits == 8]
+    if bad:
+        raise BackendError(
+            f"backend 'openvino' would compute wrong numbers for {len(bad)} static int8 layers ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): this CPU has no VNNI, and OpenVINO's u8 x s8 kernel saturates on "
+            "full-range 8-bit weights. Quantize with bits=7 (slimkit.quantize(model, bits=7, activations=data)), "
+            "or leave activations dynamic")
 
 
 @register_backend
@@ -63,7 +86,7 @@ class OpenVinoBackend(Backend):
                    "OpenVINO's CPU plugin; precision=None keeps its default (bf16 where the CPU has AVX-512 BF16)")
     device_types = ("cpu",)
     options = {"precision": None, "threads": None, "dequantize": False, "workdir": None, "prepared_cache": None,
-               "hint": "LATENCY"}
+               "hint": "LATENCY", "dynamic_quantization": None}
 
     def check(self, device):
         super().check(device)
@@ -74,15 +97,20 @@ class OpenVinoBackend(Backend):
                                          "pip install 'slimkit[openvino]'") from e
 
     def build(self, model, example_inputs, device, *, precision=None, threads=None, dequantize=False,
-              workdir=None, prepared_cache=None, hint="LATENCY"):
+              workdir=None, prepared_cache=None, hint="LATENCY", dynamic_quantization=None):
         import openvino as ov
 
         if precision not in PRECISIONS:
             raise InvalidParameterError("precision", precision, "None (OpenVINO's default), 'f32' or 'bf16'")
         if hint not in ("LATENCY", "THROUGHPUT"):
             raise InvalidParameterError("hint", hint, "'LATENCY' or 'THROUGHPUT' (OpenVINO's PERFORMANCE_HINT)")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise InvalidParameterError("threads", threads, "None (torch's thread count) or a positive int")
+        check_threads(threads)
+        dq = dynamic_quantization
+        if dq is not None and (isinstance(dq, bool) or not isinstance(dq, int) or dq < 1):
+            raise InvalidParameterError("dynamic_quantization", dq, "None or a group size (positive int; "
+                                        "large, e.g. 2**20, means one scale per token)")
+        activations = "exact" if dq is None else "runtime"
+        _check_saturation(model)
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         setup: dict[str, float] = {}
         info: dict[str, Any] = {}
@@ -94,23 +122,28 @@ class OpenVinoBackend(Backend):
         def make(out: Path) -> None:
             t0 = time.perf_counter()
             try:
-                ex = export(model, example_inputs, out / "model.xml", format="openvino", dequantize=dequantize)
+                ex = export(model, example_inputs, out / "model.xml", format="openvino", dequantize=dequantize,
+                            activations=activations)
             except ExportError as e:
                 raise BackendError(f"backend {self.name!r} cannot run {type(model).__name__}: {e}") from e
             setup["export"] = time.perf_counter() - t0
             info.update(slimkit_layers=ex.layers, export_max_abs_diff=ex.max_abs_diff)
 
-            (out / "info.json").write_text(json.dumps({"slimkit_layers": ex.layers}))
+            # a prepared-cache hit reads this back: the same details as a fresh build
+            (out / "info.json").write_text(json.dumps({"slimkit_layers": ex.layers,
+                                                       "export_max_abs_diff": ex.max_abs_diff}))
 
         if prepared_cache is not None:
-            folder = load_or_build(prepared_cache, model, example_inputs, self.name, {"dequantize": dequantize},
+            folder = load_or_build(prepared_cache, model, example_inputs, self.name,
+                                   {"dequantize": dequantize, "activations": activations},
                                    device, make, info, setup)
         else:
             folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="slimkit-ov-"))
             folder.mkdir(parents=True, exist_ok=True)
             make(folder)
         xml = folder / "model.xml"
-        config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "DYNAMIC_QUANTIZATION_GROUP_SIZE": dq or 0}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
         t0 = time.perf_counter()
@@ -127,4 +160,5 @@ class OpenVinoBackend(Backend):
         if workdir is None and prepared_cache is None:
             weakref.finalize(fn, shutil.rmtree, str(folder), True)
         return Prepared(fn, self.name, device, {"precision": precision, "threads": config["INFERENCE_NUM_THREADS"],
-                                                "dequantize": dequantize, "hint": hint}, setup, size, info)
+                                                "dequantize": dequantize, "hint": hint, "dynamic_quantization": dq},
+                        setup, size, info)

@@ -93,8 +93,23 @@ def first_call_seconds(prepared, inputs) -> float:
 
 # --- peers that quantize on their own -----------------------------------------------------------
 
-# The physical limit on the 2-core dev machine: MiniLM's int8 GEMMs at 64 MAC/cycle/core (issue 13).
+# The physical limit on 2 cores: MiniLM's int8 GEMMs at 64 int8 MAC/cycle/core (AVX-512 VNNI, issue 13).
 LIMIT_MS = {"1x128": 3.5, "32x128": 115.0}
+# Without VNNI (AVX2 only, e.g. Zen 3): vpmaddubsw + vpmaddwd on 256-bit registers, 2 ports, about
+# 32 int8 MAC/cycle/core: half of VNNI's rate, so about twice the time. An assumption, not a measurement.
+LIMIT_MS_AVX2 = {k: 2 * v for k, v in LIMIT_MS.items()}
+
+
+def cpu_limit() -> tuple[dict[str, float], str]:
+    """The int8 GEMM limit for this CPU and the assumption behind it (for the table text)."""
+    from slimkit.hardware import fingerprint
+
+    flags = fingerprint().get("cpu_flags", [])
+    cap = torch.backends.cpu.get_cpu_capability()
+    if any("vnni" in f for f in flags):
+        return LIMIT_MS, f"{cap} with VNNI: 64 int8 MAC/cycle/core (vpdpbusd), 2 cores"
+    return LIMIT_MS_AVX2, (f"{cap} without VNNI: ~32 int8 MAC/cycle/core (vpmaddubsw + vpmaddwd), 2 cores: "
+                           "2x the VNNI limit")
 
 
 def calibration_batches(n: int = 8, batch: int = 8, seq: int = 128) -> list[dict[str, torch.Tensor]]:

@@ -23,7 +23,7 @@ def _setup(d: dict[str, float]) -> str:
 def minilm_section(r: dict[str, Any]) -> str:
     shapes = r["shapes"]
     header = ["row"] + [f"{s} median ms (p90)" for s in shapes] + [f"x fp32 @{s}" for s in shapes] + [
-        "MiB", "x smaller", "mean cos", "min cos", "top-1", "one-time costs"]
+        f"x limit @{s}" for s in shapes] + ["MiB", "x smaller", "mean cos", "min cos", "top-1", "one-time costs"]
     rows = []
     for name, row in r["rows"].items():
         if "error" in row:
@@ -34,6 +34,7 @@ def minilm_section(r: dict[str, Any]) -> str:
         rows.append([name]
                     + [f"{_ms(lat[s]['median_ms'])} ({_ms(lat[s]['p90_ms'])})" for s in shapes]
                     + [f"{lat[s]['speedup']:.2f}x" for s in shapes]
+                    + [f"{lat[s]['x_limit']:.1f}x" if "x_limit" in lat.get(s, {}) else "-" for s in shapes]
                     + [_mib(row.get("size_bytes")) + ("*" if row.get("size_note") else ""),
                        f"{row['size_ratio']:.2f}x" if row.get("size_ratio") else "-",
                        f"{f.get('mean_cosine', float('nan')):.5f}", f"{f.get('min_cosine', float('nan')):.4f}",
@@ -46,6 +47,25 @@ def minilm_section(r: dict[str, Any]) -> str:
            "Size: the deployable artifact (`slimkit.size` / the ONNX file); * = in-memory tensor bytes or "
            "derived. Fidelity: each row computes the embeddings of the bundled sentences itself, at 32 x 128 "
            "(mean/min cosine to fp32, top-1 retrieval agreement)."]
+    if r.get("limit_ms"):
+        out[-1] += (" `x limit` = the row's median / the physical limit of MiniLM's int8 GEMMs on this CPU ("
+                    + ", ".join(f"{k}: {v:.1f} ms" for k, v in r["limit_ms"].items())
+                    + f"; assumption: {r.get('limit_note', '?')}).")
+    ov = r.get("verdict_openvino", {})
+    if ov:
+        out += ["", ("**Target (issue 13): slimkit's best int8 row (any backend running slimkit's recipe, mean cosine "
+                     ">= 0.998, >= 3.5x smaller) at least as fast as OpenVINO int8 + NNCF.**"), ""]
+        if "note" in ov:
+            out.append(f"- {ov['note']}")
+        for shape, res in ov.items():
+            if not isinstance(res, dict):
+                continue
+            if res.get("slimkit_row") is None:
+                out.append(f"- {shape}: NOT MET: {res['note']} (fastest slimkit int8 row: {res.get('fastest_any')}).")
+                continue
+            out.append(f"- {shape}: **{res['slimkit_row']}** (mean cos {res['slimkit_mean_cos']:.5f}) vs OpenVINO "
+                       f"int8 + NNCF (mean cos {res['openvino_mean_cos'] or float('nan'):.5f}): OpenVINO/slimkit "
+                       f"latency {res['openvino_over_slimkit']:.2f}x: {'MET' if res['met'] else 'NOT MET'}.")
     v = r.get("verdict", {})
     if v and "note" not in v:
         out += ["", "**Target (issue 3): slimkit's best CPU int8 row Pareto-dominates every ONNX Runtime int8 row.**", ""]
@@ -130,7 +150,11 @@ def render(results: dict[str, Any]) -> str:
              "(a shared machine inflates absolute times; ratios are measured side by side).", ""]
     sec = results["sections"]
     if "minilm" in sec:
-        parts += ["## 1. MiniLM (all-MiniLM-L6-v2) on the CPU", "", minilm_section(sec["minilm"]), ""]
+        cap = sec["minilm"].get("cpu_capability")
+        parts += ["## 1. MiniLM (all-MiniLM-L6-v2) on the CPU", "",
+                  f"CPU path: torch capability **{cap}**; "
+                  f"{'VNNI' if any('vnni' in f for f in results['fingerprint'].get('cpu_flags', [])) else 'no VNNI'} "
+                  "(int8 kernels and the limit column depend on it).", "", minilm_section(sec["minilm"]), ""]
     if "digits" in sec:
         parts += ["## 2. Digits CNN", "", digits_section(sec["digits"]), ""]
     if "scaling" in sec:

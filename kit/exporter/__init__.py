@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import inputs as _inputs
 from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_module
-from .lower import ExportError, lower
+from .lower import ACTIVATIONS, ExportError, lower
 from .onnx import write_onnx
 
 FORMATS = ("onnx", "openvino")
@@ -64,7 +64,8 @@ def _target(path, fmt: str) -> Path:
 
 
 def export(model: nn.Module, example_inputs: _inputs.ModelInputs, path: str | os.PathLike, format: str = "onnx",
-           dequantize: bool = False, *, opset: int | None = None, dynamic: bool = True) -> Exported:
+           dequantize: bool = False, *, opset: int | None = None, dynamic: bool = True,
+           activations: str = "exact") -> Exported:
     """Write ``model`` to ``path`` (``.onnx`` for format="onnx", ``.xml`` + ``.bin`` for "openvino").
 
     ``example_inputs`` follow :mod:`slimkit.inputs` (a tensor, a tuple, a dict of tokenized text, or
@@ -72,18 +73,21 @@ def export(model: nn.Module, example_inputs: _inputs.ModelInputs, path: str | os
     layers keep their integers and scales (see :mod:`slimkit.exporter.lower`); layers whose
     integers are only simulated or packed (int4/int2, per-group) raise :class:`ExportError`
     naming them unless ``dequantize=True`` (then they are exported as float weights). The input
-    model is not changed; nothing is written when a check fails.
+    model is not changed; nothing is written when a check fails. ``activations="runtime"`` leaves
+    slimkit's dynamic (per-token) activation quantization out, for a runtime that quantizes
+    activations itself (OpenVINO's dynamic quantization); "exact" (default) writes it out.
     """
     check_module("model", model)
     example_inputs = _inputs.check_inputs(example_inputs)
     check_choice("format", format, FORMATS)
     if not isinstance(dequantize, bool):
         raise InvalidTypeError("dequantize", dequantize, "True or False")
+    check_choice("activations", activations, ACTIVATIONS)
     target = _target(path, format)
     _require("onnxscript", "accel")  # the dynamo exporter needs it
     ov = _require("openvino", "openvino") if format == "openvino" else None
     t0 = time.perf_counter()
-    lowered, how = lower(model, dequantize)
+    lowered, how = lower(model, dequantize, activations)
     with torch.inference_mode():
         reference = _inputs.call(_eval_copy(model) if model.training else model, example_inputs)
     work = Path(tempfile.mkdtemp(prefix="slimkit-export-"))
@@ -150,8 +154,11 @@ def _onnx_diff(path: Path, model: nn.Module, example, reference) -> float | None
         import onnxruntime as ort
     except ImportError:
         return None
+    from .onnx import ORT_SESSION_CONFIG
+
     so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for k, v in ORT_SESSION_CONFIG.items():
+        so.add_session_config_entry(k, v)
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     outs = session.run(None, _feed([i.get_any_name() if hasattr(i, "get_any_name") else i.name
                                     for i in session.get_inputs()], model, example))

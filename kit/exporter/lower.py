@@ -11,6 +11,10 @@ Each slimkit layer becomes what ONNX can say about it, with slimkit's own intege
   as arithmetic (min/max per row, scale, round, clip: the exact numbers slimkit uses). ONNX's
   QuantizeLinear takes one scale per tensor or per axis of a *constant* layout, and runtimes do not
   fuse a run-time per-row scale, so this part runs in float; the weights stay int8 on disk;
+- ``activations="runtime"`` leaves dynamic activations float (``MatMul`` on the DQ'd int8 weight):
+  the runtime may quantize them itself (OpenVINO's CPU plugin treats int8 weights + DequantizeLinear
+  as compressed weights and, with ``DYNAMIC_QUANTIZATION_GROUP_SIZE``, quantizes activations per
+  group at run time). Then the numbers are the runtime's, not slimkit's;
 - :class:`~slimkit.quant.fakequant.FakeQuantInput` (simulated in torch) -> a real Q/DQ pair;
 - sparse layers (CSR/bitmask) -> their dense weight (pruned / shrunk models are dense graphs);
 - packed int4/int2 weights and per-group scales have no standard ONNX/OpenVINO form here: an
@@ -91,9 +95,10 @@ class QDQLinear(nn.Module):
     The weight is stored transposed (in, out), DQ per column, so it feeds ``MatMul`` directly (the
     layout ONNX Runtime's QDQ fusion and OpenVINO's weight decompression match)."""
 
-    def __init__(self, q: QuantLinear):
+    def __init__(self, q: QuantLinear, activations: str = "exact"):
         super().__init__()
         self.bits, self.scheme, self.granularity = q.bits, q.scheme, q.granularity
+        self.float_act = activations == "runtime" and q.act == "dynamic"
         self.act, self.in_features, self.out_features, self.dtype = q.act, q.in_features, q.out_features, q.dtype
         self.register_buffer("qweight_t", q.qweight.t().contiguous())
         self.register_buffer("scale", q.scale.clone())
@@ -113,7 +118,7 @@ class QDQLinear(nn.Module):
         if self.act == "static":
             xq = qd.quantize_per_tensor(x, self.act_scale, self.act_zero_point, -128, 127, torch.int8)
             x = qd.dequantize_per_tensor(xq, self.act_scale, self.act_zero_point, -128, 127, torch.int8)
-        else:  # slimkit's per-token asymmetric int8 (QuantLinear.forward), quantized then dequantized
+        elif not self.float_act:  # slimkit's per-token asymmetric int8 (QuantLinear.forward), quantized then dequantized
             hi = x.amax(1, keepdim=True).clamp(min=0)
             lo = x.amin(1, keepdim=True).clamp(max=0)
             s = ((hi - lo) / 255).clamp(min=1e-12)
@@ -129,19 +134,25 @@ def _sparse_dense_method(self) -> torch.Tensor:
     return self._export_dense
 
 
-def lower(model: nn.Module, dequantize: bool = False) -> tuple[nn.Module, dict[str, str]]:
+ACTIVATIONS = ("exact", "runtime")
+
+
+def lower(model: nn.Module, dequantize: bool = False, activations: str = "exact") -> tuple[nn.Module, dict[str, str]]:
     """A copy of ``model`` written in exportable ops, and how each slimkit layer is expressed
     (by qualified name). Raises :class:`ExportError` naming every layer that has no form in the
-    target format unless ``dequantize`` (then those become float weights)."""
+    target format unless ``dequantize`` (then those become float weights). ``activations``:
+    "exact" writes slimkit's dynamic per-token quantization out, "runtime" leaves it to the runtime."""
     _qd()  # before the exporter builds its op registry, or it has no ONNX function for these ops
     model = copy.deepcopy(model).eval()
     how: dict[str, str] = {}
     refused: list[str] = []
     for name, m in list(model.named_modules()):
         if isinstance(m, QuantLinear) and m.integer_kernel:
-            _replace(model, name, QDQLinear(m))
+            layer = QDQLinear(m, activations)
+            _replace(model, name, layer)
             how[name] = ("int8 weights (DequantizeLinear, " + m.granularity + "), activations "
                          + ("QuantizeLinear/DequantizeLinear, calibrated static scale" if m.act == "static"
+                            else "float, quantized by the runtime if it does" if layer.float_act
                             else "per-token dynamic (exact arithmetic, float matmul)"))
         elif isinstance(m, QWeight):  # convs, embeddings, RNN matrices, Linear formats without int8 kernel
             if isinstance(m, QuantEmbedding) and m.granularity == "per_channel" and storage_bits(m.bits) == 8:
