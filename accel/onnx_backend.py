@@ -44,8 +44,8 @@ import torch.nn as nn
 
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 from slimkit.exporter.lower import ExportError, lower
-from slimkit.exporter.onnx import ORT_SESSION_CONFIG, write_onnx
 from slimkit.exporter.onnx import forward_names as _forward_names
+from slimkit.exporter.onnx import ort_session_options, write_onnx
 from slimkit.quant.layers import QWeight
 
 from . import inputs as _inputs
@@ -87,10 +87,8 @@ def _mismatch(path: Path, model: nn.Module, example, reference: list[torch.Tenso
     import onnxruntime as ort
 
     try:
-        quiet = ort.SessionOptions()
+        quiet = ort_session_options()
         quiet.log_severity_level = 4  # the failure is reported below, not logged in colour to stderr
-        for k, v in ORT_SESSION_CONFIG.items():
-            quiet.add_session_config_entry(k, v)
         session = ort.InferenceSession(str(path), quiet, providers=["CPUExecutionProvider"])
         fn = _Session(session, _forward_names(model) or [i.name for i in session.get_inputs()], None,
                       torch.device("cpu"))
@@ -208,12 +206,10 @@ class OnnxRuntimeBackend(Backend):
             make(folder)
         path = folder / "model.onnx"
 
-        so = ort.SessionOptions()
+        so = ort_session_options()  # no spinning; slimkit's int8 MatMuls computed as written
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.inter_op_num_threads = 1
-        for k, v in ORT_SESSION_CONFIG.items():  # no spinning; slimkit's int8 MatMuls computed as written
-            so.add_session_config_entry(k, v)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         t0 = time.perf_counter()
         try:

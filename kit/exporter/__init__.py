@@ -154,12 +154,9 @@ def _onnx_diff(path: Path, model: nn.Module, example, reference) -> float | None
         import onnxruntime as ort
     except ImportError:
         return None
-    from .onnx import ORT_SESSION_CONFIG
+    from .onnx import ort_session_options
 
-    so = ort.SessionOptions()
-    for k, v in ORT_SESSION_CONFIG.items():
-        so.add_session_config_entry(k, v)
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
     outs = session.run(None, _feed([i.get_any_name() if hasattr(i, "get_any_name") else i.name
                                     for i in session.get_inputs()], model, example))
     return _max_diff([torch.from_numpy(o) for o in outs], reference)

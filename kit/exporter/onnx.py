@@ -24,6 +24,16 @@ from .. import inputs as _inputs
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "session.intra_op.allow_spinning": "0"}
 
 
+def ort_session_options():
+    """``onnxruntime.SessionOptions`` with :data:`ORT_SESSION_CONFIG` applied (every slimkit session)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    for k, v in ORT_SESSION_CONFIG.items():
+        so.add_session_config_entry(k, v)
+    return so
+
+
 def forward_names(model: nn.Module) -> list[str]:
     """Names of ``model.forward``'s positional parameters (the ONNX input names)."""
     try:
