@@ -46,6 +46,7 @@ from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_
 from slimkit.exporter.lower import ExportError, lower
 from slimkit.exporter.onnx import forward_names as _forward_names
 from slimkit.exporter.onnx import ort_session_options, write_onnx
+from slimkit.quant.kernels import reference_arithmetic
 from slimkit.quant.layers import QWeight
 
 from . import inputs as _inputs
@@ -168,7 +169,7 @@ class OnnxRuntimeBackend(Backend):
         setup: dict[str, float] = {}
         info: dict[str, Any] = {"slimkit_layers": how} if how else {}
 
-        with torch.inference_mode():
+        with torch.inference_mode(), reference_arithmetic():  # what the export writes
             reference = _inputs.call(model, example_inputs)
         leaves, spec = torch.utils._pytree.tree_flatten(reference)
         tensor_leaves = [x for x in leaves if isinstance(x, torch.Tensor)]

@@ -32,13 +32,16 @@ def minilm_section(r: dict[str, Any]) -> str:
         lat = row["latency"]
         f = row.get("fidelity", {})
         rows.append([name]
-                    + [f"{_ms(lat[s]['median_ms'])} ({_ms(lat[s]['p90_ms'])})" for s in shapes]
+                    + [f"{_ms(lat[s]['median_ms'])} (one call)" if lat[s].get("timed_once") else
+                       f"{_ms(lat[s]['median_ms'])} ({_ms(lat[s]['p90_ms'])})" for s in shapes]
                     + [f"{lat[s]['speedup']:.2f}x" for s in shapes]
                     + [f"{lat[s]['x_limit']:.1f}x" if "x_limit" in lat.get(s, {}) else "-" for s in shapes]
                     + [_mib(row.get("size_bytes")) + ("*" if row.get("size_note") else ""),
                        f"{row['size_ratio']:.2f}x" if row.get("size_ratio") else "-",
                        f"{f.get('mean_cosine', float('nan')):.5f}", f"{f.get('min_cosine', float('nan')):.4f}",
-                       f"{100 * f.get('top1_agreement', float('nan')):.1f}%", _setup(row["setup_s"])])
+                       f"{100 * f.get('top1_agreement', float('nan')):.1f}%"
+                       + (f" ({f['n']:.0f} sentences)" if f.get("n") and f["n"] < r.get("sentences", f["n"]) else ""),
+                       _setup(row["setup_s"])])
     notes = "\n".join(f"- **{n}**: {row['note']}" + (f" (size: {row['size_note']})" if row.get("size_note") else "")
                       for n, row in r["rows"].items() if row.get("note"))
     out = [markdown(header, rows, escape=False), "", "Rows:", notes, "",

@@ -168,6 +168,11 @@ def _gpus() -> dict:
     return out
 
 
+def cpu_flags() -> tuple[str, ...]:
+    """The kernel-relevant ISA extensions of this CPU (from :data:`CPU_FLAGS`)."""
+    return tuple(_static()["cpu_flags"])
+
+
 def fingerprint() -> dict:
     """A JSON-able description of this machine and the software stack."""
     import torch

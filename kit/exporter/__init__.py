@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import inputs as _inputs
 from ..errors import InvalidParameterError, InvalidTypeError, SlimkitError, check_choice, check_module
+from ..quant.kernels import reference_arithmetic
 from .lower import ACTIVATIONS, ExportError, lower
 from .onnx import write_onnx
 
@@ -88,7 +89,7 @@ def export(model: nn.Module, example_inputs: _inputs.ModelInputs, path: str | os
     ov = _require("openvino", "openvino") if format == "openvino" else None
     t0 = time.perf_counter()
     lowered, how = lower(model, dequantize, activations)
-    with torch.inference_mode():
+    with torch.inference_mode(), reference_arithmetic():  # what the export writes
         reference = _inputs.call(_eval_copy(model) if model.training else model, example_inputs)
     work = Path(tempfile.mkdtemp(prefix="slimkit-export-"))
     try:

@@ -5,8 +5,9 @@ or four to a byte) plus float scales, so ``slimkit.size`` and ``slimkit.save`` c
 bytes. Each says how it executes in :attr:`execution`:
 
 - :class:`QuantLinear` with 8-bit symmetric per-channel/per-tensor weights runs a real int8
-  matmul (``torch._int_mm``: int8 x int8 -> int32). Activations are quantized to int8 at run time,
-  per token (row) and asymmetric by default, or with a fixed scale from calibration.
+  matmul: ``torch._int_mm`` (int8 x int8 -> int32) on GPUs and on CPUs with VNNI/AMX, fbgemm's
+  u8 x s8 kernel on CPUs without them (:mod:`.kernels` says why). Activations are quantized at
+  run time, per token (row) and asymmetric by default, or with a fixed range from calibration.
   Any other weight format dequantizes the weight to fp32 at each call ("int4 storage, fp32
   compute"): the memory saving is real, the arithmetic is not integer.
 - :class:`QuantConv1d`/``2d``/``3d``, :class:`QuantConvTranspose2d` (1-3 d) and
@@ -35,9 +36,11 @@ from .affine import (
     activation_qparams,
     dequantize_tensor,
     pack,
+    qrange,
     storage_bits,
     unpack,
 )
+from .kernels import EXACT_MAX_CODE, cpu_kernel, fbgemm_linear, fbgemm_pack
 
 _TINY = 1e-12
 
@@ -161,10 +164,17 @@ class QuantLinear(QWeight):
     def integer_kernel(self) -> bool:
         return self.act in ("dynamic", "static") and int8_kernel_format(self.bits, self.scheme, self.granularity)
 
+    def _kernel(self) -> str:
+        return cpu_kernel() if self.qweight.device.type == "cpu" else "int_mm"
+
     @property
     def execution(self) -> str:
         if self.integer_kernel:
             how = "per-token dynamic" if self.act == "dynamic" else "static calibrated"
+            if self._kernel() == "fbgemm":
+                bits = 7 if int(self.qweight.abs().max()) > EXACT_MAX_CODE else 8
+                return (f"u8 x s8 -> s32 matmul (fbgemm, no VNNI on this CPU); activations {bits}-bit "
+                        f"{how}" + (" (7 bits: 8-bit weights would saturate AVX2's int16 sums)" if bits == 7 else ""))
             return f"int8 x int8 -> int32 matmul (torch._int_mm); activations int8 {how}"
         acts = "activations fp32" if self.act == "none" else \
             "activations not quantized (no integer kernel for this weight format)"
@@ -187,6 +197,12 @@ class QuantLinear(QWeight):
         ws = self.scale.expand(self.out_features).contiguous()
         colsum = self.qweight.sum(1, dtype=torch.int32).float() * ws  # sum_k W[n, k] * ws[n]
         bias = self._bias(torch.float32)  # the arithmetic is fp32 whatever the model's dtype
+        if not torch.compiler.is_compiling() and self._kernel() == "fbgemm":
+            c = {**fbgemm_pack(self.qweight, ws), "wsum": colsum, "bias": bias}
+            if self.act == "static":  # the calibrated range, as fp32 bounds
+                lo, hi = qrange(8, "asymmetric")
+                c["lo"], c["hi"] = (lo - self.act_zero_point) * self.act_scale, (hi - self.act_zero_point) * self.act_scale
+            return c
         c = {"wt": self.qweight.t(), "ws": ws}
         if self.act == "dynamic":
             c["colsum"], c["bias"] = colsum, bias
@@ -206,7 +222,7 @@ class QuantLinear(QWeight):
         inductor's freezing it is constant-folded, so a compiled model pays it once."""
         if torch.compiler.is_compiling():
             return self._derive()
-        key = (self.qweight.data_ptr(), self.scale.data_ptr(), self.qweight._version, self.scale._version,
+        key = (self._kernel(), self.qweight.data_ptr(), self.scale.data_ptr(), self.qweight._version, self.scale._version,
                getattr(self, "act_scale", self.scale).data_ptr(), getattr(self, "act_scale", self.scale)._version)
         c = self._cache
         if c is None or c["key"] != key:
@@ -224,7 +240,14 @@ class QuantLinear(QWeight):
         x = x.reshape(-1, shape[-1])
         if x.dtype != torch.float32:
             x = x.float()
-        if self.act == "dynamic":
+        if "packed" in c:
+            if self.act == "dynamic":
+                lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+            else:
+                lo, hi = c["lo"], c["hi"]
+                x = x.clamp(lo, hi)
+            y = fbgemm_linear(x, c["packed"], c["reduce_range"], c["wsum"], c["bias"], lo, hi)
+        elif self.act == "dynamic":
             # Per-row (per-token) asymmetric int8; the range includes 0 so zero stays exact.
             # In-place steps: eager makes one pass per op, so fewer temporaries = less memory
             # traffic; torch.compile fuses the whole sequence into one or two loops anyway.

@@ -15,6 +15,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+@pytest.fixture(autouse=True)
+def _reference_kernel(monkeypatch):
+    """The exported graphs compute slimkit's reference int8 arithmetic (8-bit per-token
+    activations, the torch._int_mm path); on CPUs without VNNI eager torch runs fbgemm instead
+    (7-bit activations where 8 would saturate), so the torch side is pinned to the reference."""
+    monkeypatch.setenv("SLIMKIT_INT8_KERNEL", "int_mm")
+
+
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(24, 48), nn.GELU(), nn.Linear(48, 16)).eval()

@@ -179,6 +179,7 @@ def test_int4_is_packed_two_per_byte(cnn):
 
 
 def test_int8_linear_runs_the_integer_kernel(mlp, digits, monkeypatch):
+    monkeypatch.setenv("SLIMKIT_INT8_KERNEL", "int_mm")  # fbgemm's path: tests/kit/quant/test_kernels.py
     calls = []
     real = torch._int_mm
 

@@ -10,7 +10,15 @@ import slimkit
 from slimkit.quant import layers as qlayers
 from slimkit.quant.affine import quantize_tensor
 from slimkit.quant.fakequant import FakeQuantInput
+from slimkit.quant.kernels import ENV
 from slimkit.quant.rnn import QuantMatrix
+
+
+@pytest.fixture(autouse=True)
+def _int_mm(monkeypatch):
+    """These tests check the int_mm path's exact arithmetic (it runs on every CPU, fast only with
+    VNNI); the fbgemm path is tested in test_kernels.py."""
+    monkeypatch.setenv(ENV, "int_mm")
 
 
 def _linear(k=40, m=24, seed=0, **kw):

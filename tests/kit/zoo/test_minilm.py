@@ -206,7 +206,7 @@ def test_int8_minilm_runs_integer_kernels_is_4x_smaller_and_close(minilm):
 
     q, report = slimkit.quantize(minilm, bits=8)
     linears = [l for l in report.layers if l.kind == "Linear"]
-    assert len(linears) == 36 and all("_int_mm" in l.reason for l in linears)
+    assert len(linears) == 36 and all("_int_mm" in l.reason or "fbgemm" in l.reason for l in linears)
     assert report.summary["integer_kernel_layers"] == 36
     assert slimkit.size(minilm) / slimkit.size(q) >= 3.9  # the embedding table is int8 too
     f = fidelity(q, reference=minilm.encode(FEW), sentences=FEW)
