@@ -36,10 +36,17 @@ def main(argv=None) -> None:
     fp32 = load_minilm()
     q, _ = slimkit.quantize(fp32, bits=8)
     ref = reference_embeddings(texts)
-    with torch.inference_mode():
+    from slimkit.quant.kernels import cpu_kernel, reference_arithmetic
+
+    with torch.inference_mode(), reference_arithmetic():  # what the exports write (torch._int_mm)
         base = agreement(embed(q, texts, 32, fixed_shape=True), ref)
-    out = {"torch int8": base}
-    log(f"slimkit int8 in torch: {base}")
+    out = {"torch int8 (reference arithmetic, torch._int_mm)": base}
+    log(f"slimkit int8 in torch, reference arithmetic: {base}")
+    if cpu_kernel() != "int_mm":
+        name = f"torch int8 ({cpu_kernel()}, this CPU's eager kernel)"
+        with torch.inference_mode():
+            out[name] = agreement(embed(q, texts, 32, fixed_shape=True), ref)
+        log(f"slimkit int8 in {name}: {out[name]}")
     example = minilm_inputs(32, 128)
     for backend in a.backends.split(","):
         t0 = time.perf_counter()

@@ -97,8 +97,12 @@ def _rows(s: Settings, example, fp32) -> dict[str, dict[str, Any]]:
         "activations written out) in ONNX Runtime", {"quantize": q_seconds})
     # lever: static activation scales after SmoothQuant-style migration (slimkit.quant.smoothquant)
     calib = calibration_batches(2)
-    (qs, _), qs_seconds = timed(lambda: slimkit.quantize(smooth(fp32, calib, alpha=SQ_ALPHA)[0], bits=8,
-                                                         activations=calib))
+    (smoothed, _), sm_seconds = timed(smooth, fp32, calib, alpha=SQ_ALPHA)
+    (qd, _), qd_seconds = timed(slimkit.quantize, smoothed, bits=8)
+    add("slimkit int8 dynamic + SmoothQuant (eager)", lambda: accel.prepare(qd, example, "eager"), slimkit.size(qd),
+        f"smooth(fp32, 16 random-token sequences, alpha={SQ_ALPHA}) then slimkit.quantize(bits=8): per-token "
+        f"activations; {_kernel(qd)}", {"smooth": sm_seconds, "quantize": qd_seconds})
+    (qs, _), qs_seconds = timed(slimkit.quantize, smoothed, bits=8, activations=calib)
     sq_note = (f"smooth(fp32, 16 random-token sequences, alpha={SQ_ALPHA}) then slimkit.quantize(bits=8, "
                "activations=the same data): static per-tensor int8 activations")
     add("slimkit int8 static + SmoothQuant (eager)", lambda: accel.prepare(qs, example, "eager"), slimkit.size(qs),
@@ -120,7 +124,6 @@ def _rows(s: Settings, example, fp32) -> dict[str, dict[str, Any]]:
         "slimkit's int8 weights, activations left float in the IR; OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE "
         "quantizes them at run time (if its kernels for this CPU do)", {"quantize": q_seconds})
     if "without VNNI" in cpu_limit()[1]:  # OpenVINO's AVX2 u8 x s8 kernel saturates on 8-bit weights
-        smoothed = smooth(fp32, calib, alpha=SQ_ALPHA)[0]
         (qs7, _), qs7_seconds = timed(lambda: slimkit.quantize(smoothed, bits=7, activations=calib))
         add("slimkit int8 static + SmoothQuant, 7-bit weights, via OpenVINO (export)",
             lambda: accel.prepare(qs7, example, "openvino"), None,

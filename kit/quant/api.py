@@ -3,7 +3,8 @@
 ``quantize(model, ...)`` has two honest modes:
 
 - ``real``: integer storage everywhere it quantizes, and integer execution where a CPU kernel
-  exists (int8 Linear: ``torch._int_mm`` with int8 activations). See :mod:`slimkit.quant.layers`.
+  exists (int8 Linear: ``torch._int_mm`` on CPUs with VNNI/AMX and GPUs, fbgemm's u8 x s8 kernel
+  on CPUs without: :mod:`.kernels`). See :mod:`slimkit.quant.layers`.
 - ``simulated``: fake quantization (quantize-dequantize in fp32) for any bit width; the model is
   still fp32 in memory. Reports say ``simulated`` for each such layer.
 - ``auto`` (default): real where possible, simulated elsewhere, saying which per layer.
