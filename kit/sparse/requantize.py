@@ -59,13 +59,13 @@ def keep_sparse(q: nn.Module, report, layers: dict[str, SparseWeight]) -> None:
             set_module(q, row.name, new)
         else:
             layer.inner = new
-        row.params_after = int(keep.sum())  # fillers of the CSR gaps not counted
-        row.sparsity = 1 - row.params_after / keep.numel()
+        row.params_after = new.nnz  # fillers of the CSR gaps not counted
+        row.sparsity = new.sparsity
         row.bytes_after = tensor_bytes(get_module(q, row.name))
         kept = f"sparse {fmt} layout kept"
         row.reason = new.execution if original.fmt in LAYOUTS else \
             f"2:4 stored as bitmask (no integer 2:4 layout); {new.execution}"
-        row.details.update(format=fmt, nnz=new.nnz)
+        row.details.update(format=fmt, nnz=new.nnz, stored_entries=new.stored_entries, fillers=new.fillers)
         if row.history:
             row.history[-1] += f" ({kept}, {row.sparsity:.0%} zeros)"
             hist[row.name] = row.history
