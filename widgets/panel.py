@@ -251,8 +251,8 @@ class Panel(Jobs, Settings):
                 self.error = value
                 self._show_error(value, self.worker.traceback)
                 if self.job_runs:  # a pipeline step refused or failed: its finished steps are a row
-                    self._last_status += (f"; kept #{self.job_runs[-1].id} "
-                                          f"({html.escape(self.job_runs[-1].status)})")
+                    kept = self.job_runs[-1]
+                    self._last_status += f"; kept #{kept.id} ({html.escape(kept.label)})"
             elif failed:  # the models stand, but a step of theirs failed: not a success
                 self._last_status = (f"<span style='color:{RED}'>{action} failed: {len(failed)} of "
                                      f"{len(self.job_runs)} runs have errors (below)</span>")

@@ -47,8 +47,9 @@ class StepOrder(W.VBox):
                                                 ("remove", "times", "take the picked step out"))}
         for name, b in self.buttons.items():
             b.on_click(lambda _, n=name: self._click(n))
-        super().__init__([self.chain, W.HBox([self.choice, self.buttons["add"]]),
-                          W.HBox([self.buttons[n] for n in ("up", "down", "remove")])])
+        wrap = {"flex_flow": "row wrap"}  # a narrow output area wraps the row instead of clipping it
+        super().__init__([self.chain, W.HBox([self.choice, self.buttons["add"]], layout=W.Layout(**wrap)),
+                          W.HBox([self.buttons[n] for n in ("up", "down", "remove")], layout=W.Layout(**wrap))])
         self.value = parse_chain(value)
         self._show()
 

@@ -81,7 +81,7 @@ def test_a_refused_order_shows_the_library_s_reason_and_keeps_the_finished_step(
     kept = panel.results[-1]
     assert kept.method == "quantize" and kept.status.startswith("failed: prune refused after quantize")
     assert panel.model is kept.model and kept.accuracy > 0.9
-    assert f"kept #{kept.id}" in panel.status.value
+    assert f"kept #{kept.id} (quantize int8" in panel.status.value
 
     panel.set(pipeline=("prune", "quantize"))  # the order the library named runs
     assert panel.run().method == "prune+quantize"
