@@ -135,34 +135,34 @@ class SparseIntWeight:
     """Mixin placed before a quantized layer class: the layout + non-zero codes replace its dense
     integer buffer; everything else (spec, forward, ``weight``) is the quantized layer's."""
 
-    def __init__(self, *args, sparse_format: str = "bitmask", stored_entries: int | None = None, fillers: int = 0,
-                 gap_bytes: int = 1, nnz: int | None = None, **kwargs):
-        # artifacts saved before the fillers were counted apart call the stored entries "nnz"
-        stored = (nnz or 0) if stored_entries is None else stored_entries
+    def __init__(self, *args, sparse_format: str = "bitmask", nnz: int = 0, fillers: int = 0, gap_bytes: int = 1,
+                 **kwargs):
+        # nnz: the true non-zeros; fillers: CSR gap fillers, stored too (an artifact saved before they
+        # were counted apart has none: its nnz is every stored entry, as its buffers hold)
         if sparse_format not in LAYOUTS:
             raise ValueError(f"sparse_format {sparse_format!r} is not one of {LAYOUTS}")
         if gap_bytes not in _GAP_DTYPES:
             raise ValueError(f"gap_bytes {gap_bytes!r} is not one of {sorted(_GAP_DTYPES)}")
         # read by _init_qweight, which runs before Module init
-        object.__setattr__(self, "_layout", (sparse_format, int(stored), int(fillers), gap_bytes))
+        object.__setattr__(self, "_layout", (sparse_format, int(nnz) + int(fillers), int(fillers), gap_bytes))
         super().__init__(*args, **kwargs)
         self.sparse_format, self.stored_entries, self.fillers, self.gap_bytes = self._layout
         self.runs = ""
 
     def _init_qweight(self, qt, shape, bits, scheme, granularity, axis, group_size, bias, has_bias,
                       dtype: str = "float32", bias_size: int | None = None):
-        fmt, nnz, fillers, gap_bytes = self._layout  # nnz here: every stored entry (fillers too)
+        fmt, stored, fillers, gap_bytes = self._layout  # every stored entry, fillers too
         self.shape, self.bits, self.dtype = tuple(shape), bits, float_dtype(dtype)
         rows, cols = self.shape[0], math.prod(self.shape[1:])
-        if not 0 <= nnz <= rows * cols:
-            raise ValueError(f"stored_entries={nnz} is not in [0, {rows * cols}]")
-        if not 0 <= fillers <= (nnz if fmt == "csr" else 0):
-            raise ValueError(f"fillers={fillers} is not in [0, {nnz if fmt == 'csr' else 0}] ({fmt})")
+        if not 0 <= stored <= rows * cols:
+            raise ValueError(f"nnz + fillers = {stored} is not in [0, {rows * cols}]")
+        if not 0 <= fillers <= (stored if fmt == "csr" else 0):
+            raise ValueError(f"fillers={fillers} is not in [0, {stored if fmt == 'csr' else 0}] ({fmt})")
         if isinstance(self, CodebookWeight):
             self.scheme, self.granularity, self.axis, self.group_size = SCHEME, "per_tensor", 0, None
             self.register_buffer("codebook", torch.empty(2 ** bits))
             self.zero_point = None
-            values = torch.empty(math.ceil(nnz * bits / 8), dtype=torch.uint8)
+            values = torch.empty(math.ceil(stored * bits / 8), dtype=torch.uint8)
         else:
             self.scheme, self.granularity, self.axis, self.group_size = scheme, granularity, axis, group_size
             sshape = _scale_shape(self.shape, granularity, axis, group_size)
@@ -170,12 +170,12 @@ class SparseIntWeight:
             self.register_buffer("zero_point", torch.empty(sshape, dtype=torch.int8) if scheme == "asymmetric"
                                  else None)
             sb = storage_bits(bits)
-            values = torch.empty(nnz, dtype=torch.int8) if sb == 8 else \
-                torch.empty(math.ceil(nnz * sb / 8), dtype=torch.uint8)
-        # the layout buffers encode() makes for a matrix with nnz non-zeros (empty here, filled by load)
+            values = torch.empty(stored, dtype=torch.int8) if sb == 8 else \
+                torch.empty(math.ceil(stored * sb / 8), dtype=torch.uint8)
+        # the layout buffers encode() makes for a matrix with that many entries (empty here, filled by load)
         if fmt == "csr":
-            self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(nnz)))
-            self.register_buffer("col", torch.empty(nnz, dtype=_GAP_DTYPES[gap_bytes]))
+            self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(stored)))
+            self.register_buffer("col", torch.empty(stored, dtype=_GAP_DTYPES[gap_bytes]))
         else:
             self.register_buffer("mask", torch.empty(math.ceil(rows * cols / 8), dtype=torch.uint8))
         self.register_buffer("values", values)
@@ -248,8 +248,9 @@ class SparseIntWeight:
         return 1 - self.nnz / math.prod(self.shape)
 
     def spec(self) -> dict:
-        return {**super().spec(), "sparse_format": self.sparse_format, "stored_entries": self.stored_entries,
-                "fillers": self.fillers, "gap_bytes": self.gap_bytes}
+        fillers = {"fillers": self.fillers} if self.fillers else {}  # none: the spec (and file) as before fillers
+        return {**super().spec(), "sparse_format": self.sparse_format, "nnz": self.nnz, **fillers,
+                "gap_bytes": self.gap_bytes}
 
     # the rebuilt buffer follows the stored ones: moved or reloaded -> rebuilt on next use
     def _apply(self, fn, recurse=True):
@@ -305,7 +306,7 @@ def to_sparse_int(layer: QWeight, codes: torch.Tensor, fmt: str, keep: torch.Ten
     if fmt == "csr":
         layout["col"] = relative_columns(layout["crow"], layout["col"])
     entries = int(nz.sum())
-    new = SPARSE_CLASSES[type(layer)](**layer.spec(), sparse_format=fmt, stored_entries=entries, fillers=entries - nnz,
+    new = SPARSE_CLASSES[type(layer)](**layer.spec(), sparse_format=fmt, nnz=nnz, fillers=entries - nnz,
                                       gap_bytes=layout["col"].element_size() if fmt == "csr" else 1)
     stored = codes[nz]
     if isinstance(layer, CodebookWeight):

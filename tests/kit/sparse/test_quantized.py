@@ -258,10 +258,18 @@ def test_quantize_on_csr_with_gaps_over_a_byte_reports_fillers_apart_and_saves_t
 
 
 def test_a_layer_saved_before_fillers_were_counted_apart_still_loads():
-    """Older artifacts name every stored entry "nnz" in the spec: they load (fillers unknown: 0)."""
-    q = slimkit.quantize(nn.Sequential(nn.Linear(16, 4)), bits=8).model
-    layer = slimkit.sparsify(q, sparsity=0.5, format="bitmask").model[0]
+    """Older artifacts count the fillers in "nnz" (no "fillers" in the spec): they load with every
+    stored entry; a layer without fillers has the same spec as before."""
+    model = nn.Sequential(nn.Linear(600, 2))
+    with torch.no_grad():
+        model[0].weight[:, 5:590] = 0  # 2 fillers a row
+    layer = slimkit.sparsify(slimkit.quantize(model, bits=8).model, format="csr").model[0]
     spec = layer.spec()
-    old = {k: v for k, v in spec.items() if k not in ("stored_entries", "fillers")} | {"nnz": layer.stored_entries}
+    assert spec["fillers"] == 4 and spec["nnz"] == layer.nnz
+    old = {k: v for k, v in spec.items() if k != "fillers"} | {"nnz": layer.stored_entries}
     rebuilt = type(layer).from_spec(old)
-    assert (rebuilt.stored_entries, rebuilt.fillers, rebuilt.nnz) == (layer.stored_entries, 0, layer.nnz)
+    rebuilt.load_state_dict(layer.state_dict())
+    assert (rebuilt.stored_entries, rebuilt.fillers) == (layer.stored_entries, 0)
+    assert torch.equal(rebuilt.weight, layer.weight)
+    dense = slimkit.sparsify(slimkit.quantize(model, bits=8).model, format="bitmask").model[0]
+    assert "fillers" not in dense.spec() and dense.spec()["nnz"] == dense.nnz == dense.stored_entries
