@@ -63,6 +63,21 @@ def _type_name(t) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
 
 
+def wrap_compiled(compiled, model: torch.nn.Module, backend: str = "openvino", *, out_spec=None,
+                  options: dict[str, Any] | None = None, setup_seconds: dict[str, float] | None = None,
+                  size_bytes: int | None = None, info: dict[str, Any] | None = None) -> Prepared:
+    """A compiled OpenVINO model (``openvino.Core().compile_model``, e.g. of an IR that NNCF
+    quantized) as a :class:`Prepared` called like ``model`` (its forward's argument names map
+    positional inputs). ``out_spec``: the pytree structure of ``model``'s output (None: a list of
+    tensors). ``info`` gains the precision the compiled model reports and the OpenVINO version."""
+    import openvino as ov
+
+    info = {**(info or {}), "precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "openvino": ov.__version__}
+    return Prepared(_Compiled(compiled, forward_names(model), out_spec), backend, torch.device("cpu"),
+                    dict(options or {}), dict(setup_seconds or {}), size_bytes, info)
+
+
 def _check_saturation(model) -> None:
     """BackendError naming static 8-bit int8 layers when this CPU lacks VNNI (see the module notes)."""
     from slimkit.hardware import fingerprint
@@ -153,13 +168,13 @@ class OpenVinoBackend(Backend):
         except Exception as e:
             raise wrap_failure(self.name, model, "OpenVINO compile_model", e) from e
         setup["compile"] = time.perf_counter() - t0
-        fn = _Compiled(compiled, forward_names(model), spec if len(compiled.outputs) == len(leaves) == len(tensors)
-                       else None)
-        info.update(ir_path=str(xml), precision=_type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
-                    threads=compiled.get_property("INFERENCE_NUM_THREADS"), openvino=ov.__version__)
-        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        info.update(ir_path=str(xml), threads=compiled.get_property("INFERENCE_NUM_THREADS"))
+        prepared = wrap_compiled(
+            compiled, model, self.name,
+            out_spec=spec if len(compiled.outputs) == len(leaves) == len(tensors) else None,
+            options={"precision": precision, "threads": config["INFERENCE_NUM_THREADS"], "dequantize": dequantize,
+                     "hint": hint, "dynamic_quantization": dq},
+            setup_seconds=setup, size_bytes=xml.stat().st_size + xml.with_suffix(".bin").stat().st_size, info=info)
         if workdir is None and prepared_cache is None:
-            weakref.finalize(fn, shutil.rmtree, str(folder), True)
-        return Prepared(fn, self.name, device, {"precision": precision, "threads": config["INFERENCE_NUM_THREADS"],
-                                                "dequantize": dequantize, "hint": hint, "dynamic_quantization": dq},
-                        setup, size, info)
+            weakref.finalize(prepared.fn, shutil.rmtree, str(folder), True)
+        return prepared

@@ -125,8 +125,7 @@ def openvino_nncf_int8(fp32, example, threads: int, precision=None, subset: int 
     import openvino as ov
 
     from slimkit import export
-    from slimkit.accel.openvino_backend import _Compiled, _type_name
-    from slimkit.exporter.onnx import forward_names
+    from slimkit.accel.openvino_backend import wrap_compiled
 
     workdir = Path(tempfile.mkdtemp(prefix="slimkit-nncf-"))
     t0 = time.perf_counter()
@@ -145,9 +144,7 @@ def openvino_nncf_int8(fp32, example, threads: int, precision=None, subset: int 
         config["INFERENCE_PRECISION_HINT"] = precision
     compiled = core.compile_model(str(workdir / "int8.xml"), "CPU", config)
     t3 = time.perf_counter()
-    fn = _Compiled(compiled, forward_names(fp32), None)
     size = sum((workdir / f"int8.{ext}").stat().st_size for ext in ("xml", "bin"))
-    info = {"precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")), "openvino": ov.__version__,
-            "nncf": nncf.__version__}
-    return accel.Prepared(fn, "openvino+nncf", torch.device("cpu"), {"precision": precision},
-                          {"export": t1 - t0, "quantize": t2 - t1, "compile": t3 - t2}, size, info)
+    return wrap_compiled(compiled, fp32, "openvino+nncf", options={"precision": precision},
+                         setup_seconds={"export": t1 - t0, "quantize": t2 - t1, "compile": t3 - t2}, size_bytes=size,
+                         info={"nncf": nncf.__version__})

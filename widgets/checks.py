@@ -13,7 +13,7 @@ from slimkit.devices import resolve_device
 from slimkit.errors import InvalidParameterError, SlimkitError
 
 from . import methods as M
-from .controls import METHODS, PIPELINE_ORDER
+from .controls import METHODS
 from .results import RED
 
 TABS = (*METHODS, "pipeline", "auto")
@@ -54,8 +54,7 @@ class Settings:
     def _steps(self, method: str | None = None) -> tuple[str, ...]:
         method = method or self.method
         if method == "pipeline":
-            chosen = set(self.controls["pipeline"].value)
-            return tuple(m for m in PIPELINE_ORDER if m in chosen)
+            return tuple(self.controls["pipeline"].value)  # the user's order, run as it is
         return (method,)
 
     def problems(self, method: str | None = None, action: str = "run") -> list[str]:

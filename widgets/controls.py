@@ -21,6 +21,8 @@ import slimkit
 from slimkit.config import Config, Setting, choice, flag, integer, number
 from slimkit.errors import InvalidParameterError, SlimkitError
 
+from .step_order import StepOrder, parse_chain
+
 
 @dataclass(frozen=True)
 class QuantizePanel(Config):
@@ -108,7 +110,8 @@ TAB_GROUPS: dict[str, tuple[Group, ...]] = {
 METHODS = tuple(t for t in TAB_GROUPS if t != "auto")  # the verbs a tab runs (auto searches over them)
 # control names that would clash with the panel's own words (``panel.set(method, ...)``): prefixed
 RESERVED = {"method"}
-PIPELINE_ORDER = ("distill", "prune", "quantize", "sparsify")
+# the steps the pipeline tab offers; the user orders them (the library says which chains it takes)
+PIPELINE_STEPS = ("distill", "prune", "quantize", "sparsify")
 
 # the panel's starting values where they differ from the configs' defaults
 DEFAULTS = {"epochs": 5, "sparsify_sparsity": 0.9, "threshold": 0.01, "format": "auto"}
@@ -318,8 +321,7 @@ class Controls:
             self.widgets[name] = W.Text(SWEEP_DEFAULTS[tab], description=f"sweep {SWEEP_PARAM[tab].split('_')[-1]}",
                                         tooltip="values the Sweep button runs, comma separated", **style())
             page.append(name)
-        self.widgets["pipeline"] = W.SelectMultiple(options=PIPELINE_ORDER, value=("prune", "quantize"), rows=4,
-                                                    description="steps (in order)", **style())
+        self.widgets["pipeline"] = StepOrder(PIPELINE_STEPS, ("prune", "quantize"))
         self.widgets["device"] = W.Dropdown(options=devices, value="cpu" if "cpu" in devices else devices[0],
                                             description="device", **style())
         self.widgets["backend"] = W.Dropdown(options=backends, value="eager", description="backend (latency)",
@@ -440,7 +442,7 @@ class Controls:
             for name, value in values.items():
                 w = self.widgets[name]
                 if name == "pipeline":
-                    value = tuple(value)
+                    value = parse_chain(value)
                 elif isinstance(w, W.Text) and name in self.specs:
                     value = _text(value)
                 w.value = value

@@ -24,6 +24,7 @@ from slimkit.events import Event, Status
 from . import methods as M
 from .controls import Step
 from .results import Run
+from .step_order import ARROW
 
 
 class Throttle:
@@ -192,6 +193,8 @@ class Jobs:
         if note:
             status = "failed: latency" if status == "done" else f"{status}; failed: latency"
         settings = {k: v for s in steps for k, v in s.settings.items()}
+        if len(steps) > 1:  # a pipeline: the order it ran in, as it reads
+            settings = {"order": ARROW.join(s.method for s in steps), **settings}
         with self._lock:
             rid, self._next_id = self._next_id, self._next_id + 1
         return Run(rid, "+".join(s.method for s in steps) or "original", {**settings, **where},
@@ -248,10 +251,10 @@ class Jobs:
                                            status=f"stopped after {finished[-1].method}"))
             raise
         except slimkit.SlimkitError as e:  # the library refused a step (e.g. a chain it does not take)
-            if finished:
+            if finished:  # its message says which order works; the finished steps stay a result
                 self._record(self._measure(tuple(finished), model, reports, where, t0,
                                            status=f"failed: {steps[len(finished)].method} refused after "
-                                                  f"{finished[-1].method}: {e}"))
+                                                  f"{ARROW.join(s.method for s in finished)}: {e}"))
             raise
         run = self._record(self._measure(steps, model, reports, where, t0, status=_status(reports)))
         self._update_histogram()

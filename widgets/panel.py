@@ -92,8 +92,9 @@ class Panel(Jobs, Settings):
     def _page(self, tab: str) -> W.VBox:
         """A tab: its method's main settings, the others folded under "more settings", the sweep."""
         if tab == "pipeline":
-            note = W.HTML("Runs the chosen steps in this order with the settings of their tabs; "
-                          "stopping keeps the last finished step.")
+            note = W.HTML("Runs the steps in the order listed, each with the settings of its tab (add a step, "
+                          "pick one and move it up or down). slimkit says which orders it takes: a refused step "
+                          "shows why and which order works, and the finished steps are kept; so does Stop.")
             return W.VBox([note, self.controls["pipeline"]])
         if tab == "auto":
             note = W.HTML("Searches compositions and per-layer settings of the chosen methods (slimkit.autotune) "
@@ -249,6 +250,9 @@ class Panel(Jobs, Settings):
             if outcome == Status.FAILED:
                 self.error = value
                 self._show_error(value, self.worker.traceback)
+                if self.job_runs:  # a pipeline step refused or failed: its finished steps are a row
+                    kept = self.job_runs[-1]
+                    self._last_status += f"; kept #{kept.id} ({html.escape(kept.label)})"
             elif failed:  # the models stand, but a step of theirs failed: not a success
                 self._last_status = (f"<span style='color:{RED}'>{action} failed: {len(failed)} of "
                                      f"{len(self.job_runs)} runs have errors (below)</span>")

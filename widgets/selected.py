@@ -149,5 +149,6 @@ class Selected:
             slimkit.export(run.model, self.panel.example_inputs, path, format="onnx")
         else:
             slimkit.save(run.model, path, info={"run": run.id, "label": run.label, "status": run.status,
+                                                "steps": [s.method for s in run.steps],  # in the order run
                                                 "settings": {k: str(v) for k, v in run.settings.items()}})
         return path

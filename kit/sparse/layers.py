@@ -128,6 +128,21 @@ class SparseWeight(nn.Module):
         return cls(fmt=fmt, shape=tuple(weight.shape), buffers=encode(w2d, fmt), bias=b,
                    execution=execution, **extra)
 
+    def to_float(self) -> nn.Module:
+        """The plain float layer holding this one's weight (zeros included) and bias, in the same
+        train/eval mode (quantize on a sparsified model quantizes it, then stores it sparse again)."""
+        w = self.dense_weight()
+        new = self._float_layer(w.dtype)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if self.bias is not None:
+                new.bias.copy_(self.bias)
+        return new.train(self.training)
+
+    def _float_layer(self, dtype: torch.dtype) -> nn.Module:
+        """The empty float layer of this kind and shape (each sparse layer type says which)."""
+        raise TypeError(f"no float layer for {type(self).__name__}")
+
     def extra_repr(self) -> str:
         return (f"shape={self.shape}, format={self.fmt!r}, sparsity={self.sparsity:.1%}, "
                 f"execution={self.execution!r}, bias={self.bias is not None}")
@@ -166,6 +181,9 @@ class SparseLinear(SparseWeight):
                 self.runs_reason = f"to_sparse_semi_structured refused: {e}"
         return self._cache["2:4"]
 
+    def _float_layer(self, dtype: torch.dtype) -> nn.Linear:
+        return nn.Linear(self.cols, self.rows, bias=self.bias is not None, dtype=dtype)
+
     @classmethod
     def from_spec(cls, spec: dict) -> SparseLinear:
         return cls(**cls._empty(spec))
@@ -189,6 +207,12 @@ class SparseConv(SparseWeight):
         self.runs = "dense (decompressed)"
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.shape) - 3]
         return conv(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _float_layer(self, dtype: torch.dtype) -> nn.Module:
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[len(self.shape) - 3]
+        return conv(self.in_channels, self.out_channels, tuple(self.kernel_size), stride=self.stride,
+                    padding=self.padding, dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
+                    dtype=dtype)
 
     def spec(self) -> dict:
         return {**super().spec(), "stride": list(self.stride), "dilation": list(self.dilation), "groups": self.groups,
@@ -231,6 +255,9 @@ class SparseEmbedding(SparseWeight):
             src = first + torch.arange(total, device=ids.device)  # position in col/values
             out[row, self.col[src].long()] = self.values[src]
         return out.view(*ids.shape, self.cols)
+
+    def _float_layer(self, dtype: torch.dtype) -> nn.Embedding:
+        return nn.Embedding(self.rows, self.cols, padding_idx=self.padding_idx, dtype=dtype)
 
     def spec(self) -> dict:
         return {**super().spec(), "padding_idx": self.padding_idx}

@@ -9,7 +9,8 @@ codebook: :mod:`slimkit.quant.codebook_layers`) with its dense integer buffer (`
   a float weight, or CSR whose ``col`` holds RELATIVE indices (the gap from the previous non-zero
   of the row, the first one's column itself) in one byte each, as Deep Compression does: a gap
   over 255 gets filler entries (stored zero codes) every 255 columns. A 1024-wide int8 layer at
-  70% zeros stores 2 bytes per non-zero instead of 3 with absolute int16 columns;
+  70% zeros stores 2 bytes per non-zero instead of 3 with absolute int16 columns. ``nnz`` counts
+  the true non-zeros; ``stored_entries`` every stored entry, ``fillers`` included;
 - ``values``: only the non-zero integer codes, row-major: int8 bytes for 5-8 bit affine values,
   packed 2 or 4 to a byte for int4/int2, bit-packed for codebook indices;
 - the layer's scales / zero points / codebook, unchanged.
@@ -134,29 +135,34 @@ class SparseIntWeight:
     """Mixin placed before a quantized layer class: the layout + non-zero codes replace its dense
     integer buffer; everything else (spec, forward, ``weight``) is the quantized layer's."""
 
-    def __init__(self, *args, sparse_format: str = "bitmask", nnz: int = 0, gap_bytes: int = 1, **kwargs):
+    def __init__(self, *args, sparse_format: str = "bitmask", nnz: int = 0, fillers: int = 0, gap_bytes: int = 1,
+                 **kwargs):
+        # nnz: the true non-zeros; fillers: CSR gap fillers, stored too (an artifact saved before they
+        # were counted apart has none: its nnz is every stored entry, as its buffers hold)
         if sparse_format not in LAYOUTS:
             raise ValueError(f"sparse_format {sparse_format!r} is not one of {LAYOUTS}")
         if gap_bytes not in _GAP_DTYPES:
             raise ValueError(f"gap_bytes {gap_bytes!r} is not one of {sorted(_GAP_DTYPES)}")
         # read by _init_qweight, which runs before Module init
-        object.__setattr__(self, "_layout", (sparse_format, int(nnz), gap_bytes))
+        object.__setattr__(self, "_layout", (sparse_format, int(nnz) + int(fillers), int(fillers), gap_bytes))
         super().__init__(*args, **kwargs)
-        self.sparse_format, self.nnz, self.gap_bytes = self._layout
+        self.sparse_format, self.stored_entries, self.fillers, self.gap_bytes = self._layout
         self.runs = ""
 
     def _init_qweight(self, qt, shape, bits, scheme, granularity, axis, group_size, bias, has_bias,
                       dtype: str = "float32", bias_size: int | None = None):
-        fmt, nnz, gap_bytes = self._layout
+        fmt, stored, fillers, gap_bytes = self._layout  # every stored entry, fillers too
         self.shape, self.bits, self.dtype = tuple(shape), bits, float_dtype(dtype)
         rows, cols = self.shape[0], math.prod(self.shape[1:])
-        if not 0 <= nnz <= rows * cols:
-            raise ValueError(f"nnz={nnz} is not in [0, {rows * cols}]")
+        if not 0 <= stored <= rows * cols:
+            raise ValueError(f"nnz + fillers = {stored} is not in [0, {rows * cols}]")
+        if not 0 <= fillers <= (stored if fmt == "csr" else 0):
+            raise ValueError(f"fillers={fillers} is not in [0, {stored if fmt == 'csr' else 0}] ({fmt})")
         if isinstance(self, CodebookWeight):
             self.scheme, self.granularity, self.axis, self.group_size = SCHEME, "per_tensor", 0, None
             self.register_buffer("codebook", torch.empty(2 ** bits))
             self.zero_point = None
-            values = torch.empty(math.ceil(nnz * bits / 8), dtype=torch.uint8)
+            values = torch.empty(math.ceil(stored * bits / 8), dtype=torch.uint8)
         else:
             self.scheme, self.granularity, self.axis, self.group_size = scheme, granularity, axis, group_size
             sshape = _scale_shape(self.shape, granularity, axis, group_size)
@@ -164,12 +170,12 @@ class SparseIntWeight:
             self.register_buffer("zero_point", torch.empty(sshape, dtype=torch.int8) if scheme == "asymmetric"
                                  else None)
             sb = storage_bits(bits)
-            values = torch.empty(nnz, dtype=torch.int8) if sb == 8 else \
-                torch.empty(math.ceil(nnz * sb / 8), dtype=torch.uint8)
-        # the layout buffers encode() makes for a matrix with nnz non-zeros (empty here, filled by load)
+            values = torch.empty(stored, dtype=torch.int8) if sb == 8 else \
+                torch.empty(math.ceil(stored * sb / 8), dtype=torch.uint8)
+        # the layout buffers encode() makes for a matrix with that many entries (empty here, filled by load)
         if fmt == "csr":
-            self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(nnz)))
-            self.register_buffer("col", torch.empty(nnz, dtype=_GAP_DTYPES[gap_bytes]))
+            self.register_buffer("crow", torch.empty(rows + 1, dtype=index_dtype(stored)))
+            self.register_buffer("col", torch.empty(stored, dtype=_GAP_DTYPES[gap_bytes]))
         else:
             self.register_buffer("mask", torch.empty(math.ceil(rows * cols / 8), dtype=torch.uint8))
         self.register_buffer("values", values)
@@ -184,7 +190,7 @@ class SparseIntWeight:
             buffers = {"mask": self.mask}
         else:
             buffers = {"crow": self.crow, "col": absolute_columns(self.crow, self.col)}
-        ones = torch.ones(self.nnz, dtype=torch.bool, device=self.values.device)
+        ones = torch.ones(self.stored_entries, dtype=torch.bool, device=self.values.device)
         return decode({**buffers, "values": ones}, self.sparse_format, rows, cols).reshape(-1)
 
     def codes(self) -> torch.Tensor:
@@ -200,11 +206,11 @@ class SparseIntWeight:
                             device=self.values.device)
         codes[...] = zero.to(codes.device)
         if isinstance(self, CodebookWeight):
-            stored = unpack_bits(self.values, self.bits, self.nnz)
+            stored = unpack_bits(self.values, self.bits, self.stored_entries)
         elif storage_bits(self.bits) == 8:
             stored = self.values
         else:
-            stored = unpack(self.values, self.bits, (self.nnz,))
+            stored = unpack(self.values, self.bits, (self.stored_entries,))
         codes.view(-1)[self._nonzero()] = stored
         return codes
 
@@ -232,12 +238,19 @@ class SparseIntWeight:
                 f"first use (cached, not saved), then {super().execution}")
 
     @property
+    def nnz(self) -> int:
+        """The true non-zeros: the stored entries less the CSR gap fillers (stored zero codes)."""
+        return self.stored_entries - self.fillers
+
+    @property
     def sparsity(self) -> float:
-        """The share of weights not stored (CSR gap fillers count as stored)."""
+        """The share of weights that are zeros (gap fillers are zeros, though stored)."""
         return 1 - self.nnz / math.prod(self.shape)
 
     def spec(self) -> dict:
-        return {**super().spec(), "sparse_format": self.sparse_format, "nnz": self.nnz, "gap_bytes": self.gap_bytes}
+        fillers = {"fillers": self.fillers} if self.fillers else {}  # none: the spec (and file) as before fillers
+        return {**super().spec(), "sparse_format": self.sparse_format, "nnz": self.nnz, **fillers,
+                "gap_bytes": self.gap_bytes}
 
     # the rebuilt buffer follows the stored ones: moved or reloaded -> rebuilt on next use
     def _apply(self, fn, recurse=True):
@@ -286,13 +299,14 @@ def to_sparse_int(layer: QWeight, codes: torch.Tensor, fmt: str, keep: torch.Ten
             "a codebook with a 0 centroid: quantize(method='codebook') reserves one only for a weight that already "
             "holds zeros; sparsify (or prune) the float model first, then quantize(method='codebook')")
     nz = (codes != zero) if keep is None else keep.reshape(codes.shape).bool()
-    rows = layer.shape[0]
+    rows, nnz = layer.shape[0], int(nz.sum())
     if fmt == "csr":
         nz = fill_gaps(nz.reshape(rows, -1)).reshape(codes.shape)
     layout = encode(nz.reshape(rows, -1).to(torch.uint8), fmt)
     if fmt == "csr":
         layout["col"] = relative_columns(layout["crow"], layout["col"])
-    new = SPARSE_CLASSES[type(layer)](**layer.spec(), sparse_format=fmt, nnz=int(nz.sum()),
+    entries = int(nz.sum())
+    new = SPARSE_CLASSES[type(layer)](**layer.spec(), sparse_format=fmt, nnz=nnz, fillers=entries - nnz,
                                       gap_bytes=layout["col"].element_size() if fmt == "csr" else 1)
     stored = codes[nz]
     if isinstance(layer, CodebookWeight):

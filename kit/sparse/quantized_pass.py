@@ -74,6 +74,7 @@ def quantized_layer(run, name: str, module: nn.Module) -> float | None:
         return sparsity
     new = to_sparse_int(module, codes, fmt)
     set_module(run.new, name, new)
+    details.update(stored_entries=new.stored_entries, fillers=new.fillers)  # CSR gap fillers: stored zeros
     totals["stored"] += options[fmt]
     why = new.execution
     if config.execution == "sparse":

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn as nn
 
 from ..nn import get_module, matches, set_module, tensor_bytes
 from ..report import HISTORY, Action, _order
-from .layers import SparseConv, SparseEmbedding, SparseLinear, SparseWeight
+from .layers import SparseWeight
 from .quantized import LAYOUTS, can_sparsify, dense_codes, to_sparse_int, zero_codes
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def sparse_float_layers(model: nn.Module, include=None, exclude=None) -> dict[str, SparseWeight]:
@@ -26,32 +23,11 @@ def sparse_float_layers(model: nn.Module, include=None, exclude=None) -> dict[st
             and (not include or matches(n, include)) and not matches(n, exclude)}
 
 
-def _float_layer(m: SparseWeight) -> nn.Module:
-    """The plain float layer holding ``m``'s weight (zeros included) and bias."""
-    w = m.dense_weight()
-    bias = m.bias is not None
-    if isinstance(m, SparseLinear):
-        new = nn.Linear(m.cols, m.rows, bias=bias, dtype=w.dtype)
-    elif isinstance(m, SparseEmbedding):
-        new = nn.Embedding(m.rows, m.cols, padding_idx=m.padding_idx, dtype=w.dtype)
-    elif isinstance(m, SparseConv):
-        new = _CONV[len(m.shape) - 2](m.shape[1] * m.groups, m.shape[0], tuple(m.shape[2:]), stride=m.stride,
-                                      padding=m.padding, dilation=m.dilation, groups=m.groups, bias=bias,
-                                      dtype=w.dtype)
-    else:
-        raise TypeError(f"no float layer for {type(m).__name__}")
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if bias:
-            new.bias.copy_(m.bias)
-    return new.train(m.training)
-
-
 def densify(model: nn.Module, layers: dict[str, SparseWeight]) -> nn.Module:
     """A copy of ``model`` with ``layers`` replaced by their float layers (history kept)."""
     dense = copy.deepcopy(model)
     for name, m in layers.items():
-        set_module(dense, name, _float_layer(m))
+        set_module(dense, name, m.to_float())
     return dense
 
 
@@ -83,13 +59,13 @@ def keep_sparse(q: nn.Module, report, layers: dict[str, SparseWeight]) -> None:
             set_module(q, row.name, new)
         else:
             layer.inner = new
-        row.params_after = int(keep.sum())  # fillers of the CSR gaps not counted
-        row.sparsity = 1 - row.params_after / keep.numel()
+        row.params_after = new.nnz  # fillers of the CSR gaps not counted
+        row.sparsity = new.sparsity
         row.bytes_after = tensor_bytes(get_module(q, row.name))
         kept = f"sparse {fmt} layout kept"
         row.reason = new.execution if original.fmt in LAYOUTS else \
             f"2:4 stored as bitmask (no integer 2:4 layout); {new.execution}"
-        row.details.update(format=fmt, nnz=new.nnz)
+        row.details.update(format=fmt, nnz=new.nnz, stored_entries=new.stored_entries, fillers=new.fillers)
         if row.history:
             row.history[-1] += f" ({kept}, {row.sparsity:.0%} zeros)"
             hist[row.name] = row.history

@@ -222,6 +222,8 @@ def test_panel_in_jupyterlab(lab):
             detail.get_by_text(f"#{far['id']} ").first.wait_for(timeout=30_000)
             assert "backend=eager" in detail.inner_text()
 
+            _pipeline_by_keyboard(page, panel)
+
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=str(ARTIFACTS / "control_panel.png"))
             assert not [e for e in errors if "slimkit" in e.lower() or "plotly" in e.lower()], errors
@@ -299,3 +301,41 @@ def _issue_11(page, panel, rows: int) -> None:
     panel.locator(".widget-dropdown", has=page.locator("label", has_text="backend")).locator("select") \
         .select_option("eager")
     page.wait_for_function("() => !document.querySelector('.slimkit-messages').textContent.trim()")
+
+
+def _pipeline_by_keyboard(page, panel) -> None:
+    """The pipeline tab's step list is built and reordered with the keyboard on its buttons (issue
+    12 §1: every order the library allows): pick a method, Enter on Add, Enter on Up, pick a step in
+    the list, Space on Remove; the tab ends where it began (quantize)."""
+    panel.locator(".lm-TabBar-tab, .p-TabBar-tab", has_text="pipeline").first.click()
+    chain = panel.locator(".widget-select:visible", has=page.locator("label", has_text="steps (in order)"))
+    chain.wait_for(timeout=30_000)
+    shown = ("() => [...document.querySelectorAll('.slimkit-panel .widget-select option')]"
+             ".map(o => o.textContent.replace(/\\u00a0/g, ' ')).join()")  # ipywidgets writes nbsp
+
+    def press(button: str, key: str, then: str) -> None:  # then: the list the kernel shows after
+        target = panel.locator("button:visible", has_text=button).first
+        # enabled once the kernel has answered the last change
+        page.wait_for_function("b => !b.disabled", arg=target.element_handle(), timeout=30_000)
+        target.focus()
+        page.keyboard.press(key)
+        try:
+            page.wait_for_function(f"() => ({shown})() === {json.dumps(then)}", timeout=30_000)
+        except Exception as e:  # say what the list shows instead
+            raise AssertionError(f"after {key} on {button}: {page.evaluate(shown)!r}, not {then!r}") from e
+
+    assert page.evaluate(shown) == "1. prune,2. quantize"
+    panel.locator(".widget-dropdown:visible", has=page.locator("label", has_text="add step")).locator("select") \
+        .select_option("sparsify")
+    press("Add", "Enter", "1. prune,2. quantize,3. sparsify")
+    press("Up", "Enter", "1. prune,2. sparsify,3. quantize")
+    press("Up", "Enter", "1. sparsify,2. prune,3. quantize")
+    # pick prune in the list (arrow keys in a notebook's output go to JupyterLab's command mode, which
+    # moves the cell selection: the listbox is picked as select_option does); Up is enabled once the kernel knows
+    chain.locator("select").select_option(index=1)
+    up = panel.locator("button:visible", has_text="Up").first.element_handle()
+    page.wait_for_function("b => !b.disabled", arg=up, timeout=30_000)
+    press("Remove", "Space", "1. sparsify,2. quantize")
+    assert not panel.locator(".slimkit-messages").inner_text().strip()  # a chain the panel accepts
+    panel.screenshot(path=str(ARTIFACTS / "pipeline_order.png"))
+    panel.locator(".lm-TabBar-tab, .p-TabBar-tab", has_text="quantize").first.click()

@@ -121,7 +121,7 @@ def test_sensitivity_bars_per_layer(make_panel, click):
 
 def test_pipeline_chains_steps(make_panel, click):
     panel = make_panel()
-    panel.set("pipeline", pipeline=("quantize", "prune"), sparsity=0.5, finetune_epochs=0, bits=8)
+    panel.set("pipeline", pipeline=("prune", "quantize"), sparsity=0.5, finetune_epochs=0, bits=8)
     click(panel, panel.run_button)
     run = panel.results[-1]
     assert run.method == "prune+quantize" and run.label == "prune 50% magnitude > quantize int8 per_channel"

@@ -129,3 +129,28 @@ def test_deepcopy_after_a_csr_forward():
     clone = copy.deepcopy(layer)
     assert clone._cache == {}
     torch.testing.assert_close(clone(x), F.linear(x, w))
+
+
+@pytest.mark.parametrize("make, x", [
+    (lambda: torch.nn.Linear(12, 5), torch.randn(3, 12)),
+    (lambda: torch.nn.Linear(12, 5, bias=False), torch.randn(3, 12)),
+    (lambda: torch.nn.Conv1d(4, 6, 3, stride=2, padding=1), torch.randn(2, 4, 9)),
+    (lambda: torch.nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), torch.randn(2, 4, 7, 7)),
+    (lambda: torch.nn.Conv3d(2, 3, 2, bias=False), torch.randn(1, 2, 4, 4, 4)),
+    (lambda: torch.nn.Embedding(10, 6, padding_idx=1), torch.tensor([[0, 1, 9], [3, 3, 2]])),
+])
+def test_to_float_is_the_plain_layer_holding_the_same_weight(make, x):
+    torch.manual_seed(0)
+    dense = make().eval()
+    with torch.no_grad():
+        dense.weight.mul_(torch.rand_like(dense.weight) < 0.4)  # zeros to store sparse
+    cls = {torch.nn.Linear: SparseLinear, torch.nn.Embedding: SparseEmbedding}.get(type(dense), SparseConv)
+    extra = {"padding_idx": 1} if cls is SparseEmbedding else {} if cls is SparseLinear else {
+        "stride": dense.stride, "padding": dense.padding, "dilation": dense.dilation, "groups": dense.groups}
+    sparse = cls.from_dense(dense.weight, getattr(dense, "bias", None), "csr", "dense", **extra).eval()
+    back = sparse.to_float()
+    assert type(back) is type(dense) and not back.training
+    assert torch.equal(back.weight, dense.weight)
+    assert (getattr(back, "bias", None) is None) == (getattr(dense, "bias", None) is None)
+    with torch.no_grad():
+        assert torch.equal(back(x), dense(x))

@@ -203,9 +203,15 @@ def test_csr_gaps_over_a_byte_get_fillers_and_stay_exact():
         model[0].weight[:, 300:1700] = 0  # a long run of zeros: a gap of 1400 columns
         model[0].weight[1] = 0  # an empty row
     q = slimkit.quantize(model, bits=8).model
-    s = slimkit.sparsify(q, format="csr").model  # the zeros as they are
-    layer = s[0]
-    assert layer.col.dtype == torch.uint8 and layer.nnz == int((layer.weight != 0).sum()) + 2 * 5  # 5 fillers a row
+    result = slimkit.sparsify(q, format="csr")  # the zeros as they are
+    s, layer = result.model, result.model[0]
+    true_nnz = int((layer.weight != 0).sum())
+    assert layer.col.dtype == torch.uint8 and layer.fillers == 2 * 5  # 5 fillers in each of the 2 long gaps
+    assert layer.nnz == true_nnz and layer.stored_entries == true_nnz + 10 == layer.values.numel()
+    assert layer.sparsity == pytest.approx(1 - true_nnz / 6000)  # fillers are zeros, though stored
+    row = result.report.layers[0]  # the report counts the true non-zeros, and the fillers apart
+    assert row.params_after == row.details["nnz"] == true_nnz
+    assert (row.details["stored_entries"], row.details["fillers"]) == (true_nnz + 10, 10)
     assert torch.equal(layer.weight, q[0].weight)
     x = torch.randn(4, 2000)
     with torch.no_grad():
@@ -228,3 +234,42 @@ def test_a_sparse_integer_model_first_run_under_inference_mode_still_runs_outsid
         first = s(x)
     again = s(x)
     assert torch.equal(first, again) and not again.is_inference()
+
+
+def test_quantize_on_csr_with_gaps_over_a_byte_reports_fillers_apart_and_saves_them(tmp_path):
+    """sparsify (float CSR) then quantize: the CSR layout is kept with relative indices, whose gaps
+    over 255 need fillers; nnz stays the float layer's non-zeros, and a saved artifact keeps both."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1000, 4))
+    with torch.no_grad():
+        model[0].weight[:, 10:900] = 0  # a gap of 890 columns in every row: 3 fillers a row
+        model[0].weight[:, 950:] *= torch.rand(4, 50) < 0.5
+    sparse = slimkit.sparsify(model, threshold=1e-12, format="csr").model
+    result = slimkit.quantize(sparse, bits=8)
+    layer, row = result.model[0], result.report.layers[0]
+    true_nnz = int((sparse[0].dense_weight() != 0).sum())
+    assert isinstance(layer, SparseIntWeight) and layer.sparse_format == "csr" and layer.fillers == 4 * 3
+    assert layer.nnz == row.params_after == row.details["nnz"] == true_nnz
+    assert row.details["stored_entries"] == layer.stored_entries == true_nnz + 12 and row.details["fillers"] == 12
+    slimkit.save(result.model, tmp_path / "m.safetensors")
+    back = slimkit.load(tmp_path / "m.safetensors", model=model)[0]
+    assert (back.nnz, back.stored_entries, back.fillers) == (layer.nnz, layer.stored_entries, layer.fillers)
+    assert torch.equal(back.weight, layer.weight)
+
+
+def test_a_layer_saved_before_fillers_were_counted_apart_still_loads():
+    """Older artifacts count the fillers in "nnz" (no "fillers" in the spec): they load with every
+    stored entry; a layer without fillers has the same spec as before."""
+    model = nn.Sequential(nn.Linear(600, 2))
+    with torch.no_grad():
+        model[0].weight[:, 5:590] = 0  # 2 fillers a row
+    layer = slimkit.sparsify(slimkit.quantize(model, bits=8).model, format="csr").model[0]
+    spec = layer.spec()
+    assert spec["fillers"] == 4 and spec["nnz"] == layer.nnz
+    old = {k: v for k, v in spec.items() if k != "fillers"} | {"nnz": layer.stored_entries}
+    rebuilt = type(layer).from_spec(old)
+    rebuilt.load_state_dict(layer.state_dict())
+    assert (rebuilt.stored_entries, rebuilt.fillers) == (layer.stored_entries, 0)
+    assert torch.equal(rebuilt.weight, layer.weight)
+    dense = slimkit.sparsify(slimkit.quantize(model, bits=8).model, format="bitmask").model[0]
+    assert "fillers" not in dense.spec() and dense.spec()["nnz"] == dense.nnz == dense.stored_entries
