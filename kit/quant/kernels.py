@@ -74,10 +74,10 @@ def fbgemm_pack(qweight: torch.Tensor, ws: torch.Tensor) -> dict:
 
 def fbgemm_linear(x: torch.Tensor, packed, reduce_range: bool, wsum: torch.Tensor,
                   bias: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``x @ W.T + bias`` for fp32 rows ``x`` quantized over [lo, hi] per row (per token) or in all
-    (calibrated), through fbgemm's per-tensor kernel: rows mapped to [-1, 1] and back."""
+    """``x @ W.T + bias`` for fp32 rows ``x`` quantized over their own [lo, hi] (per token),
+    through fbgemm's per-tensor kernel: rows mapped to [-1, 1] and back."""
     c = (hi + lo).mul_(0.5)
     r = (hi - lo).mul_(0.5).clamp_(min=_TINY)
     y = torch.ops.quantized.linear_dynamic((x - c).div_(r), packed, reduce_range)
-    y = torch.addcmul(y.mul_(r), c, wsum) if c.dim() else y.mul_(r).add_(wsum * c)
+    y = torch.addcmul(y.mul_(r), c, wsum)
     return y.add_(bias) if bias is not None else y

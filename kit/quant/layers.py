@@ -173,6 +173,8 @@ class QuantLinear(QWeight):
             how = "per-token dynamic" if self.act == "dynamic" else "static calibrated"
             if self._kernel() == "fbgemm":
                 bits = 7 if int(self.qweight.abs().max()) > EXACT_MAX_CODE else 8
+                if self.act == "static":
+                    how = "per-token within the calibrated range"
                 return (f"u8 x s8 -> s32 matmul (fbgemm, no VNNI on this CPU); activations {bits}-bit "
                         f"{how}" + (" (7 bits: 8-bit weights would saturate AVX2's int16 sums)" if bits == 7 else ""))
             return f"int8 x int8 -> int32 matmul (torch._int_mm); activations int8 {how}"
@@ -241,11 +243,11 @@ class QuantLinear(QWeight):
         if x.dtype != torch.float32:
             x = x.float()
         if "packed" in c:
-            if self.act == "dynamic":
-                lo, hi = torch.aminmax(x, dim=1, keepdim=True)
-            else:
-                lo, hi = c["lo"], c["hi"]
-                x = x.clamp(lo, hi)
+            if self.act == "static":
+                # clipped to the calibrated range, then per token within it: one calibrated range for
+                # all tokens at 7 bits lost MiniLM 0.06 of cosine (0.931 vs 0.993 at 8 bits)
+                x = x.clamp(c["lo"], c["hi"])
+            lo, hi = torch.aminmax(x, dim=1, keepdim=True)
             y = fbgemm_linear(x, c["packed"], c["reduce_range"], c["wsum"], c["bias"], lo, hi)
         elif self.act == "dynamic":
             # Per-row (per-token) asymmetric int8; the range includes 0 so zero stays exact.
