@@ -113,7 +113,9 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     without it) is the calibration input, in the forms ``activations`` takes; the Hessians come
     from ONE pass of it through the float model (not layer by layer). Other layers (embeddings,
     convs, RNNs, tied weights) are rounded to nearest: their rows say method "affine" and why.
-    scale_dtype: "float32" (default) or "float16": per-group scales stored (and used) in fp16.
+    act_order (gptq only): columns rounded by decreasing Hessian diagonal, group scales taken up
+    front from the float weight (static groups). scale_dtype: "float32" (default) or "float16":
+    per-group scales stored (and used) in fp16.
     finetune: with method="codebook", ``dict(data=..., epochs=1, lr=1e-3, batch_size=64)`` (or a
     ``slimkit.pruning.config.Finetune``) trains the centroids, indices fixed (Deep Compression):
     each centroid gets the summed gradient of the weights sharing it. ``loss_fn(model, x, y)``
@@ -259,8 +261,8 @@ def _check_finetune(model, config: QuantConfig, finetune, loss_fn):
     if tune is None:
         return None, loss_fn
     if config.method != "codebook":
-        raise InvalidParameterError("finetune", "<given>", f"None with method={config.method!r} (fine-tuning trains the "
-                                    "shared values of method='codebook')")
+        raise InvalidParameterError("finetune", "<given>", f"None with method={config.method!r} (fine-tuning trains "
+                                    "the shared values of method='codebook')")
     if loss_fn is not None and not callable(loss_fn):
         raise InvalidTypeError("loss_fn", loss_fn, "None or a callable loss_fn(model, x, y)")
     loss_fn = loss_fn or cross_entropy

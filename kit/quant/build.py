@@ -57,7 +57,8 @@ def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig,
         qts = {n: codebook_tensor(w, bits) for n, w in mats.items()}
         deq = {n: qt.dequantize() for n, qt in qts.items()}
     elif config.method == "gptq" and hessian is not None:
-        qts = {"weight": gptq_tensor(mats["weight"], hessian, bits, scheme, lay.granularity, lay.group_size, sdt)}
+        qts = {"weight": gptq_tensor(mats["weight"], hessian, bits, scheme, lay.granularity, lay.group_size, sdt,
+                                     config.act_order)}
     else:
         qts = {n: quantize_tensor(w, bits, scheme, lay.granularity, 0, lay.group_size, sdt)
                for n, w in mats.items()}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, anything, choice, integer, names, number
+from ..config import Config, anything, choice, flag, integer, names, number
 from ..errors import InvalidParameterError, InvalidTypeError
 from .affine import GRANULARITIES, MODES, SCHEMES
 
@@ -29,6 +29,8 @@ class QuantConfig(Config):
     group_size: int | None = integer(None, 1, 2**31 - 1, "values per scale with per_group (None: per layer, "
                                      "the largest divisor in [8, 32])", optional=True,
                                      wording="a positive int or None")
+    act_order: bool = flag(False, "gptq: round the input columns by decreasing Hessian diagonal (the paper's "
+                           "act-order), each group's scale taken up front from the float weight")
     scale_dtype: str = choice("float32", SCALE_DTYPES, "dtype the per-group scales are stored in (float16 halves "
                               "their bytes; the weights are rounded with the float16 scale)")
     mode: str = choice("auto", MODES, "real integer storage/kernels, simulated (fake quantization), or auto")
@@ -47,6 +49,8 @@ class QuantConfig(Config):
         if self.scale_dtype != "float32" and (self.method == "codebook" or self.granularity != "per_group"):
             raise InvalidParameterError("scale_dtype", self.scale_dtype, "float32 unless granularity='per_group' "
                                         "with method='affine' or 'gptq' (per-group scales are the ones worth halving)")
+        if self.act_order and self.method != "gptq":
+            raise InvalidParameterError("act_order", self.act_order, "False unless method='gptq'")
         if self.granularity != "per_group" and self.group_size is not None:
             raise InvalidParameterError("group_size", self.group_size, "None unless granularity='per_group'")
         keep = self.keep
@@ -71,4 +75,5 @@ class QuantConfig(Config):
         return dict(bits=self.bits, granularity=self.granularity, scheme=self.scheme, mode=self.mode,
                     group_size=self.group_size, activations="calibrated" if calibrated else None, keep=keep,
                     act_bits=self.act_bits, method=self.method,
-                    **({"scale_dtype": self.scale_dtype} if self.scale_dtype != "float32" else {}))
+                    **({"scale_dtype": self.scale_dtype} if self.scale_dtype != "float32" else {}),
+                    **({"act_order": True} if self.act_order else {}))

@@ -27,8 +27,9 @@ BLOCK = 128  # columns per lazy batch update
 
 def hessians(model: nn.Module, batches: list, names: list[str], progress) -> dict[str, dict]:
     """{name: {"H": 2/n sum x x^T (in, in) float64, "rows": n}} over every input row each Linear
-    ``name`` of ``model`` sees when the ``batches`` (:func:`~.calibrate.input_batches`) run through it. Raises a slimkit error (naming
-    ``data`` and the batch) on a batch the model refuses, before anything is quantized."""
+    ``name`` of ``model`` sees when the ``batches`` (:func:`~.calibrate.input_batches`) run through
+    it. Raises a slimkit error (naming ``data`` and the batch) on a batch the model refuses, before
+    anything is quantized."""
     acc: dict[str, dict] = {}
 
     def hook(name):
@@ -73,54 +74,62 @@ def _inverse_factor(H: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_tensor(w: torch.Tensor, H: torch.Tensor, bits: int, scheme: str, granularity: str,
-                group_size: int | None, scale_dtype: str = "float32") -> QTensor:
+                group_size: int | None, scale_dtype: str = "float32", act_order: bool = False) -> QTensor:
     """GPTQ-round a (out, in) weight with input Hessian ``H`` (in, in) to the affine format
     (bits, scheme, granularity, group_size along the input dimension), returned as the QTensor
-    :func:`~.affine.quantize_tensor` would build (scales stored and used in ``scale_dtype``). Zeros of ``w`` (pruned weights) stay exact zeros:
-    their code is the zero point and their (zero-valued) target error is compensated like any other."""
-    W = w.detach().float().clone()
-    rows, cols = W.shape
+    :func:`~.affine.quantize_tensor` would build (scales stored and used in ``scale_dtype``).
+    ``act_order``: round the columns by decreasing H_ii (the paper's "desc_act"); each group's scale
+    is then taken from the float weight up front ("static_groups"), so the storage stays contiguous
+    groups. Zeros of ``w`` (pruned weights) stay exact zeros: their code is the zero point, and the
+    difference to the error-updated value is compensated like any rounding error."""
+    W = w.detach().float().t().contiguous()  # (in, out): one input column is a contiguous row here
+    cols, rows = W.shape
     pruned = W == 0
-    Hinv = _inverse_factor(H.double()).float()
-    qmin, qmax = qrange(bits, scheme)
-    Q = torch.zeros(rows, cols, dtype=torch.int8)
     grouped = granularity == "per_group"
-    if grouped:  # blocks a multiple of the group size: a group never straddles two blocks
-        block = group_size * max(1, BLOCK // group_size)
-        scale = torch.empty(rows, cols // group_size, dtype=stored_scale(torch.ones(1), scale_dtype).dtype)
-        zp = torch.empty(rows, cols // group_size, dtype=torch.int32)
+    qmin, qmax = qrange(bits, scheme)
+    if grouped:
+        scale = torch.empty(cols // group_size, rows, dtype=stored_scale(torch.ones(1), scale_dtype).dtype)
+        zp = torch.empty(cols // group_size, rows, dtype=torch.int32)
+        if act_order:  # static groups: every scale from the float weight
+            for g in range(cols // group_size):
+                sg, zp[g] = qparams(W[g * group_size:(g + 1) * group_size], bits, scheme, "per_channel", 1)
+                scale[g] = stored_scale(sg, scale_dtype)
     else:  # one scale per row or per tensor, from the float weight, as round-to-nearest does
-        block = BLOCK
-        s0, z0 = qparams(W, bits, scheme, granularity, 0)
+        s0, z0 = qparams(W, bits, scheme, granularity, 1)
         s, z = s0.reshape(-1).expand(rows), z0.reshape(-1).expand(rows)
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(cols)
+    W, pruned, H = W[perm], pruned[perm], H[perm][:, perm]
+    Hinv = _inverse_factor(H.double()).float()
+    Q = torch.zeros(cols, rows, dtype=torch.int8)
+    # blocks a multiple of the group size: a group never straddles two blocks
+    block = group_size * max(1, BLOCK // group_size) if grouped else BLOCK
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        W1, H1 = W[:, i1:i2], Hinv[i1:i2, i1:i2]  # W1 is a view: updated in place
-        err = torch.zeros(rows, i2 - i1)
+        W1, H1 = W[i1:i2], Hinv[i1:i2, i1:i2]  # W1 is a view: updated in place
+        err = torch.zeros(i2 - i1, rows)
         for i in range(i2 - i1):
             c = i1 + i
-            if grouped and c % group_size == 0:  # this group's scale, from its error-updated weights
-                g = c // group_size
-                sg, z = qparams(W1[:, i:i + group_size], bits, scheme, "per_channel", 0)
-                sg = stored_scale(sg, scale_dtype)
-                scale[:, g], zp[:, g] = sg, z
-                s = sg.float()
-            col = W1[:, i]
-            q = (torch.round(col / s) + z).clamp_(qmin, qmax)
-            q = torch.where(pruned[:, c], z.to(q.dtype), q)
-            Q[:, c] = q.to(torch.int8)
-            e = (col - (q - z) * s) / H1[i, i]
-            W1[:, i:] -= e[:, None] * H1[i, i:][None, :]
-            err[:, i] = e
-        W[:, i2:] -= err @ Hinv[i1:i2, i2:]
-    if not grouped:
-        scale, zp = s0, z0
-    return QTensor(Q, scale, zp, bits, scheme, granularity, 0, group_size if grouped else None)
+            if grouped:
+                g = int(perm[c]) // group_size
+                if not act_order and c % group_size == 0:  # the group's scale, from its error-updated weights
+                    sg, zp[g] = qparams(W1[i:i + group_size], bits, scheme, "per_channel", 1)
+                    scale[g] = stored_scale(sg, scale_dtype)
+                s, z = scale[g].float(), zp[g]
+            q = (torch.round(W1[i] / s) + z).clamp_(qmin, qmax)
+            q = torch.where(pruned[c], z.to(q.dtype), q)
+            Q[c] = q.to(torch.int8)
+            err[i] = e = (W1[i] - (q - z) * s) / H1[i, i]
+            W1[i:] -= H1[i, i:, None] * e[None, :]
+        W[i2:] -= Hinv[i1:i2, i2:].t() @ err
+    Q = Q[torch.argsort(perm)].t().contiguous()
+    if grouped:
+        return QTensor(Q, scale.t().contiguous(), zp.t().contiguous(), bits, scheme, granularity, 0, group_size)
+    return QTensor(Q, s0, z0, bits, scheme, granularity, 0, None)
 
 
 def output_error(w: torch.Tensor, deq: torch.Tensor, x: torch.Tensor) -> float:
     """||X W^T - X Q^T|| (Frobenius): what GPTQ minimises, on inputs ``x`` (rows, in)."""
-    return float(torch.linalg.matrix_norm(x.float() @ (w.float() - deq.float()).t()))
+    return float(torch.linalg.matrix_norm(x.detach().float() @ (w.detach().float() - deq.detach().float()).t()))
 
 
 def gptq_names(work, ties: dict) -> list[str]:
