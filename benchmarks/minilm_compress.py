@@ -103,8 +103,8 @@ GPTQ_STAGES = [
 ]
 GPTQ_FFN5_STAGES = [
     ("embeddings: word int4 per group of 64 (fp16 scales), position/type int8 per group", EMB16),
-    ("+ attention Linears GPTQ int4 per group of 128, act-order, fp16 scales (half A)", [gptq(4, ATTENTION)]),
-    ("+ FFN Linears GPTQ int5 per group of 128, act-order, fp16 scales (half A)", [gptq(5, FFN)]),
+    ("+ attention Linears GPTQ int4, FFN Linears GPTQ int5, per group of 128, act-order, fp16 scales (half A)",
+     [gptq(4, ATTENTION), gptq(5, FFN)]),
 ]
 TARGETS = {  # name: (title, stages, min ratio, metric, floor)
     "size": ("Target 1: >= 8x smaller at mean cosine >= 0.99", SIZE_STAGES, 8.0, "mean_cos", 0.99),

@@ -182,7 +182,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
         plan = dataclasses.replace(plans[name], act_range=input_range(st, layer))
         new, w_sqnr, info = quantize_layer(layer, plan, config, hess.get(name, {}).get("H"))
         if calib is not None and name not in hess:
-            info["note"] = "; ".join(filter(None, [info.get("note"), rtn_reason(layer, name, hess, ties)]))
+            info["note"] = "; ".join(filter(None, [info.get("note"), rtn_reason(layer, name, ties)]))
         tied = ties.get(name)
         if tied and id(weight_param(layer)) in built:  # tied: one integer copy for all holders
             first_name, first = built[id(weight_param(layer))]

@@ -138,10 +138,10 @@ def gptq_names(work, ties: dict) -> list[str]:
     return [n for n, m in work if is_linear_like(m) and n not in ties]
 
 
-def rtn_reason(layer: nn.Module, name: str, stats: dict, ties: dict) -> str:
+def rtn_reason(layer: nn.Module, name: str, ties: dict) -> str:
     """Why a layer of a method='gptq' call is rounded to nearest instead."""
+    if not is_linear_like(layer):
+        return f"round-to-nearest: GPTQ covers Linear layers (and transformers' Conv1D), not {type(layer).__name__}"
     if name in ties:
         return "round-to-nearest: its weight is tied to another layer (one shared copy)"
-    if name not in stats:
-        return "round-to-nearest: GPTQ needs calibration inputs and this layer saw none"
-    return f"round-to-nearest: GPTQ covers Linear layers (and transformers' Conv1D), not {type(layer).__name__}"
+    return "round-to-nearest: GPTQ needs calibration inputs and this layer saw none"

@@ -91,6 +91,21 @@ def test_non_linear_layers_are_rounded_to_nearest_and_said_so(cnn, digits):
     assert res.report.summary["gptq_layers"] == 2
 
 
+def test_a_linear_that_sees_no_input_is_rounded_to_nearest():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.used(x)
+
+    res = slimkit.quantize(TwoHeads(), bits=4, method="gptq", data=torch.randn(64, 8))
+    rows = {r.name: r for r in res.report.layers}
+    assert rows["used"].details["method"] == "gptq" and rows["unused"].details["method"] == "affine"
+    assert "saw none" in rows["unused"].details["note"]
+
+
 def test_pruned_zeros_stay_exact_zeros(mlp, digits):
     with torch.no_grad():
         w = mlp.net[3].weight
@@ -126,4 +141,6 @@ def test_bad_input_errors_before_work(mlp, digits):
         slimkit.quantize(mlp, bits=4, scale_dtype="float16")  # per_channel scales stay fp32
     with pytest.raises(InvalidParameterError, match="scale_dtype"):
         slimkit.quantize(mlp, bits=4, granularity="per_group", scale_dtype="bfloat16")
+    with pytest.raises(InvalidParameterError, match="act_order"):
+        slimkit.quantize(mlp, bits=4, act_order=True)  # act_order is GPTQ's
     assert_unchanged(mlp, snap)
