@@ -114,9 +114,23 @@ def qparams(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", granulari
     return scale.reshape(shape), zp.reshape(shape)
 
 
+def stored_scale(scale: torch.Tensor, scale_dtype: str = "float32") -> torch.Tensor:
+    """``scale`` as it is stored: fp32, or rounded to fp16 (the weights are then rounded with the
+    fp16 value, so what is stored is exactly what was used). A scale below fp16's range becomes its
+    smallest positive value (the values of that row are then ~0 and stay ~0); one above it is an error."""
+    if scale_dtype == "float32":
+        return scale.float()
+    if scale.abs().max() > torch.finfo(torch.float16).max:
+        raise InvalidParameterError("scale_dtype", scale_dtype, "float32: a scale of "
+                                    f"{scale.abs().max().item():.3g} exceeds float16's range")
+    half = scale.half()
+    return torch.where(half > 0, half, torch.full_like(half, 2.0 ** -24))
+
+
 def quantize_tensor(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", granularity: str = "per_tensor",
-                    axis: int = 0, group_size: int | None = None) -> QTensor:
-    """X_q = clip(round(X / scale) + zero_point, qmin, qmax), with min-max parameters."""
+                    axis: int = 0, group_size: int | None = None, scale_dtype: str = "float32") -> QTensor:
+    """X_q = clip(round(X / scale) + zero_point, qmin, qmax), with min-max parameters; the scale
+    is stored (and used) in ``scale_dtype`` ("float32" or "float16")."""
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
         raise InvalidTypeError("x", x, "a floating-point torch.Tensor")
     if not torch.isfinite(x).all():
@@ -124,9 +138,10 @@ def quantize_tensor(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric", g
     _check_layout(x, granularity, axis, group_size)  # before normalising axis: axis=2 of a 2-d x is an error
     axis = axis % x.dim() if x.dim() else 0
     scale, zp = qparams(x, bits, scheme, granularity, axis, group_size)
+    scale = stored_scale(scale, scale_dtype)
     qmin, qmax = qrange(bits, scheme)
     rows = _rows(x.detach().float(), granularity, axis, group_size)
-    q = torch.round(rows / scale.reshape(-1, 1)) + zp.reshape(-1, 1)
+    q = torch.round(rows / scale.float().reshape(-1, 1)) + zp.reshape(-1, 1)
     q = _unrows(q.clamp_(qmin, qmax).to(torch.int8), x.shape, granularity, axis)
     return QTensor(q.contiguous(), scale, zp, bits, scheme, granularity, axis, group_size)
 

@@ -43,10 +43,11 @@ from ..sparse.layers import SparseWeight
 from ..sparse.requantize import densify, keep_sparse, sparse_float_layers
 from ..training import cross_entropy
 from .build import copy_module, quantize_layer, share_weight
-from .calibrate import calibrate, input_range
+from .calibrate import calibrate, input_batches, input_range
 from .centroids import train_centroids
 from .codebook_layers import CodebookWeight
 from .config import QuantConfig
+from .gptq import BLOCK, DAMP, gptq_names, hessians, rtn_reason
 from .plan import (
     NOT_QUANTIZED,
     TARGET_TYPES,
@@ -66,7 +67,7 @@ from .plan import layouts as plan_layouts
 from .sensitivity import auto_keep
 
 
-def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, metric=None,
+def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations=None, data=None, metric=None,
              finetune=None, loss_fn=None, callbacks=None, stop=None, **settings) -> Result:
     """Quantize the weights of every Linear (and transformers' Conv1D), Conv, ConvTranspose,
     Embedding and LSTM/GRU/RNN layer (and, with calibration data, their inputs) to ``bits`` bits.
@@ -106,6 +107,16 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     2^bits shared values, stored as bit-packed indices + an fp32 codebook (pruned zeros keep the
     reserved index 0 and stay exact zeros); storage is real, compute is SIMULATED (the weight is
     gathered into float per call). scheme/granularity do not apply to it.
+    method="gptq": the affine formats and layers above, but each Linear (and transformers' Conv1D)
+    weight is rounded by GPTQ (Frantar et al. 2022): columns one at a time, each one's rounding
+    error compensated on the columns not yet rounded through the inverse of the layer-input Hessian
+    2 X^T X, each group's scale taken when the loop reaches it. ``data`` (required with it, refused
+    without it) is the calibration input, in the forms ``activations`` takes; the Hessians come
+    from ONE pass of it through the float model (not layer by layer). Other layers (embeddings,
+    convs, RNNs, tied weights) are rounded to nearest: their rows say method "affine" and why.
+    act_order (gptq only): columns rounded by decreasing Hessian diagonal, group scales taken up
+    front from the float weight (static groups). scale_dtype: "float32" (default) or "float16":
+    per-group scales stored (and used) in fp16.
     finetune: with method="codebook", ``dict(data=..., epochs=1, lr=1e-3, batch_size=64)`` (or a
     ``slimkit.pruning.config.Finetune``) trains the centroids, indices fixed (Deep Compression):
     each centroid gets the summed gradient of the weights sharing it. ``loss_fn(model, x, y)``
@@ -124,6 +135,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
         raise InvalidParameterError("metric", None, "a callable model -> score or (X, y) data when keep='auto'")
     progress = as_progress(callbacks, stop)
     tune, loss_fn = _check_finetune(model, config, finetune, loss_fn)
+    calib = _check_data(config, data)
 
     targets, layouts = plan_layouts(model, config)  # every layer checked before any work: nothing half done
     check_finite(targets)
@@ -133,7 +145,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     ranking = None
     if config.auto_keep and candidates:
         ranking, kept = auto_keep(model, candidates, metric, config, progress,
-                                  lambda c: quantize(model, c, activations=activations).model)
+                                  lambda c: quantize(model, c, activations=activations, data=data).model)
         for n in kept:
             skip[n] = f"kept in full precision: most sensitive (keep='auto', max_drop={config.max_drop})"
     elif config.keep:
@@ -151,7 +163,12 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
 
     q = copy_module(model)
     act_stats = calibrate(q, activations, [n for n, _ in work], progress) if activations is not None else {}
+    gptq_set = gptq_names(work, ties) if calib is not None else []
+    hess = hessians(model, calib, gptq_set, progress) if gptq_set else {}
     report = Report("quantize", _params(config, activations is not None))
+    if calib is not None:
+        report.params["gptq"] = {"damp": DAMP, "block_size": BLOCK, "batches": len(calib),
+                                 "hessians": "one pass over the float model"}
     target_names, paths, built = {n for n, _ in targets}, module_paths(model), {}
     progress.emit("start", "quantize", 0, len(work))
     done = 0
@@ -164,7 +181,9 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
             continue
         st = act_stats.get(name)
         plan = dataclasses.replace(plans[name], act_range=input_range(st, layer))
-        new, w_sqnr, info = quantize_layer(layer, plan, config)
+        new, w_sqnr, info = quantize_layer(layer, plan, config, hess.get(name, {}).get("H"))
+        if calib is not None and name not in hess:
+            info["note"] = "; ".join(filter(None, [info.get("note"), rtn_reason(layer, name, ties)]))
         tied = ties.get(name)
         if tied and id(weight_param(layer)) in built:  # tied: one integer copy for all holders
             first_name, first = built[id(weight_param(layer))]
@@ -191,6 +210,8 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, activations
     _unsupported_rows(model, report)
     report.cover(model, q)
     report.summary.update(_summary(report))
+    if calib is not None:
+        report.summary["gptq_layers"] = sum(l.details.get("method") == "gptq" for l in report.changed)
     step = f"quantize {config.method} {config.bits}-bit"
     report.chain(model, q, lambda row: step + (" (simulated)" if row.action == Action.SIMULATED else ""))
     return Result(q, report)
@@ -222,14 +243,27 @@ def _params(config: QuantConfig, calibrated: bool) -> dict:
     return params
 
 
+def _check_data(config: QuantConfig, data) -> list | None:
+    """method='gptq''s calibration batches, checked in form before any work (None for other methods)."""
+    if config.method != "gptq":
+        if data is not None:
+            raise InvalidParameterError("data", "<given>", f"None with method={config.method!r} (calibration data "
+                                        "is for method='gptq'; activations= calibrates input ranges)")
+        return None
+    if data is None:
+        raise InvalidParameterError("data", None, "calibration inputs with method='gptq' (a tensor, (X, y), a Split, "
+                                    "a DataLoader or an iterable of batches, as activations= takes)")
+    return input_batches(data, "data")
+
+
 def _check_finetune(model, config: QuantConfig, finetune, loss_fn):
     """(Finetune or None, loss_fn): checked, and the first batch tried, before any work."""
     tune = Finetune.of(finetune)
     if tune is None:
         return None, loss_fn
     if config.method != "codebook":
-        raise InvalidParameterError("finetune", "<given>", "None with method='affine' (fine-tuning trains the "
-                                    "shared values of method='codebook')")
+        raise InvalidParameterError("finetune", "<given>", f"None with method={config.method!r} (fine-tuning trains "
+                                    "the shared values of method='codebook')")
     if loss_fn is not None and not callable(loss_fn):
         raise InvalidTypeError("loss_fn", loss_fn, "None or a callable loss_fn(model, x, y)")
     loss_fn = loss_fn or cross_entropy

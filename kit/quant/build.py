@@ -16,6 +16,7 @@ from .codebook import Codebook, codebook_tensor
 from .codebook_layers import CODEBOOK_CLASSES, CodebookWeight
 from .config import QuantConfig
 from .fakequant import FakeQuantInput
+from .gptq import gptq_tensor
 from .layers import (
     QuantConv1d,
     QuantConv2d,
@@ -43,23 +44,36 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig) -> tuple[nn.Module, float, dict]:
-    """The replacement module for one layer, its weight SQNR, and what to say about it."""
+def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig,
+                   hessian: torch.Tensor | None = None) -> tuple[nn.Module, float, dict]:
+    """The replacement module for one layer, its weight SQNR, and what to say about it. With
+    method='gptq' a Linear-like layer given its input ``hessian`` is rounded by GPTQ; any other
+    layer is rounded to nearest (its row says method 'affine')."""
     bits, scheme, lay, act_range = config.bits, config.scheme, plan.layout, plan.act_range
     mats = {n: w.detach() for n, w in matrices(layer).items()}
+    # fp16 scales only where they are per group (a per-channel fallback layout keeps fp32: int8 kernels)
+    sdt = config.scale_dtype if lay.granularity == "per_group" else "float32"
     if config.method == "codebook":  # one codebook per weight matrix; zeros keep index 0
         qts = {n: codebook_tensor(w, bits) for n, w in mats.items()}
         deq = {n: qt.dequantize() for n, qt in qts.items()}
+    elif config.method == "gptq" and hessian is not None:
+        qts = {"weight": gptq_tensor(mats["weight"], hessian, bits, scheme, lay.granularity, lay.group_size, sdt,
+                                     config.act_order)}
     else:
-        qts = {n: quantize_tensor(w, bits, scheme, lay.granularity, 0, lay.group_size) for n, w in mats.items()}
+        qts = {n: quantize_tensor(w, bits, scheme, lay.granularity, 0, lay.group_size, sdt)
+               for n, w in mats.items()}
+    if config.method != "codebook":
         deq = {n: dequantize_tensor(qt) for n, qt in qts.items()}
     w_sqnr = sqnr(_flat(mats.values()), _flat(deq.values()))
     dtype = next(iter(mats.values())).dtype
-    info = {"mode": "real" if plan.real else "simulated", "bits": bits, "method": config.method}
+    method = "affine" if config.method == "gptq" and hessian is None else config.method
+    info = {"mode": "real" if plan.real else "simulated", "bits": bits, "method": method}
     if config.method == "codebook":
         info["codebook_size"] = 2 ** bits
     else:
         info.update(scheme=scheme, granularity=lay.granularity)
+        if sdt != "float32":
+            info["scale_dtype"] = sdt
     if lay.group_size:
         info["group_size"] = lay.group_size
     notes = [lay.note] if lay.note else []
@@ -78,7 +92,7 @@ def quantize_layer(layer: nn.Module, plan: LayerPlan, config: QuantConfig) -> tu
             info["execution"] += f"; input fake-quantized to int{config.act_bits} (SIMULATED)"
             info["activations"], info["compute"] = sim_acts, Compute.SIMULATED
             new = FakeQuantInput(config.act_bits, new, act_range)
-        if bits < 8 and storage_bits(bits) == 8 and config.method == "affine":
+        if bits < 8 and storage_bits(bits) == 8 and config.method != "codebook":
             notes.append(f"int{bits} values are stored one per int8 byte (only 2-4 bits are packed)")
     else:
         new = _float_copy(layer, deq)

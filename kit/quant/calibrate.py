@@ -33,20 +33,11 @@ def calibrate(model: nn.Module, data, names: list[str], progress, max_rows: int 
         return pre
 
     handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
-    batches_ = input_batches(data)
-    progress.emit("start", "calibrate", 0, len(batches_))
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for i, x in enumerate(batches_):
-                _call(model, x, i)
-                progress.emit("progress", "calibrate", i + 1, len(batches_))
+        run_batches(model, input_batches(data), progress)
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
-    progress.emit("end", "calibrate", len(batches_), len(batches_))
     for st in stats.values():
         st["sample"] = st["sample"] and [torch.cat(st["sample"])]
     return stats
@@ -63,12 +54,28 @@ def _chunks(x: torch.Tensor, n: int = 128) -> list[torch.Tensor]:
     return [x[i:i + n] for i in range(0, len(x), n)]
 
 
-def input_batches(data) -> list:
-    """Model inputs from a calibration argument (the forms in :func:`quantize`'s docstring)."""
+def run_batches(model: nn.Module, batches: list, progress, stage: str = "calibrate", name: str = "activations"):
+    """Run each batch through ``model`` in eval mode without gradients (hooks record what they need)."""
+    progress.emit("start", stage, 0, len(batches))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, x in enumerate(batches):
+                _call(model, x, i, name)
+                progress.emit("progress", stage, i + 1, len(batches))
+    finally:
+        model.train(was)
+    progress.emit("end", stage, len(batches), len(batches))
+
+
+def input_batches(data, name: str = "activations") -> list:
+    """Model inputs from a calibration argument (the forms in :func:`quantize`'s docstring);
+    ``name`` is the argument errors name."""
     if isinstance(data, torch.Tensor):
         return _chunks(data)
     if isinstance(data, (Inputs, Mapping)):
-        return [_inputs.check_inputs(data, "activations")]
+        return [_inputs.check_inputs(data, name)]
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return _chunks(data[0])  # (X, y)
     if hasattr(data, "X") and isinstance(getattr(data, "X"), torch.Tensor):  # slimkit.data.Split
@@ -78,14 +85,14 @@ def input_batches(data) -> list:
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         out = list(data)  # each element is one batch, called by slimkit.inputs' rule
     else:
-        raise InvalidTypeError("activations", data, "calibration data: a tensor, (X, y), a Split, a DataLoader, "
+        raise InvalidTypeError(name, data, "calibration data: a tensor, (X, y), a Split, a DataLoader, "
                                "or an iterable of batches (tensor, tuple, dict or slimkit.Inputs)")
     if not out:
-        raise InvalidParameterError("activations", data, "calibration data with at least one batch")
-    return [_inputs.check_inputs(b, f"activations[{i}]") for i, b in enumerate(out)]
+        raise InvalidParameterError(name, data, "calibration data with at least one batch")
+    return [_inputs.check_inputs(b, f"{name}[{i}]") for i, b in enumerate(out)]
 
 
-def _call(model, x, i: int):
+def _call(model, x, i: int, name: str = "activations"):
     """model(batch) by slimkit.inputs' rule; a batch the model refuses is the caller's error."""
-    with batch_errors(i, "activations", x, "batches the model accepts"):
+    with batch_errors(i, name, x, "batches the model accepts"):
         return _inputs.call(model, x)

@@ -65,7 +65,7 @@ def float_dtype(name: str) -> torch.dtype:
 
 class QWeight(nn.Module):
     """Shared storage of one quantized weight: ``qweight`` (int8 or packed uint8), ``scale``
-    (fp32) and, for asymmetric schemes, ``zero_point``. ``dtype`` is the float layer's dtype:
+    (fp32, or fp16 per-group scales) and, for asymmetric schemes, ``zero_point``. ``dtype`` is the float layer's dtype:
     the bias is kept in it, and :attr:`weight` returns the dequantized weight in it, so code that
     reads ``layer.weight`` (``F.multi_head_attention_forward``, T5's ``wo.weight.dtype``, ViT's
     patch embedding) keeps working on a quantized layer."""
@@ -87,7 +87,8 @@ class QWeight(nn.Module):
             q = qt.q if storage_bits(bits) == 8 else pack(qt.q, bits)
             scale, zp = qt.scale, (qt.zero_point.to(torch.int8) if scheme == "asymmetric" else None)
         self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale.float().contiguous())
+        # fp16 scales (scale_dtype="float16") stay fp16: dequantization promotes to fp32 exactly
+        self.register_buffer("scale", (scale if scale.dtype == torch.float16 else scale.float()).contiguous())
         self.register_buffer("zero_point", zp)
         self._init_bias(bias, has_bias, bias_size)
 

@@ -170,7 +170,7 @@ class LayerPlan:
 
 
 def has_int8_kernel(layer: nn.Module, config: QuantConfig, layout: Layout) -> bool:
-    return (config.method == "affine" and is_linear_like(layer)
+    return (config.method != "codebook" and is_linear_like(layer)
             and int8_kernel_format(config.bits, config.scheme, layout.granularity))
 
 
