@@ -72,8 +72,8 @@ def _openvino_rows(fp32, q, example, threads: int) -> dict:
     out = {}
     core_compile = ov.Core.compile_model
 
-    def with_counters(self, model, device="CPU", config=None):
-        return core_compile(self, model, device, {**(config or {}), "PERF_COUNT": True})
+    def with_counters(self, model, device_name="CPU", config=None, **kw):  # NNCF passes device_name=
+        return core_compile(self, model, device_name, {**(config or {}), "PERF_COUNT": True}, **kw)
 
     ov.Core.compile_model = with_counters  # both builders compile through ov.Core(); counters on for them
     try:

@@ -250,6 +250,8 @@ class Step:
             extra = {"activations": "train"} if c["quantize_panel"].activations else {}
             if c["quantize_panel"].centroid_epochs:
                 extra["finetune"] = f"dict(data=train, epochs={c['quantize_panel'].centroid_epochs})"
+            if c["quantize"].method == "gptq":
+                extra["data"] = "train"
             return [f"{model} = {c['quantize'].code(model, extra)}.model"]
         if self.method == "prune":
             extra = {"data": "train"}

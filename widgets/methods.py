@@ -87,7 +87,8 @@ def apply(method: str, model: nn.Module, configs: dict[str, Config], train, test
         calibrate = train if panel.activations else None  # quantize uses <= 512 rows
         # codebook centroids trained on the training data (quantize refuses it for affine, and says so)
         tune = {"finetune": {"data": train, "epochs": panel.centroid_epochs}} if panel.centroid_epochs else {}
-        return slimkit.quantize(model, configs["quantize"], activations=calibrate, **tune, **only, **run)
+        gptq = {"data": train} if configs["quantize"].method == "gptq" else {}  # GPTQ's calibration pass
+        return slimkit.quantize(model, configs["quantize"], activations=calibrate, **tune, **gptq, **only, **run)
     if method == "prune":
         finetune = configs.get("finetune") if include is None else None
         return slimkit.prune(model, configs["prune"], data=train, finetune=finetune, **only, **run)

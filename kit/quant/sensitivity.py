@@ -49,6 +49,10 @@ def sensitivity(model: nn.Module, data_or_metric_fn, config: QuantConfig | None 
     if not isinstance(config, QuantConfig):
         settings.setdefault("mode", "simulated")
     config = QuantConfig.build(config, settings)
+    note = None
+    if config.method == "gptq":  # GPTQ's rounding needs the whole model's calibration pass per layer
+        config = dataclasses.replace(config, method="affine", act_order=False)
+        note = "ranked with round-to-nearest: GPTQ rounding needs calibration data (quantize's data=)"
     score_fn, data = metric_fn(data_or_metric_fn)
     progress = as_progress(callbacks, stop)
     base_model = copy_module(model).eval()
@@ -70,6 +74,8 @@ def sensitivity(model: nn.Module, data_or_metric_fn, config: QuantConfig | None 
                    "drop": base - score, "weight_sqnr_db": w_sqnr}
             if ref_out is not None:
                 row["output_sqnr_db"] = sqnr(ref_out, _outputs(base_model, data))
+            if note:
+                row["note"] = note
         finally:
             set_module(base_model, name, layer)
         out.append(row)

@@ -79,6 +79,15 @@ def test_codebook_controls_run_quantize_codebook_with_trained_centroids(make_pan
     assert panel.rows()[1]["entropy-coded KiB"] == round(run.entropy_bytes / 1024, 1)
 
 
+def test_gptq_from_the_panel_calibrates_on_the_training_data(make_panel, mlp):
+    panel = make_panel(live=False, model=mlp)
+    panel.set("quantize", quantize_method="gptq", bits=4, granularity="per_channel")
+    assert panel.messages.value == "" and not panel.run_button.disabled
+    run = panel.run()
+    assert run.reports[-1].summary["gptq_layers"] > 0
+    assert "method='gptq'" in run.code() and "data=train" in run.code()
+
+
 def test_pipeline_runs_prune_then_codebook_and_shows_the_history(make_panel, mlp):
     panel = make_panel(live=False, model=mlp)
     panel.set("pipeline", pipeline=("prune", "quantize"), sparsity=0.8, finetune_epochs=0, quantize_method="codebook",

@@ -64,3 +64,10 @@ def test_sensitivity_takes_settings_like_quantize_and_simulates_by_default(mlp):
     seen.clear()
     sensitivity(mlp, lambda m: seen.append(type(m.net[1]).__name__) or 1.0, slimkit.QuantConfig(include=["net.1"]))
     assert seen == ["Linear", "QuantLinear"]
+
+
+def test_sensitivity_with_gptq_ranks_by_round_to_nearest_and_says_so(mlp, digits):
+    rows = sensitivity(mlp, (digits.test.X[:128], digits.test.y[:128]), bits=4, method="gptq")
+    assert rows and all("round-to-nearest" in r["note"] for r in rows)
+    plain = sensitivity(mlp, (digits.test.X[:128], digits.test.y[:128]), bits=4)
+    assert [r["drop"] for r in rows] == [r["drop"] for r in plain] and "note" not in plain[0]
