@@ -134,12 +134,13 @@ def halves(n: int) -> tuple[slice, slice]:
 
 
 def fidelity_row(emb, ref) -> dict:
-    """Mean/min cosine and top-1 over all sentences, plus top-1 within each half."""
+    """Mean/min cosine and top-1 over all sentences, plus mean cosine and top-1 within each half."""
     a = agreement(emb, ref)
     row = {"mean_cos": a["mean_cosine"], "min_cos": a["min_cosine"], "top1": a["top1_agreement"],
            "misses": int(a["top1_misses"])}
     for tag, part in zip("AB", halves(len(ref))):
-        row[f"top1_{tag}"] = agreement(emb[part], ref[part])["top1_agreement"]
+        half = agreement(emb[part], ref[part])
+        row[f"top1_{tag}"], row[f"mean_cos_{tag}"] = half["top1_agreement"], half["mean_cosine"]
     return row
 
 
@@ -171,12 +172,16 @@ def saved_bytes(model) -> int:
         return path.stat().st_size
 
 
+def _halves_cos(r: dict) -> str:
+    return f" (A {r['mean_cos_A']:.5f}, B {r['mean_cos_B']:.5f})" if "mean_cos_B" in r else ""
+
+
 def table(rows: list[dict]) -> list[str]:
     out = [("| stage | bytes | x smaller | entropy-coded bytes | x smaller | mean cos | min cos | top-1 all | "
            "top-1 A (chosen on) | top-1 B (held out) | misses |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['stage']} | {r['bytes']:,} | {r['ratio']:.2f}x | {r['bytes_entropy']:,} | "
-                   f"{r['ratio_entropy']:.2f}x | {r['mean_cos']:.5f} | {r['min_cos']:.4f} | {r['top1']:.1%} | "
+                   f"{r['ratio_entropy']:.2f}x | {r['mean_cos']:.5f}{_halves_cos(r)} | {r['min_cos']:.4f} | {r['top1']:.1%} | "
                    f"{r['top1_A']:.1%} | {r['top1_B']:.1%} | {r['misses']} |")
     return out
 
