@@ -77,7 +77,11 @@ def fbgemm_linear(x: torch.Tensor, packed, reduce_range: bool, wsum: torch.Tenso
     """``x @ W.T + bias`` for fp32 rows ``x`` quantized over their own [lo, hi] (per token),
     through fbgemm's per-tensor kernel: rows mapped to [-1, 1] and back."""
     c = (hi + lo).mul_(0.5)
-    r = (hi - lo).mul_(0.5).clamp_(min=_TINY)
-    y = torch.ops.quantized.linear_dynamic((x - c).div_(r), packed, reduce_range)
-    y = torch.addcmul(y.mul_(r), c, wsum)
-    return y.add_(bias) if bias is not None else y
+    # a half-range under |c| / 1024 is widened to it: x * inv - c * inv then cancels to within 1e-4
+    # of the [-1, 1] range (a narrower row still lands within |c| / 2^15 of its values)
+    r = torch.maximum((hi - lo).mul_(0.5), c.abs().mul_(2.0**-10)).clamp_(min=_TINY)
+    inv = r.reciprocal()
+    # one pass in, one out (profiled: the passes around the kernel were a third of its time)
+    y = torch.ops.quantized.linear_dynamic(torch.addcmul(-c * inv, x, inv), packed, reduce_range)
+    shift = c * wsum if bias is None else torch.addcmul(bias, c, wsum)
+    return shift.addcmul_(y, r)

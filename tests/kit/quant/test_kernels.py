@@ -124,3 +124,14 @@ def test_quantized_model_saves_and_loads_on_the_fbgemm_path(tmp_path, mlp, digit
     again = slimkit.load(path)
     torch.testing.assert_close(again(x), before)
     assert slimkit.sqnr(mlp(x), before) > 30
+
+
+def test_rows_far_from_zero_with_a_tiny_spread_stay_accurate():
+    # a row's offset dwarfs its range: the shift to [-1, 1] must not cancel it away
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 24)
+    q = _qlinear(lin.weight.detach(), lin.bias.detach())
+    x = torch.cat([1000 + torch.randn(3, 48) * 1e-3, torch.full((1, 48), -250.0), torch.randn(2, 48)])
+    out, ref = q(x), lin(x)
+    for i in range(len(x)):
+        assert slimkit.sqnr(ref[i], out[i]) > 30, i
