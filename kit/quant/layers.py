@@ -203,8 +203,9 @@ class QuantLinear(QWeight):
         if not torch.compiler.is_compiling() and self._kernel() == "fbgemm":
             c = {**fbgemm_pack(self.qweight, ws), "wsum": colsum, "bias": bias}
             if self.act == "static":  # the calibrated range, as fp32 bounds
-                lo, hi = qrange(8, "asymmetric")
-                c["lo"], c["hi"] = (lo - self.act_zero_point) * self.act_scale, (hi - self.act_zero_point) * self.act_scale
+                qmin, qmax = qrange(8, "asymmetric")
+                zp, s = self.act_zero_point, self.act_scale
+                c["lo"], c["hi"] = (qmin - zp) * s, (qmax - zp) * s
             return c
         c = {"wt": self.qweight.t(), "ws": ws}
         if self.act == "dynamic":
