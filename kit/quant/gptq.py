@@ -127,11 +127,6 @@ def gptq_tensor(w: torch.Tensor, H: torch.Tensor, bits: int, scheme: str, granul
     return QTensor(Q, s0, z0, bits, scheme, granularity, 0, None)
 
 
-def output_error(w: torch.Tensor, deq: torch.Tensor, x: torch.Tensor) -> float:
-    """||X W^T - X Q^T|| (Frobenius): what GPTQ minimises, on inputs ``x`` (rows, in)."""
-    return float(torch.linalg.matrix_norm(x.detach().float() @ (w.detach().float() - deq.detach().float()).t()))
-
-
 def gptq_names(work, ties: dict) -> list[str]:
     """The layers GPTQ rounds: Linear-likes (nn.Linear, transformers' Conv1D) whose weight is not
     tied to another module (a tied copy is shared with, e.g., an embedding rounded to nearest)."""

@@ -63,13 +63,18 @@ def cpu_kernel() -> str:
     return "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "int_mm"
 
 
+def activation_bits(qweight: torch.Tensor) -> int:
+    """Bits fbgemm's AVX2 kernel quantizes activations to for these weight codes: 8 while every
+    code is within +-64, else 7 (see the module docstring)."""
+    return 7 if qweight.numel() and int(qweight.abs().max()) > EXACT_MAX_CODE else 8
+
+
 def fbgemm_pack(qweight: torch.Tensor, ws: torch.Tensor) -> dict:
     """fbgemm's packed form of int8 weight codes with one scale per output row, and whether
     activations need 7 bits to stay exact (see the module docstring)."""
     zp = torch.zeros(qweight.shape[0], dtype=torch.long)
     qt = torch._make_per_channel_quantized_tensor(qweight.contiguous(), ws.double(), zp, 0)
-    reduce = int(qweight.abs().max()) > EXACT_MAX_CODE if qweight.numel() else False
-    return {"packed": torch.ops.quantized.linear_prepack(qt, None), "reduce_range": reduce}
+    return {"packed": torch.ops.quantized.linear_prepack(qt, None), "reduce_range": activation_bits(qweight) == 7}
 
 
 def fbgemm_linear(x: torch.Tensor, packed, reduce_range: bool, wsum: torch.Tensor,

@@ -40,7 +40,7 @@ from .affine import (
     storage_bits,
     unpack,
 )
-from .kernels import EXACT_MAX_CODE, cpu_kernel, fbgemm_linear, fbgemm_pack
+from .kernels import activation_bits, cpu_kernel, fbgemm_linear, fbgemm_pack
 
 _TINY = 1e-12
 
@@ -173,7 +173,7 @@ class QuantLinear(QWeight):
         if self.integer_kernel:
             how = "per-token dynamic" if self.act == "dynamic" else "static calibrated"
             if self._kernel() == "fbgemm":
-                bits = 7 if int(self.qweight.abs().max()) > EXACT_MAX_CODE else 8
+                bits = activation_bits(self.qweight)
                 if self.act == "static":
                     how = "per-token within the calibrated range"
                 return (f"u8 x s8 -> s32 matmul (fbgemm, no VNNI on this CPU); activations {bits}-bit "

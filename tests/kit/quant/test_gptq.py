@@ -6,10 +6,15 @@ from conftest import assert_unchanged, state_snapshot
 import slimkit
 from slimkit.errors import InvalidParameterError
 from slimkit.quant.affine import dequantize_tensor, quantize_tensor
-from slimkit.quant.gptq import gptq_tensor, output_error
+from slimkit.quant.gptq import gptq_tensor
 from slimkit.quant.layers import QuantLinear
 
 LINEARS = ("net.1", "net.3", "net.5")
+
+
+def output_error(w: torch.Tensor, deq: torch.Tensor, x: torch.Tensor) -> float:
+    """||X W^T - X Q^T|| (Frobenius): what GPTQ minimises, on inputs ``x`` (rows, in)."""
+    return float(torch.linalg.matrix_norm(x.detach().float() @ (w.detach().float() - deq.detach().float()).t()))
 
 
 def layer_inputs(model, x, names):
