@@ -74,10 +74,13 @@ class Prepared:
         return float(sum(self.setup_seconds.values()))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary (what benchmarks record next to the timings)."""
+        """JSON-able summary (what benchmarks record next to the timings). A runtime that picks its
+        kernels at the first call (OpenVINO) adds them here once it has been called."""
+        runtime_info = getattr(self.fn, "runtime_info", None)
+        info = {**self.info, **runtime_info()} if callable(runtime_info) else self.info
         return {"backend": self.backend, "device": str(self.device), "options": _jsonable(self.options),
                 "setup_seconds": dict(self.setup_seconds), "size_bytes": self.size_bytes,
-                "info": _jsonable(self.info)}
+                "info": _jsonable(info)}
 
 
 def _jsonable(d: dict) -> dict:

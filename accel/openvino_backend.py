@@ -40,6 +40,7 @@ from .prepared_cache import load_or_build
 from .runtime_call import RuntimeCall, check_threads
 
 PRECISIONS = (None, "f32", "bf16")
+MATMULS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution")
 
 
 class _Compiled(RuntimeCall):
@@ -56,6 +57,22 @@ class _Compiled(RuntimeCall):
     def _run(self, feed: dict) -> list:
         res = self.request.infer(feed)
         return [res[o].copy() for o in self.compiled.outputs]
+
+    def runtime_info(self) -> dict[str, Any]:
+        """The kernels OpenVINO runs the model's matrix products with, and the precisions they compute
+        in: int8 weights can run an int8 kernel or be decompressed into a float one (what the CPU
+        plugin does on AVX2 CPUs, dynamic quantization or not). Known after the first call."""
+        kernels: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            layer, kernel = rt["layerType"].astype(str), rt["primitiveType"].astype(str)
+            if layer.startswith(MATMULS) and not kernel.startswith("undef"):
+                name = f"{layer} [{kernel}]"
+                kernels[name] = kernels.get(name, 0) + 1
+        if not kernels:
+            return {}
+        compute = sorted({k.rsplit("_", 1)[-1].rstrip("]").lower() for k in kernels})
+        return {"matmul_kernels": kernels, "matmul_compute": compute}
 
 
 def _type_name(t) -> str:

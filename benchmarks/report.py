@@ -11,6 +11,15 @@ def _mib(b) -> str:
     return f"{b / 2**20:.1f}" if b is not None else "-"
 
 
+def _kernels(row) -> str:
+    """What a runtime that picks kernels itself (OpenVINO) ran the matrix products with."""
+    info = row.get("describe", {}).get("info", {})
+    if not info.get("matmul_kernels"):
+        return ""
+    kernels = ", ".join(f"{n} x{c}" for n, c in info["matmul_kernels"].items())
+    return f". Matrix products computed in {'/'.join(info['matmul_compute'])}: {kernels}"
+
+
 def _ms(v) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
@@ -43,7 +52,7 @@ def minilm_section(r: dict[str, Any]) -> str:
                        + (f" ({f['n']:.0f} sentences)" if f.get("n") and f["n"] < r.get("sentences", f["n"]) else ""),
                        _setup(row["setup_s"])])
     notes = "\n".join(f"- **{n}**: {row['note']}" + (f" (size: {row['size_note']})" if row.get("size_note") else "")
-                      for n, row in r["rows"].items() if row.get("note"))
+                      + _kernels(row) for n, row in r["rows"].items() if row.get("note"))
     out = [markdown(header, rows, escape=False), "", "Rows:", notes, "",
            "Latency: median (p90) of alternating rounds in one process, "
            f"{r['threads']} threads; `x fp32` = fp32 eager's median / the row's median, same run. "

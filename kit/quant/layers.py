@@ -249,7 +249,9 @@ class QuantLinear(QWeight):
                 # clipped to the calibrated range, then per token within it: one calibrated range for
                 # all tokens at 7 bits lost MiniLM 0.06 of cosine (0.931 vs 0.993 at 8 bits)
                 x = x.clamp(c["lo"], c["hi"])
-            lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+            # two reductions, not torch.aminmax(dim=1): 4-10x faster on a 4096-row batch (2.8 vs 10.4 ms
+            # at 4096x1536, 2 threads), and a tenth of MiniLM's 32x128 time was in aminmax
+            lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
             y = fbgemm_linear(x, c["packed"], c["reduce_range"], c["wsum"], c["bias"], lo, hi)
         elif self.act == "dynamic":
             # Per-row (per-token) asymmetric int8; the range includes 0 so zero stays exact.

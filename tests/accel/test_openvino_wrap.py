@@ -31,3 +31,19 @@ def test_a_compiled_openvino_model_is_wrapped_as_a_prepared_model(tmp_path):
     got = run(x)
     got = got[0] if isinstance(got, (list, tuple)) else got
     assert torch.allclose(torch.as_tensor(got), want, atol=1e-4)
+
+
+def test_the_kernels_openvino_picked_are_described_after_the_first_call(tmp_path):
+    model = nn.Sequential(nn.Linear(24, 48), nn.GELU(), nn.Linear(48, 16)).eval()
+    x = torch.randn(8, 24)
+    slimkit.export(model, x, tmp_path / "m.xml", format="openvino")
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from slimkit.accel.openvino_backend import wrap_compiled
+
+    run = wrap_compiled(compiled, model)
+    assert "matmul_kernels" not in run.describe()["info"]  # the CPU plugin picks them at the first call
+    run(x)
+    info = run.describe()["info"]
+    assert sum(info["matmul_kernels"].values()) == 2  # the two Linears
+    assert all(k.startswith(("FullyConnected", "MatMul")) for k in info["matmul_kernels"])
+    assert info["matmul_compute"] == ["f32"]
