@@ -51,8 +51,9 @@ from slimkit.quant.layers import QWeight
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, _jsonable, _reason, register_backend, wrap_failure
-from .prepared_cache import load_or_build
-from .runtime_call import RuntimeCall, check_threads
+from .prepared_cache import (load_or_build, load_output_structure, output_structure, runtime_spec,
+                             save_output_structure)
+from .runtime_call import RuntimeCall, check_saturation, check_threads
 
 log = logging.getLogger("slimkit.accel")
 
@@ -158,6 +159,7 @@ class OnnxRuntimeBackend(Backend):
         if quantize not in QUANTIZE:
             raise InvalidParameterError("quantize", quantize, "None or 'int8' (ONNX Runtime dynamic quantization)")
         check_threads(threads)
+        check_saturation(model, self.name, "ONNX Runtime")
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         try:  # slimkit's own layers (int8, sparse, fake-quant) in ops ONNX expresses: slimkit.export's lowering
             lowered, how = lower(model)
@@ -169,10 +171,13 @@ class OnnxRuntimeBackend(Backend):
         setup: dict[str, float] = {}
         info: dict[str, Any] = {"slimkit_layers": how} if how else {}
 
-        with torch.inference_mode():  # the output structure, and the deployed graph's distance from it
-            reference = _inputs.call(model, example_inputs)
-        leaves, spec = torch.utils._pytree.tree_flatten(reference)
-        tensor_leaves = [x for x in leaves if isinstance(x, torch.Tensor)]
+        reference: list = []  # the torch outputs, computed when needed: not on a prepared-cache hit
+
+        def torch_outputs():
+            if not reference:
+                with torch.inference_mode():
+                    reference.append(_inputs.call(model, example_inputs))
+            return reference[0]
 
         def make(out: Path) -> None:
             """Export (+ fusions, + ORT int8) into ``out``/model.onnx, recording times and details."""
@@ -200,6 +205,7 @@ class OnnxRuntimeBackend(Backend):
             if path != out / "model.onnx":
                 os.replace(path, out / "model.onnx")
             (out / "info.json").write_text(json.dumps(_jsonable(info)))
+            save_output_structure(out, output_structure(torch_outputs()))
 
         options = {"quantize": quantize, "per_channel": per_channel, "reduce_range": reduce_range,
                    "optimize": optimize, "dynamic": dynamic, "opset": opset, "exporter": exporter}
@@ -224,7 +230,8 @@ class OnnxRuntimeBackend(Backend):
             raise wrap_failure(self.name, model, "creating the ONNX Runtime session", e) from e
         setup["session"] = time.perf_counter() - t0
 
-        out_spec = spec if len(session.get_outputs()) == len(leaves) == len(tensor_leaves) else None
+        structure = load_output_structure(folder) or output_structure(torch_outputs())
+        out_spec = runtime_spec(structure, len(session.get_outputs()))
         positional = _forward_names(model) or [i.name for i in session.get_inputs()]
         fn = _Session(session, positional, out_spec, device)
         info.update(onnx_path=str(path), intra_op_threads=so.intra_op_num_threads,
@@ -232,11 +239,12 @@ class OnnxRuntimeBackend(Backend):
                     providers=session.get_providers())
         if device.type == "cuda":
             info["note"] = "inputs and outputs pass through host memory (numpy), included in timings"
-        # how far the deployed graph is from the torch model on the example inputs
-        out = _inputs.call(fn, example_inputs)
-        got = [x for x in torch.utils._pytree.tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
-        if got and tensor_leaves and got[0].shape == tensor_leaves[0].shape:
-            info["max_abs_diff_vs_torch"] = float((got[0].float().cpu() - tensor_leaves[0].float().cpu()).abs().max())
+        if reference:  # how far the deployed graph is from the torch model (built here, not a cache hit)
+            got = [x for x in torch.utils._pytree.tree_flatten(_inputs.call(fn, example_inputs))[0]
+                   if isinstance(x, torch.Tensor)]
+            want = [x for x in torch.utils._pytree.tree_flatten(reference[0])[0] if isinstance(x, torch.Tensor)]
+            if got and want and got[0].shape == want[0].shape:
+                info["max_abs_diff_vs_torch"] = float((got[0].float().cpu() - want[0].float().cpu()).abs().max())
 
         prepared = Prepared(fn, self.name, device, {**options, "threads": so.intra_op_num_threads,
                                                     "exporter": info.get("exporter", exporter)},

@@ -11,10 +11,9 @@ activations and sets the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: OpenV
 activations itself (its numbers, not slimkit's per-token ones); None (default) runs slimkit's exact
 per-token arithmetic and sets the hint to 0 (off), so the graph is what slimkit wrote.
 
-Static (calibrated) int8 layers with full-range 8-bit weights are refused on CPUs without VNNI:
-OpenVINO runs their QDQ pattern as u8 x s8 with ``vpmaddubsw``, whose int16 pair sums saturate
-(measured: one static Linear off by 31% of its output range on a Zen 3). Weights quantized to 7
-bits (``slimkit.quantize(..., bits=7, activations=data)``, NNCF's "overflow fix") run exactly.
+Static (calibrated) int8 layers with full-range 8-bit weights are refused on CPUs without VNNI
+(:func:`~.runtime_call.check_saturation`; measured: one static Linear off by 31% of its output
+range on a Zen 3). Weights quantized to 7 bits (NNCF's "overflow fix") run exactly.
 """
 from __future__ import annotations
 
@@ -36,8 +35,9 @@ from slimkit.exporter.onnx import forward_names
 
 from . import inputs as _inputs
 from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
-from .prepared_cache import load_or_build
-from .runtime_call import RuntimeCall, check_threads
+from .prepared_cache import (load_or_build, load_output_structure, output_structure, runtime_spec,
+                             save_output_structure)
+from .runtime_call import RuntimeCall, check_saturation, check_threads
 
 PRECISIONS = (None, "f32", "bf16")
 MATMULS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution")
@@ -94,23 +94,6 @@ def wrap_compiled(compiled, model: torch.nn.Module, backend: str = "openvino", *
                     dict(options or {}), dict(setup_seconds or {}), size_bytes, info)
 
 
-def _check_saturation(model) -> None:
-    """BackendError naming static 8-bit int8 layers when this CPU lacks VNNI (see the module notes)."""
-    from slimkit.hardware import fingerprint
-    from slimkit.quant.layers import QuantLinear
-
-    if any("vnni" in f for f in fingerprint().get("cpu_flags", [])):
-        return
-    bad = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel
-           and m.act == "static" and m.bits == 8]
-    if bad:
-        raise BackendError(
-            f"backend 'openvino' would compute wrong numbers for {len(bad)} static int8 layers ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): this CPU has no VNNI, and OpenVINO's u8 x s8 kernel saturates on "
-            "full-range 8-bit weights. Quantize with bits=7 (slimkit.quantize(model, bits=7, activations=data)), "
-            "or leave activations dynamic")
-
-
 @register_backend
 class OpenVinoBackend(Backend):
     name = "openvino"
@@ -142,14 +125,14 @@ class OpenVinoBackend(Backend):
             raise InvalidParameterError("dynamic_quantization", dq, "None or a group size (positive int; "
                                         "large, e.g. 2**20, means one scale per token)")
         activations = "exact" if dq is None else "runtime"
-        _check_saturation(model)
+        check_saturation(model, self.name, "OpenVINO")
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         setup: dict[str, float] = {}
         info: dict[str, Any] = {}
-        with torch.inference_mode():  # the output structure (slimkit.export checks the values itself)
-            reference = _inputs.call(model, example_inputs)
-        leaves, spec = torch.utils._pytree.tree_flatten(reference)
-        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+
+        def torch_structure():  # the outputs' structure (slimkit.export checks the values itself)
+            with torch.inference_mode():
+                return output_structure(_inputs.call(model, example_inputs))
 
         def make(out: Path) -> None:
             t0 = time.perf_counter()
@@ -164,6 +147,7 @@ class OpenVinoBackend(Backend):
             # a prepared-cache hit reads this back: the same details as a fresh build
             (out / "info.json").write_text(json.dumps({"slimkit_layers": ex.layers,
                                                        "export_max_abs_diff": ex.max_abs_diff}))
+            save_output_structure(out, torch_structure())
 
         if prepared_cache is not None:
             folder = load_or_build(prepared_cache, model, example_inputs, self.name,
@@ -185,9 +169,10 @@ class OpenVinoBackend(Backend):
             raise wrap_failure(self.name, model, "OpenVINO compile_model", e) from e
         setup["compile"] = time.perf_counter() - t0
         info.update(ir_path=str(xml), threads=compiled.get_property("INFERENCE_NUM_THREADS"))
+        structure = load_output_structure(folder) or torch_structure()
         prepared = wrap_compiled(
             compiled, model, self.name,
-            out_spec=spec if len(compiled.outputs) == len(leaves) == len(tensors) else None,
+            out_spec=runtime_spec(structure, len(compiled.outputs)),
             options={"precision": precision, "threads": config["INFERENCE_NUM_THREADS"], "dequantize": dequantize,
                      "hint": hint, "dynamic_quantization": dq},
             setup_seconds=setup, size_bytes=xml.stat().st_size + xml.with_suffix(".bin").stat().st_size, info=info)

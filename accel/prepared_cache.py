@@ -29,6 +29,7 @@ from slimkit.hardware import fingerprint
 from . import inputs as _inputs
 
 log = logging.getLogger("slimkit.accel")
+_OUTPUTS = "outputs.json"
 
 
 def model_digest(model: nn.Module) -> str:
@@ -138,6 +139,43 @@ class PreparedCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+
+def output_structure(outputs) -> dict[str, Any]:
+    """How a torch model's outputs are laid out: the pytree spec a runtime's flat list of arrays is
+    unflattened into, and how many leaves there are and how many are tensors."""
+    leaves, spec = torch.utils._pytree.tree_flatten(outputs)
+    return {"spec": spec, "leaves": len(leaves), "tensors": sum(isinstance(x, torch.Tensor) for x in leaves)}
+
+
+def runtime_spec(structure: dict[str, Any], n_outputs: int):
+    """The spec to unflatten a runtime's ``n_outputs`` arrays with: the torch model's when every
+    leaf is a tensor and the counts agree, else None (the runtime's outputs are returned as a list)."""
+    return structure["spec"] if n_outputs == structure["leaves"] == structure["tensors"] else None
+
+
+def save_output_structure(folder: Path, structure: dict[str, Any]) -> None:
+    """Store ``structure`` beside a prepared form, so that a cache hit need not run the torch model
+    to learn it (at MiniLM 32x128 that call was a third of a warm prepare). An output type pytree
+    cannot serialize is left out: a hit then calls the model."""
+    try:
+        spec = torch.utils._pytree.treespec_dumps(structure["spec"])
+    except Exception as e:  # pytree raises several types for unregistered/unserializable nodes
+        log.info("prepared cache: output structure not stored (%s)", e)
+        return
+    (folder / _OUTPUTS).write_text(json.dumps({"spec": spec, "leaves": structure["leaves"],
+                                               "tensors": structure["tensors"]}))
+
+
+def load_output_structure(folder: Path) -> dict[str, Any] | None:
+    """The structure :func:`save_output_structure` stored, or None (absent, or not readable as one:
+    JSON naming only registered pytree node types, so nothing in it is executed)."""
+    try:
+        d = json.loads((folder / _OUTPUTS).read_text())
+        return {"spec": torch.utils._pytree.treespec_loads(d["spec"]), "leaves": int(d["leaves"]),
+                "tensors": int(d["tensors"])}
+    except Exception:  # missing, hand-edited or from another torch: the caller runs the model instead
+        return None
 
 
 def load_or_build(root: str | os.PathLike, model: nn.Module, example: _inputs.ModelInputs, backend: str,

@@ -11,6 +11,27 @@ from slimkit.exporter.onnx import feed as _feed
 from .backends import BackendError
 
 
+def check_saturation(model, backend: str, runtime: str) -> None:
+    """BackendError naming a model's static 8-bit int8 layers when this CPU lacks VNNI: ONNX Runtime
+    and OpenVINO fuse their QDQ pattern into a u8 x s8 kernel that multiplies with ``vpmaddubsw``,
+    whose int16 pair sums saturate on full-range 8-bit weights (MiniLM's SmoothQuant static model
+    left ONNX Runtime at cosine 0.99656 to slimkit's arithmetic; with 7-bit weights it is exact).
+    Dynamic layers are exported with float activations and run exactly."""
+    from slimkit.hardware import fingerprint
+    from slimkit.quant.layers import QuantLinear
+
+    if any("vnni" in f for f in fingerprint().get("cpu_flags", [])):
+        return
+    bad = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel
+           and m.act == "static" and m.bits == 8]
+    if bad:
+        raise BackendError(
+            f"backend {backend!r} would compute wrong numbers for {len(bad)} static int8 layers ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): this CPU has no VNNI, and {runtime}'s u8 x s8 kernel saturates on "
+            "full-range 8-bit weights. Quantize with bits=7 (slimkit.quantize(model, bits=7, activations=data)), "
+            "or leave activations dynamic")
+
+
 def check_threads(threads) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidParameterError("threads", threads, "None (torch's thread count) or a positive int")

@@ -131,20 +131,21 @@ def test_threads_are_checked_by_both_runtime_backends(int8):
             accel.prepare(int8, X[:4], backend=backend, threads=0)
 
 
-def test_openvino_refuses_static_8bit_layers_without_vnni_and_runs_7bit_exactly(monkeypatch):
-    """OpenVINO's AVX2 u8 x s8 kernel saturates on full-range int8 weights (31% off measured)."""
-    pytest.importorskip("openvino")
-    from slimkit.accel import openvino_backend
-
-    monkeypatch.setattr("slimkit.hardware.fingerprint", lambda: {"cpu_flags": ["avx2"]})
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_runtimes_refuse_static_8bit_layers_without_vnni_and_run_7bit_exactly(monkeypatch, backend):
+    """ORT's and OpenVINO's AVX2 u8 x s8 kernels saturate on full-range int8 weights (31% off measured)."""
+    pytest.importorskip(backend)
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(64, 32)).eval()
     data = [torch.randn(32, 64) for _ in range(2)]
     q8 = slimkit.quantize(m, bits=8, activations=data)[0]
-    with pytest.raises(accel.BackendError, match="bits=7"):
-        openvino_backend._check_saturation(q8)
+    monkeypatch.setattr("slimkit.hardware.fingerprint", lambda: {"cpu_flags": ["avx2", "avx512_vnni"]})
+    accel.prepare(q8, data[0][:4], backend=backend)  # with VNNI: no refusal
+    monkeypatch.setattr("slimkit.hardware.fingerprint", lambda: {"cpu_flags": ["avx2"]})
+    with pytest.raises(accel.BackendError, match=rf"backend '{backend}'.*static int8 layers \(0\).*bits=7"):
+        accel.prepare(q8, data[0][:4], backend=backend)
     q7 = slimkit.quantize(m, bits=7, activations=data)[0]
-    run = accel.prepare(q7, data[0][:4], backend="openvino", precision="f32")
+    run = accel.prepare(q7, data[0][:4], backend=backend)
     x = torch.randn(32, 64)
     with torch.inference_mode():
         want = q7(x)

@@ -103,3 +103,39 @@ def test_a_folder_others_can_write_is_refused(tmp_path):
     with pytest.raises(InvalidParameterError, match="other users cannot write"):
         PreparedCache(shared)
     assert oct(PreparedCache(tmp_path / "mine").root.stat().st_mode & 0o777) == oct(0o700)
+
+
+class _DictOut(torch.nn.Module):
+    """Counts its calls and returns a dict: a cache hit must keep the structure without calling it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return {"y": self.lin(x), "z": self.lin(x).relu()}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_cache_hit_keeps_the_output_structure_without_running_the_torch_model(tmp_path, backend, monkeypatch):
+    pytest.importorskip(backend)
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    x = torch.randn(3, 6)
+    model = _DictOut().eval()
+    first = accel.prepare(model, x, backend, prepared_cache=tmp_path)
+    # deepcopies are what the backend calls: count on the class, not the instance
+    calls = []
+    monkeypatch.setattr(_DictOut, "forward", lambda self, x: calls.append(1) or {"y": self.lin(x),
+                                                                              "z": self.lin(x).relu()})
+    hit = accel.prepare(model, x, backend, prepared_cache=tmp_path)
+    assert hit.info["prepared_cache"] == "hit" and calls == []
+    got, want = hit(x), first(x)
+    assert set(got) == {"y", "z"} and torch.allclose(got["y"], want["y"]) and torch.allclose(got["z"], want["z"])
+    # a stored structure that cannot be read: the hit runs the model once to learn it, still a hit
+    entry = tmp_path / hit.info["prepared_path"].rsplit("/", 1)[-1]
+    (entry / "outputs.json").write_text('{"spec": "not a spec"}')
+    again = accel.prepare(model, x, backend, prepared_cache=tmp_path)
+    assert again.info["prepared_cache"] == "hit" and len(calls) == 1 and set(again(x)) == {"y", "z"}
