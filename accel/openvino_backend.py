@@ -8,8 +8,11 @@ float weights fp32 (not OpenVINO's default fp16 compression) and int8 weights in
 
 ``dynamic_quantization=N`` (a group size) exports slimkit's int8 Linear layers with float
 activations and sets the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: OpenVINO then quantizes
-activations itself (its numbers, not slimkit's per-token ones); None (default) runs slimkit's exact
-per-token arithmetic and sets the hint to 0 (off), so the graph is what slimkit wrote.
+activations itself where its kernels for the CPU do (its numbers, not slimkit's per-token ones). On
+an AVX2 CPU without VNNI they do not: the plugin decompresses the int8 weights and computes in f32,
+at any group size (measured on a Zen 3: every MiniLM Linear ran ``brgemm_avx2_f32``). Which kernels
+ran is in ``describe()["info"]["matmul_kernels"]`` after the first call. None (default) runs
+slimkit's exact per-token arithmetic and sets the hint to 0 (off), so the graph is what slimkit wrote.
 
 Static (calibrated) int8 layers with full-range 8-bit weights are refused on CPUs without VNNI
 (:func:`~.runtime_call.check_saturation`; measured: one static Linear off by 31% of its output
