@@ -130,8 +130,11 @@ def test_an_interrupted_sweep_resumes_and_skips_the_runs_that_finished(tiny, tmp
     grid = _grid(tmp_path / "grid.yaml", {"x": [0.1, 0.2, 0.3]}, {"sleep": 1.5})
     db = tmp_path / "runs" / "records.sqlite"
     cmd = _cli("sweep", tiny, "--grid", grid, "--workers", 1, "--out", tmp_path / "runs")
-    # its own session, like a terminal's foreground job: Ctrl-C reaches the CLI, its pool and kernels
-    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # its own session, like a terminal's foreground job: Ctrl-C reaches the CLI, its pool and kernels.
+    # SIGINT at its default, as a terminal gives it: a test run started in the background (`cmd &` in a
+    # script) ignores SIGINT, children inherit that, and the CLI would never see this Ctrl-C
+    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: _ok_count(db) >= 1), "no run finished"
         os.killpg(first.pid, signal.SIGINT)
