@@ -234,6 +234,8 @@ def test_panel_in_jupyterlab(lab):
 
 def _issue_11(page, panel, rows: int) -> None:
     """Layout, the selected run (per-layer table, code, Save), refused values, a failing backend."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     scroll = page.evaluate(SCROLL)
     assert scroll["scroll"] <= scroll["client"] + 1 and scroll["page"] <= scroll["inner"], scroll
     # ...nor inside the output area, which clips what sticks out: every part of the panel fits in it
@@ -247,8 +249,24 @@ def _issue_11(page, panel, rows: int) -> None:
     picked.locator("select").first.select_option(index=rows - 1)
     layers = picked.locator("table.slimkit-layers")
     layers.wait_for(timeout=30_000)
-    assert layers.evaluate("t => t.getBoundingClientRect().width") > 0.5 * panel.evaluate(
-        "p => p.getBoundingClientRect().width")
+    # the pick re-renders the report from the kernel's reply, replacing the table while it is read
+    # (CI once read width 0 between the two): wait until the report shown is the picked run's and wide
+    wide = """() => { const s = document.querySelector('.slimkit-selected'),
+      o = s.querySelector('select'), t = s.querySelector('table.slimkit-layers'),
+      b = s.querySelector('.slimkit-detail b'), p = document.querySelector('.slimkit-panel');
+      return t !== null && b !== null && o.selectedIndex >= 0
+        // the option's spaces are nbsp: compare the '#id' that both start with
+        && b.textContent.startsWith(o.options[o.selectedIndex].text.split(/\\s/)[0] + ' ')
+        && t.getBoundingClientRect().width > 0.5 * p.getBoundingClientRect().width; }"""
+    try:
+        page.wait_for_function(wide, timeout=15_000)
+    except PlaywrightTimeout:
+        seen = page.evaluate("""() => { const o = document.querySelector('.slimkit-selected select');
+          return [document.querySelector('.slimkit-detail b')?.textContent, o.options[o.selectedIndex]?.text,
+                  ...[...document.querySelectorAll('.slimkit-panel, .slimkit-layers')]
+                    .map(e => e.getBoundingClientRect().width)]; }""")
+        pytest.fail("the picked run's per-layer table is not shown as wide as the panel: "
+                    f"[report heading, picked option, panel and table widths] {seen}")
     assert layers.locator("tbody tr").count() >= 4  # digits CNN: 2 convs, 2 linears at least
     layers.locator("th", has_text="bytes after").click()
     keys = layers.evaluate("t => [...t.tBodies[0].rows].map(r => parseFloat(r.children[7].dataset.v))")
