@@ -173,6 +173,12 @@ def cpu_flags() -> tuple[str, ...]:
     return tuple(_static()["cpu_flags"])
 
 
+def int8_dot() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (VNNI or AMX): without one, int8 GEMM
+    kernels multiply with ``vpmaddubsw``, whose int16 pair sums saturate on full-range 8-bit weights."""
+    return any("vnni" in f or f == "amx_int8" for f in cpu_flags())
+
+
 def fingerprint() -> dict:
     """A JSON-able description of this machine and the software stack."""
     import torch

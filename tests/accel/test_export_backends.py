@@ -139,9 +139,9 @@ def test_runtimes_refuse_static_8bit_layers_without_vnni_and_run_7bit_exactly(mo
     m = nn.Sequential(nn.Linear(64, 32)).eval()
     data = [torch.randn(32, 64) for _ in range(2)]
     q8 = slimkit.quantize(m, bits=8, activations=data)[0]
-    monkeypatch.setattr("slimkit.hardware.fingerprint", lambda: {"cpu_flags": ["avx2", "avx512_vnni"]})
+    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx512_vnni"))
     accel.prepare(q8, data[0][:4], backend=backend)  # with VNNI: no refusal
-    monkeypatch.setattr("slimkit.hardware.fingerprint", lambda: {"cpu_flags": ["avx2"]})
+    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2",))
     with pytest.raises(accel.BackendError, match=rf"backend '{backend}'.*static int8 layers \(0\).*bits=7"):
         accel.prepare(q8, data[0][:4], backend=backend)
     q7 = slimkit.quantize(m, bits=7, activations=data)[0]

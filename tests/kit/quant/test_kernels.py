@@ -36,6 +36,8 @@ def test_choice_follows_the_cpu_and_the_override(monkeypatch):
     monkeypatch.delenv(kernels.ENV)
     monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx512f", "avx512_vnni"))
     assert kernels.cpu_kernel() == "int_mm"
+    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx_vnni"))  # AVX-VNNI (Alder Lake, Zen 5)
+    assert kernels.cpu_kernel() == "int_mm"
     monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "fma"))
     assert kernels.cpu_kernel() == "fbgemm"
     monkeypatch.setenv(kernels.ENV, "int_mm")
