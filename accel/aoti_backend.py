@@ -24,7 +24,7 @@ from slimkit.nn import tensor_bytes
 from . import inputs as _inputs
 from .backends import Backend, Prepared, register_backend, wrap_failure
 from .prepared_cache import PreparedCache, make_key
-from .torch_backends import COMPILE_MODES, _copy_to, _dtype, inductor_settings
+from .torch_backends import COMPILE_MODES, _copy_to, _dtype, inductor_settings, slow_int8_warning
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple:
@@ -126,6 +126,7 @@ class AotiBackend(Backend):
         modes = torch._inductor.list_mode_options(mode) if mode else {}  # (None lists every mode)
         settings = {k: v for k, v in modes.items() if not k.startswith("triton.")}  # no CUDA graphs here
         settings.update(inductor_settings(m, freezing, inductor, cache_dir))
+        warning = slow_int8_warning(m, device, self.name)
         opts = {"dtype": dtype, "mode": mode, "freezing": freezing, "inductor": inductor}
         fn = _PackagePerShape(m, device, settings, workdir, self.name, prepared_cache, opts)
         ex = _inputs.to_device(example_inputs, device, dt)
@@ -134,6 +135,8 @@ class AotiBackend(Backend):
         synchronize(device)
         setup = {**fn.seconds, "first_call": time.perf_counter() - t0}
         info = {"inductor": settings, "packages": fn.paths, "package_bytes": Path(fn.paths[0]).stat().st_size}
+        if warning:
+            info["warning"] = warning
         if fn.cache is not None:
             info["prepared_cache"] = "hit" if fn.cache_hits[0] else "miss"
         return Prepared(fn, self.name, device, opts, setup, tensor_bytes(m), info, m, dt)

@@ -9,7 +9,8 @@ import torch.nn as nn
 from conftest import assert_unchanged, state_snapshot
 from slimkit import accel
 from slimkit.accel import BackendError, backends
-from slimkit.accel.torch_backends import mask_2to4
+from slimkit.accel.torch_backends import mask_2to4, slow_int8_warning
+from slimkit.hardware import int8_dot
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, InvalidTypeError
 
 BUILT_IN = {"eager", "compile", "aoti", "onnxruntime", "openvino", "torchao", "sparse24"}
@@ -180,10 +181,29 @@ def test_compile_matches_eager_on_the_int8_digits_cnn(cnn, digits, inductor_cach
     assert run.info["graph_breaks"] == 0 and run.info["compiled_graphs"] == 1
     assert run.info["inductor_cache"] == inductor_cache and run.setup_seconds["compile"] > 0
     assert run.info["inductor"] == {"realize_opcount_threshold": 8, "freezing": True}  # slimkit default for int8
+    # compiled int8 runs torch._int_mm: said when this CPU has no fast path for it
+    assert ("warning" in run.describe()["info"]) == (not int8_dot())
     out = run(x)
     # the same integer arithmetic, up to float rounding that may move an activation by one step
     torch.testing.assert_close(out, ref, rtol=0, atol=0.05 * float(ref.abs().max()))
     assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_compiling_int8_layers_on_a_cpu_without_vnni_warns_and_names_them(monkeypatch, caplog):
+    import slimkit
+
+    q, _ = slimkit.quantize(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), bits=8)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "fma"))
+    with caplog.at_level(logging.WARNING, logger="slimkit.accel"):
+        note = slow_int8_warning(q, cpu, "aoti")
+    assert note and note.startswith("aoti: 2 int8 layers (0, 2)") and "torch._int_mm" in note and "'eager'" in note
+    assert note in caplog.text
+    assert slow_int8_warning(nn.Sequential(nn.Linear(16, 8)), cpu, "aoti") is None  # nothing int8
+    assert slow_int8_warning(slimkit.quantize(nn.Linear(16, 8), bits=4)[0], cpu, "aoti") is None  # no int8 kernel
+    assert slow_int8_warning(q, torch.device("cuda"), "aoti") is None  # GPUs run _int_mm natively
+    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx512_vnni"))
+    assert slow_int8_warning(q, cpu, "aoti") is None
 
 
 # ---- MiniLM (kept cheap: one export, no compile) ----------------------------------------
