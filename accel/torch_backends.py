@@ -75,9 +75,9 @@ def slow_int8_warning(module: nn.Module, device: torch.device, backend_name: str
     """A warning, logged, when compiled int8 layers will run ``torch._int_mm`` on a CPU without
     VNNI/AMX: eager uses fbgemm there, whose packed weights cannot be traced, and ``_int_mm``
     has no fast path (MiniLM int8 compiled on a Zen 3: ~20x slower than eager int8)."""
-    from slimkit.hardware import int8_dot
+    from slimkit.hardware import x86_without_int8_dot
 
-    if device.type != "cpu" or int8_dot():
+    if device.type != "cpu" or not x86_without_int8_dot():
         return None
     layers = [n for n, m in module.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel]
     if not layers:

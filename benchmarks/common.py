@@ -102,10 +102,10 @@ LIMIT_MS_AVX2 = {k: 2 * v for k, v in LIMIT_MS.items()}
 
 def cpu_limit() -> tuple[dict[str, float], str]:
     """The int8 GEMM limit for this CPU and the assumption behind it (for the table text)."""
-    from slimkit.hardware import int8_dot
+    from slimkit.hardware import x86_without_int8_dot
 
     cap = torch.backends.cpu.get_cpu_capability()
-    if int8_dot():
+    if not x86_without_int8_dot():
         return LIMIT_MS, f"{cap} with VNNI: 64 int8 MAC/cycle/core (vpdpbusd), 2 cores"
     return LIMIT_MS_AVX2, (f"{cap} without VNNI: ~32 int8 MAC/cycle/core (vpmaddubsw + vpmaddwd), 2 cores: "
                            "2x the VNNI limit")

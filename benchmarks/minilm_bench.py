@@ -13,7 +13,7 @@ import torch
 
 import slimkit
 from slimkit import accel
-from slimkit.hardware import int8_dot
+from slimkit.hardware import x86_without_int8_dot
 from slimkit.quant.layers import QuantLinear
 from slimkit.quant.smoothquant import smooth
 from slimkit.zoo.minilm import agreement, bundled_sentences, embed, load_minilm, reference_embeddings
@@ -110,7 +110,7 @@ def _rows(s: Settings, example, fp32) -> dict[str, dict[str, Any]]:
         sq_note, {"quantize": qs_seconds})
     # without VNNI, ORT's and OpenVINO's u8 x s8 kernels saturate on full-range 8-bit weights (the backends
     # refuse them): the static model for the runtimes then has 7-bit weights (in int8 bytes), NNCF's overflow fix
-    no_vnni = not int8_dot()
+    no_vnni = x86_without_int8_dot()
     if no_vnni:
         (qs, _), qs_seconds = timed(lambda: slimkit.quantize(smoothed, bits=7, activations=calib))
     static = "SmoothQuant, 7-bit weights" if no_vnni else "SmoothQuant"

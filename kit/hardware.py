@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 PACKAGES = ("slimkit", "torch", "numpy", "scikit-learn", "safetensors", "transformers", "torchao",
             "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "plotly", "ipywidgets", "papermill",
             "distributed")
+X86_ARCHES = ("x86_64", "amd64", "i386", "i686")
 # ISA extensions that decide which int8/bf16 kernels run (VNNI: int8 dot products; AMX: tiles).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
              "amx_int8", "amx_bf16", "neon", "asimd", "sve")
@@ -173,10 +174,13 @@ def cpu_flags() -> tuple[str, ...]:
     return tuple(_static()["cpu_flags"])
 
 
-def int8_dot() -> bool:
-    """Whether this CPU has an int8 dot-product instruction (VNNI or AMX): without one, int8 GEMM
-    kernels multiply with ``vpmaddubsw``, whose int16 pair sums saturate on full-range 8-bit weights."""
-    return any("vnni" in f or f == "amx_int8" for f in cpu_flags())
+def x86_without_int8_dot() -> bool:
+    """An x86 CPU without an int8 dot-product instruction (VNNI, AMX): its int8 GEMM kernels multiply
+    with AVX2's ``vpmaddubsw``, whose int16 pair sums saturate on full-range 8-bit weights, and
+    ``torch._int_mm`` has no fast path. Measured on x86 only: other architectures are not flagged."""
+    if str(_static().get("cpu_arch", "")).lower() not in X86_ARCHES:
+        return False
+    return not any("vnni" in f or f == "amx_int8" for f in cpu_flags())
 
 
 def fingerprint() -> dict:

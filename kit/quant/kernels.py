@@ -56,9 +56,9 @@ def cpu_kernel() -> str:
         if forced not in KERNELS:
             raise InvalidParameterError(ENV, forced, f"one of {', '.join(KERNELS)}")
         return forced
-    from ..hardware import int8_dot
+    from ..hardware import x86_without_int8_dot
 
-    if int8_dot():
+    if not x86_without_int8_dot():
         return "int_mm"
     return "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "int_mm"
 

@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import slimkit
+from slimkit import hardware
 from slimkit.errors import InvalidParameterError
 from slimkit.quant import kernels
 from slimkit.quant import layers as qlayers
@@ -32,13 +33,20 @@ def _codes(q: torch.Tensor, scale: float) -> qlayers.QuantLinear:
     return qlayers.QuantLinear(k, n, qweight=qt, bias=False)
 
 
+def _cpu(monkeypatch, arch: str, *flags: str) -> None:
+    monkeypatch.setattr("slimkit.hardware._static", lambda: {"cpu_arch": arch, "cpu_flags": list(flags)})
+
+
 def test_choice_follows_the_cpu_and_the_override(monkeypatch):
     monkeypatch.delenv(kernels.ENV)
-    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx512f", "avx512_vnni"))
+    _cpu(monkeypatch, "x86_64", "avx2", "avx512f", "avx512_vnni")
     assert kernels.cpu_kernel() == "int_mm"
-    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "avx_vnni"))  # AVX-VNNI (Alder Lake, Zen 5)
+    _cpu(monkeypatch, "x86_64", "avx2", "avx_vnni")  # AVX-VNNI (Alder Lake, Zen 5)
     assert kernels.cpu_kernel() == "int_mm"
-    monkeypatch.setattr("slimkit.hardware.cpu_flags", lambda: ("avx2", "fma"))
+    _cpu(monkeypatch, "aarch64", "neon", "asimd")  # no AVX2 int16 pair sums to saturate
+    assert not hardware.x86_without_int8_dot() and kernels.cpu_kernel() == "int_mm"
+    _cpu(monkeypatch, "x86_64", "avx2", "fma")
+    assert hardware.x86_without_int8_dot()
     assert kernels.cpu_kernel() == "fbgemm"
     monkeypatch.setenv(kernels.ENV, "int_mm")
     assert kernels.cpu_kernel() == "int_mm"
