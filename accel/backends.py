@@ -207,6 +207,11 @@ def prepare(model: nn.Module, example_inputs: _inputs.Inputs, backend: str = "ea
     return prepared
 
 
+def some_names(names: list[str], k: int = 3) -> str:
+    """The first ``k`` names for a message, with "..." when there are more."""
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
 def _innermost(error: BaseException) -> BaseException:
     """The root cause: exporters wrap the real error in banners ("Failed to export the model
     with torch.export. This is step 1/3 ..."); follow the explicit causes (then the implicit

@@ -159,8 +159,7 @@ class OnnxRuntimeBackend(Backend):
         if quantize not in QUANTIZE:
             raise InvalidParameterError("quantize", quantize, "None or 'int8' (ONNX Runtime dynamic quantization)")
         check_threads(threads)
-        if device.type == "cpu":  # CUDA's int8 kernels accumulate in int32 without int16 pair sums
-            check_saturation(model, self.name, "ONNX Runtime")
+        check_saturation(model, device, self.name, "ONNX Runtime")
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         try:  # slimkit's own layers (int8, sparse, fake-quant) in ops ONNX expresses: slimkit.export's lowering
             lowered, how = lower(model)

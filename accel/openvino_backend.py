@@ -128,7 +128,7 @@ class OpenVinoBackend(Backend):
             raise InvalidParameterError("dynamic_quantization", dq, "None or a group size (positive int; "
                                         "large, e.g. 2**20, means one scale per token)")
         activations = "exact" if dq is None else "runtime"
-        check_saturation(model, self.name, "OpenVINO")
+        check_saturation(model, device, self.name, "OpenVINO")
         model = copy.deepcopy(model).eval()  # export must not flip the caller's train/eval flags
         setup: dict[str, float] = {}
         info: dict[str, Any] = {}

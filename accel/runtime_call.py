@@ -8,28 +8,28 @@ import torch
 from slimkit.errors import InvalidParameterError
 from slimkit.exporter.onnx import feed as _feed
 
-from .backends import BackendError
+from .backends import BackendError, some_names
 
 
-def check_saturation(model, backend: str, runtime: str) -> None:
-    """BackendError naming a model's static 8-bit int8 layers when this CPU lacks VNNI: ONNX Runtime
+def check_saturation(model, device: torch.device, backend: str, runtime: str) -> None:
+    """BackendError naming a model's static 8-bit int8 layers on an x86 CPU without VNNI: ONNX Runtime
     and OpenVINO fuse their QDQ pattern into a u8 x s8 kernel that multiplies with ``vpmaddubsw``,
     whose int16 pair sums saturate on full-range 8-bit weights (MiniLM's SmoothQuant static model
     left ONNX Runtime at cosine 0.99656 to slimkit's arithmetic; with 7-bit weights it is exact).
-    Dynamic layers are exported with float activations and run exactly."""
+    Dynamic layers are exported with float activations and run exactly; GPU kernels accumulate in
+    int32 without int16 pair sums."""
     from slimkit.hardware import x86_without_int8_dot
     from slimkit.quant.kernels import activation_bits
-    from slimkit.quant.layers import QuantLinear
+    from slimkit.quant.layers import int8_kernel_layers
 
-    if not x86_without_int8_dot():
+    if device.type != "cpu" or not x86_without_int8_dot():
         return
     # the rule fbgemm's path already applies: codes beyond +-64 overflow the int16 pair sums
-    bad = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel
-           and m.act == "static" and activation_bits(m.qweight) == 7]
+    bad = [n for n in int8_kernel_layers(model, "static") if activation_bits(model.get_submodule(n).qweight) == 7]
     if bad:
         raise BackendError(
-            f"backend {backend!r} would compute wrong numbers for {len(bad)} static int8 layers ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): this CPU has no VNNI, and {runtime}'s u8 x s8 kernel saturates on "
+            f"backend {backend!r} would compute wrong numbers for {len(bad)} static int8 layers ({some_names(bad)}): "
+            f"this CPU has no VNNI, and {runtime}'s u8 x s8 kernel saturates on "
             "full-range 8-bit weights. Quantize with bits=7 (slimkit.quantize(model, bits=7, activations=data)), "
             "or leave activations dynamic")
 

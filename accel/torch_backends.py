@@ -13,10 +13,10 @@ import torch.nn as nn
 from slimkit.devices import synchronize
 from slimkit.errors import DeviceUnavailableError, InvalidParameterError, check_choice
 from slimkit.nn import tensor_bytes
-from slimkit.quant.layers import QuantLinear
+from slimkit.quant.layers import int8_kernel_layers
 
 from . import inputs as _inputs
-from .backends import Backend, BackendError, Prepared, register_backend, wrap_failure
+from .backends import Backend, BackendError, Prepared, register_backend, some_names, wrap_failure
 
 log = logging.getLogger("slimkit.accel")
 
@@ -79,12 +79,12 @@ def slow_int8_warning(module: nn.Module, device: torch.device, backend_name: str
 
     if device.type != "cpu" or not x86_without_int8_dot():
         return None
-    layers = [n for n, m in module.named_modules() if isinstance(m, QuantLinear) and m.integer_kernel]
+    layers = int8_kernel_layers(module)
     if not layers:
         return None
-    note = (f"{backend_name}: {len(layers)} int8 layers ({', '.join(layers[:3])}{', ...' if len(layers) > 3 else ''}) "
-            "will run torch._int_mm, which has no fast path on this CPU (no VNNI/AMX): expect it to be many times "
-            "slower than backend 'eager' (fbgemm) or 'onnxruntime' for this model")
+    note = (f"{backend_name}: {len(layers)} int8 layers ({some_names(layers)}) will run torch._int_mm, which has "
+            "no fast path on this CPU (no VNNI/AMX): expect it to be many times slower than backend 'eager' "
+            "(fbgemm) or 'onnxruntime' for this model")
     log.warning(note)
     return note
 
@@ -118,7 +118,7 @@ def inductor_settings(module: nn.Module, freezing: bool, inductor: dict | None,
     if unknown:
         raise InvalidParameterError("inductor", unknown[0], "a torch._inductor.config setting name")
     settings: dict[str, Any] = {}
-    if any(isinstance(m, QuantLinear) and m.integer_kernel and m.act == "dynamic" for m in module.modules()):
+    if int8_kernel_layers(module, "dynamic"):
         settings["realize_opcount_threshold"] = QUANT_REALIZE_OPCOUNT
     settings.update(inductor or {})
     if freezing:

@@ -276,6 +276,13 @@ class QuantLinear(QWeight):
 
 
 
+def int8_kernel_layers(model: nn.Module, act: str | None = None) -> list[str]:
+    """Qualified names of ``model``'s QuantLinear layers that run an integer kernel (``act``: only
+    those with that activation mode, "dynamic" or "static")."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, QuantLinear) and m.integer_kernel and act in (None, m.act)]
+
+
 def _ntuple(v, n: int) -> tuple:
     """A conv size argument (an int, or a list/tuple from a spec) as an n-tuple."""
     return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
